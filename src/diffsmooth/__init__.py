@@ -1,0 +1,31 @@
+"""diffsmooth: certified l2 robustness by randomized smoothing, with diffusion
+purification and local smoothing (DiffSmooth) and its baselines behind one API.
+
+The names below are imported lazily, so that ``import diffsmooth.stats`` or the
+command line's ``--help`` do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "SmoothedClassifier": "diffsmooth.smoothing",
+    "Certificate": "diffsmooth.smoothing",
+    "Prediction": "diffsmooth.smoothing",
+    "InputError": "diffsmooth.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'diffsmooth' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,337 @@
+"""Randomized smoothing: CERTIFY and PREDICT of Cohen, Rosenfeld and Kolter (2019).
+
+The smoothed classifier is ``g(x) = argmax_c P(h(x + d) = c)`` with
+``d ~ N(0, sigma^2 I)`` added in [0,1] pixel space.  ``h`` (the *base*) is any
+callable from a batch of noisy images to scores or labels: a plain classifier
+(Gaussian RS), a purifier followed by a classifier (DDS), or DiffSmooth.
+
+Guarantee (CERTIFY): with probability at least ``1 - alpha`` over the noise,
+if the certificate does not abstain then ``g`` predicts ``prediction`` on the
+whole l2 ball of radius ``radius`` around ``x``.  It holds because the class
+is chosen on ``n0`` selection samples and its probability is bounded on a
+fresh, independent draw of ``n`` estimation samples.
+
+Noise for image i is drawn from its own generator, chunk by chunk, in chunks
+whose sizes depend only on ``(n0, n, batch_size)``; forward batches pack
+chunks of several images when ``n`` is small.  So an image's certificate
+depends on its generator and ``batch_size`` only, not on which images share
+its batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffsmooth.errors import InputError
+from diffsmooth.stats import binomial_test_pvalue, certified_radius, clopper_pearson_lower
+
+Base = Callable[[Tensor], Tensor]
+"""Maps noisy images ``(B, C, H, W)`` to scores ``(B, num_classes)`` or labels ``(B,)``."""
+
+Generators = torch.Generator | Sequence[torch.Generator | None] | None
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The outcome of CERTIFY for one image.
+
+    ``prediction`` is the certified class, or ``None`` when the smoothed
+    classifier abstains (then ``radius`` is 0).  ``selected_class`` is the class
+    chosen on the selection draw either way; ``n_a`` counts it among the ``n``
+    estimation samples and ``p_lower`` is its (1 - alpha) lower bound.
+    """
+
+    prediction: int | None
+    radius: float
+    p_lower: float
+    selected_class: int
+    n_a: int
+    n0: int
+    n: int
+    alpha: float
+    sigma: float
+    counts: tuple[int, ...]
+    selection_counts: tuple[int, ...]
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction is None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The outcome of PREDICT for one image: the top class, or ``None`` (abstain)
+    when the two-sided binomial test of the top two counts has p-value > alpha."""
+
+    prediction: int | None
+    p_value: float
+    n: int
+    alpha: float
+    counts: tuple[int, ...]
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction is None
+
+
+def _check_whole(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_alpha(alpha: object) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+        raise InputError(f"alpha must lie strictly between 0 and 1 (e.g. 0.001), got {alpha!r}")
+    return float(alpha)
+
+
+def check_images(xs: Tensor, name: str = "x") -> None:
+    """Raise ``InputError`` unless ``xs`` is a finite ``(K, C, H, W)`` batch in [0,1]."""
+    if not isinstance(xs, Tensor) or not xs.is_floating_point():
+        raise InputError(f"{name} must be a floating-point torch.Tensor of pixels in [0,1]")
+    if xs.dim() != 4:
+        raise InputError(f"{name} must have shape (K, C, H, W), got {tuple(xs.shape)}")
+    if not bool(torch.isfinite(xs).all()):
+        raise InputError(f"{name} contains NaN or infinite pixels; clean the image before certifying")
+    lo, hi = torch.aminmax(xs)
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(
+            f"{name} must hold pixels in [0,1], got values in [{float(lo):.3g}, {float(hi):.3g}];"
+            " divide 8-bit images by 255 and do not normalize (normalization is the classifier's first layer)"
+        )
+
+
+class SmoothedClassifier:
+    """The Gaussian-smoothed version ``g`` of a base classifier ``h``.
+
+    Args:
+        base: maps ``(B, C, H, W)`` noisy images (pixels, roughly [0,1] plus
+            noise) to scores ``(B, num_classes)`` or labels ``(B,)``.  Put
+            ``nn.Module`` bases in eval mode first.
+        num_classes: number of classes of ``h``.
+        sigma: standard deviation of the smoothing noise in [0,1] pixel space.
+        reduce_counts: optional function applied to every count tensor
+            ``(K, num_classes)`` before decisions are taken, e.g. an all-reduce
+            that adds the counts of several processes sharing one image's
+            samples.  Identity when ``None``.
+    """
+
+    def __init__(
+        self,
+        base: Base,
+        num_classes: int,
+        sigma: float,
+        reduce_counts: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        if not callable(base):
+            raise InputError("base must be callable: a function or nn.Module from images to scores or labels")
+        _check_whole("num_classes", num_classes, minimum=2)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (
+            sigma > 0 and math.isfinite(sigma)
+        ):
+            raise InputError(f"sigma must be a positive finite noise level in [0,1] pixel units, got {sigma!r}")
+        self.base = base
+        self.num_classes = num_classes
+        self.sigma = float(sigma)
+        self.reduce_counts = reduce_counts
+
+    # -- CERTIFY --------------------------------------------------------------
+
+    def certify(
+        self,
+        x: Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+    ) -> Certificate:
+        """CERTIFY one image ``x`` of shape ``(C, H, W)`` with pixels in [0,1]."""
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise InputError(f"x must be one image of shape (C, H, W), got {shape}; use certify_batch for a batch")
+        return self.certify_batch(x.unsqueeze(0), n0, n, alpha, batch_size, [generator])[0]
+
+    def certify_batch(
+        self,
+        xs: Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        generators: Generators = None,
+    ) -> list[Certificate]:
+        """CERTIFY each of ``xs`` ``(K, C, H, W)``, packing their samples into shared batches.
+
+        ``generators``: one per image (results then do not depend on which
+        images are certified together), a single one shared in order, or None.
+        """
+        check_images(xs, "xs")
+        n0 = _check_whole("n0", n0)
+        n = _check_whole("n", n)
+        alpha = _check_alpha(alpha)
+        batch_size = _check_whole("batch_size", batch_size)
+        gens = self._generators(generators, xs.shape[0])
+
+        # Selection: guess the top class from n0 samples.
+        selection = self.sample_counts(xs, n0, batch_size, gens).cpu()
+        selected = selection.argmax(dim=1)
+        # Estimation: a fresh, independent draw of n samples bounds its probability.
+        estimation = self.sample_counts(xs, n, batch_size, gens).cpu()
+
+        certificates = []
+        for i in range(xs.shape[0]):
+            c_a = int(selected[i])
+            n_a = int(estimation[i, c_a])
+            p_lower = clopper_pearson_lower(n_a, n, alpha)
+            abstain = p_lower < 0.5
+            certificates.append(
+                Certificate(
+                    prediction=None if abstain else c_a,
+                    radius=0.0 if abstain else certified_radius(p_lower, self.sigma),
+                    p_lower=p_lower,
+                    selected_class=c_a,
+                    n_a=n_a,
+                    n0=n0,
+                    n=n,
+                    alpha=alpha,
+                    sigma=self.sigma,
+                    counts=tuple(int(c) for c in estimation[i]),
+                    selection_counts=tuple(int(c) for c in selection[i]),
+                )
+            )
+        return certificates
+
+    # -- PREDICT --------------------------------------------------------------
+
+    def predict(
+        self,
+        x: Tensor,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+    ) -> Prediction:
+        """PREDICT for one image ``x`` ``(C, H, W)`` in [0,1]; abstains with probability
+        at most alpha of returning a class other than ``g(x)``."""
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise InputError(f"x must be one image of shape (C, H, W), got {shape}; use predict_batch for a batch")
+        return self.predict_batch(x.unsqueeze(0), n, alpha, batch_size, [generator])[0]
+
+    def predict_batch(
+        self,
+        xs: Tensor,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        generators: Generators = None,
+    ) -> list[Prediction]:
+        """PREDICT for each of ``xs`` ``(K, C, H, W)``, packing samples into shared batches."""
+        check_images(xs, "xs")
+        n = _check_whole("n", n)
+        alpha = _check_alpha(alpha)
+        batch_size = _check_whole("batch_size", batch_size)
+        gens = self._generators(generators, xs.shape[0])
+
+        counts = self.sample_counts(xs, n, batch_size, gens).cpu()
+        predictions = []
+        for row in counts:
+            top2 = torch.topk(row, 2)
+            n1, n2 = int(top2.values[0]), int(top2.values[1])
+            p_value = binomial_test_pvalue(n1, n1 + n2, 0.5)
+            predictions.append(
+                Prediction(
+                    prediction=int(top2.indices[0]) if p_value <= alpha else None,
+                    p_value=p_value,
+                    n=n,
+                    alpha=alpha,
+                    counts=tuple(int(c) for c in row),
+                )
+            )
+        return predictions
+
+    # -- sampling -------------------------------------------------------------
+
+    def sample_counts(
+        self,
+        xs: Tensor,
+        num: int,
+        batch_size: int,
+        generators: Sequence[torch.Generator | None],
+    ) -> Tensor:
+        """Class counts of ``h(x_i + d)`` over ``num`` noise draws per image.
+
+        Args:
+            xs: ``(K, C, H, W)`` images in [0,1].
+            num: noise samples per image.
+            batch_size: largest number of noisy images per call of ``base``.
+            generators: K generators (or None for the default one), one per image.
+        Returns:
+            ``(K, num_classes)`` int64 counts on ``xs.device`` (after ``reduce_counts``).
+        """
+        k = xs.shape[0]
+        counts = torch.zeros(k, self.num_classes, dtype=torch.long, device=xs.device)
+        # Each image's noise comes in chunks that depend only on (num, batch_size) ...
+        full, rest = divmod(num, batch_size)
+        chunks = [(i, batch_size) for i in range(k) for _ in range(full)]
+        # ... and the small remainders of several images share forward batches.
+        chunks += [(i, rest) for i in range(k)] if rest else []
+        pending: list[tuple[int, int]] = []
+        filled = 0
+        with torch.inference_mode():
+            for i, size in chunks:
+                if filled + size > batch_size:
+                    self._count_batch(xs, pending, generators, counts)
+                    pending, filled = [], 0
+                pending.append((i, size))
+                filled += size
+            if pending:
+                self._count_batch(xs, pending, generators, counts)
+        return counts if self.reduce_counts is None else self.reduce_counts(counts)
+
+    def _count_batch(
+        self,
+        xs: Tensor,
+        pending: list[tuple[int, int]],
+        generators: Sequence[torch.Generator | None],
+        counts: Tensor,
+    ) -> None:
+        shape = xs.shape[1:]
+        noisy = torch.cat(
+            [
+                xs[i] + self.sigma * torch.randn((size, *shape), generator=generators[i], device=xs.device, dtype=xs.dtype)
+                for i, size in pending
+            ]
+        )
+        labels = self._labels(self.base(noisy), noisy.shape[0])
+        owners = torch.cat([torch.full((size,), i, dtype=torch.long, device=xs.device) for i, size in pending])
+        # Counting stays on the device: no host synchronisation per batch.
+        counts.index_put_((owners, labels), torch.ones_like(labels), accumulate=True)
+
+    def _labels(self, out: Tensor, batch: int) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise InputError(f"base must return a torch.Tensor, got {type(out).__name__}")
+        if out.shape == (batch, self.num_classes):
+            return out.argmax(dim=1)
+        if out.shape == (batch,) and not out.is_floating_point():
+            return out.long()
+        raise InputError(
+            f"base returned shape {tuple(out.shape)} for a batch of {batch}; expected scores "
+            f"({batch}, num_classes={self.num_classes}) or integer labels ({batch},)"
+        )
+
+    @staticmethod
+    def _generators(generators: Generators, k: int) -> list[torch.Generator | None]:
+        if generators is None or isinstance(generators, torch.Generator):
+            return [generators] * k
+        gens = list(generators)
+        if len(gens) != k:
+            raise InputError(f"generators must hold one generator per image: got {len(gens)} for {k} images")
+        return gens
