@@ -1,0 +1,229 @@
+"""Reading and writing classifier checkpoints without executing untrusted code.
+
+Formats read by ``load_classifier``:
+- Cohen / SmoothAdv ``.pth.tar``: ``{"arch", "state_dict", "epoch", ...}`` with keys
+  ``1.<net key>`` or, for DataParallel models, ``1.module.<net key>``;
+- bare timm / torchvision state dicts (``.pth``/``.pt``/``.bin``/``.safetensors``; ``arch`` required);
+- our own format: ``x.safetensors`` (full model keys) + ``x.json`` (``ClassifierConfig`` and
+  free-form training info), written by ``save_classifier``.
+Torch files are read with ``torch.load(weights_only=True)``: pickled code is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffsmooth.classifiers.config import ClassifierConfig
+from diffsmooth.classifiers.registry import Classifier, create_classifier, head_key, list_classifiers
+from diffsmooth.errors import InputError
+
+FORMAT = "diffsmooth-classifier"
+FORMAT_VERSION = 1
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (recorded in results manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _paths(path: Path) -> tuple[Path, Path]:
+    """(weights .safetensors, config .json) for any of ``x``, ``x.safetensors``, ``x.json``."""
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_classifier(path: str | Path, model: Classifier, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as ``<path>.safetensors`` + ``<path>.json``; returns the weights path.
+
+    The JSON holds ``"format": "diffsmooth-classifier"``, the ``ClassifierConfig`` fields
+    (arch, num_classes, in_channels, image_size, mean, std, dataset, extra), the weights'
+    SHA-256 and ``"training"``: ``extra`` (free-form, JSON-serializable: sigma, epochs, accuracy ...).
+    """
+    from safetensors.torch import save_file
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, ClassifierConfig):
+        raise InputError("save_classifier needs a model made by create_classifier or load_classifier "
+                         "(it has no ClassifierConfig in .config)")
+    weights, config_path = _paths(Path(path))
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared or strided storage; each tensor gets its own compact copy.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": FORMAT})
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **config.to_dict(),
+        "weights": weights.name,
+        "weights_sha256": file_sha256(weights),
+        "training": dict(extra or {}),
+    }
+    try:
+        config_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    except TypeError as err:
+        raise InputError(f"save_classifier: extra must be JSON-serializable ({err}); "
+                         "convert tensors/arrays to lists or numbers") from None
+    return weights
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"cannot read {path} as safetensors ({err}); the file is damaged or "
+                         "incomplete, save or download it again") from None
+
+
+def _read_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"refused to load {path}: it contains pickled objects other than tensors ({first}); "
+            "only weights-only checkpoints are read -- re-save just the state_dict from trusted code"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot read checkpoint {path} ({first}); the file is damaged or "
+                         "truncated, download or save it again") from None
+
+
+def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
+    """The state dict, the ``arch`` and the scalar metadata (epoch ...) of a loaded torch object."""
+    if isinstance(obj, dict):
+        arch = obj.get("arch") if isinstance(obj.get("arch"), str) else None
+        meta = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, (str, int, float))}
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if isinstance(obj.get(key), dict):
+                return obj[key], arch, meta
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj, None, {}
+    raise InputError(f"{path} holds no state dict (expected a dict of tensors or a dict with "
+                     "'state_dict'); save the model's state_dict()")
+
+
+def _to_model_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map checkpoint keys onto ``Classifier`` keys ``1.<net key>``."""
+    keys = list(state)
+    if all(k.startswith("1.module.") for k in keys):  # Sequential(normalize, DataParallel(net))
+        return {"1." + k[len("1.module."):]: v for k, v in state.items()}
+    if all(k.startswith("1.") for k in keys):  # Cohen: Sequential(normalize, net)
+        return dict(state)
+    if all(k.startswith("module.") for k in keys):  # DataParallel(net)
+        return {"1." + k[len("module."):]: v for k, v in state.items()}
+    return {"1." + k: v for k, v in state.items()}  # bare timm/torchvision state dict
+
+
+def _few(names: list[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (f" (+{len(names) - k} more)" if len(names) > k else "")
+
+
+def _load_state(model: Classifier, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    # Checkpoints from old PyTorch versions lack BatchNorm's step counter; it is unused in eval.
+    for k in expected:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = expected[k]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = [f"missing {len(missing)}: {_few(missing)}" if missing else "",
+                 f"unexpected {len(unexpected)}: {_few(unexpected)}" if unexpected else "",
+                 f"wrong shape (file vs model) {len(wrong)}: {_few(wrong, 3)}" if wrong else ""]
+        raise InputError(
+            f"{path} does not fit arch {model.config.arch!r} with {model.config.num_classes} classes ("
+            + "; ".join(p for p in parts if p)
+            + f"); pass the arch/num_classes the checkpoint was trained with (known: {', '.join(list_classifiers())})"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _finish(model: Classifier, path: Path) -> Classifier:
+    model.checkpoint_sha256 = file_sha256(path)
+    model.checkpoint_path = str(path)
+    return model.eval()
+
+
+def _load_own(weights: Path, config_path: Path) -> Classifier:
+    try:
+        doc = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read classifier config {config_path} ({err}); fix or re-save it") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(f"{config_path} is not a {FORMAT} config (no \"format\": \"{FORMAT}\"); "
+                         "save the model with save_classifier")
+    if not weights.is_file():
+        raise InputError(f"weights {weights} for {config_path} are missing; copy them next to the JSON")
+    try:
+        config = ClassifierConfig.from_dict(doc)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{config_path} lacks a valid field ({err}); re-save with save_classifier") from None
+    model = create_classifier(
+        config.arch, config.num_classes, dataset=config.dataset, mean=config.mean, std=config.std,
+        in_channels=config.in_channels, image_size=config.image_size, **config.extra,
+    )
+    _load_state(model, _read_safetensors(weights), weights)
+    model.training_info = doc.get("training", {})
+    return _finish(model, weights)
+
+
+def load_classifier(
+    path: str | Path, arch: str | None = None, num_classes: int | None = None
+) -> Classifier:
+    """Load a classifier checkpoint into a ``Classifier`` in eval mode.
+
+    Args:
+        path: a Cohen/SmoothAdv ``.pth.tar``, a bare state dict (``.pth``, ``.pt``,
+            ``.bin``, ``.safetensors``) or our ``x.safetensors``/``x.json`` pair.
+        arch: registry name; required for bare state dicts, overrides a checkpoint's ``arch``.
+        num_classes: default: read off the checkpoint's final layer.
+
+    Returns:
+        ``Classifier`` (input (B, C, H, W) in [0,1] -> logits) with ``checkpoint_sha256``
+        and ``checkpoint_path`` set. Every problem raises ``InputError`` with the fix.
+    """
+    path = Path(path)
+    weights, config_path = _paths(path)
+    own = path.suffix in (".safetensors", ".json") or not path.exists()
+    if own and config_path.is_file():
+        model = _load_own(weights, config_path)
+        if arch not in (None, model.config.arch) or num_classes not in (None, model.config.num_classes):
+            raise InputError(
+                f"{config_path} describes {model.config.arch!r} with {model.config.num_classes} classes, "
+                f"not {arch!r}/{num_classes}; drop arch=/num_classes= for this file"
+            )
+        return model
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} not found; check the path")
+    if path.suffix == ".safetensors":
+        state, file_arch, meta = _read_safetensors(path), None, {}
+    else:
+        state, file_arch, meta = _unwrap(_read_torch(path), path)
+    arch = arch or file_arch
+    if arch is None:
+        raise InputError(f"{path} does not say its architecture; pass arch= one of: "
+                         f"{', '.join(list_classifiers())}")
+    state = _to_model_keys(state)
+    if num_classes is None:
+        head = state.get("1." + head_key(arch))
+        num_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else None
+    model = create_classifier(arch, num_classes)
+    _load_state(model, state, path)
+    model.training_info = meta
+    return _finish(model, path)
