@@ -1,0 +1,118 @@
+"""Certified accuracy tables and curves from results files.
+
+Certified accuracy at radius r is the fraction of all images (abstentions
+included, counted as failures) that are classified correctly with a certified
+radius of at least r, as in Cohen et al.'s ``analyze.py``; at r = 0 it is the
+smoothed classifier's clean accuracy.  The average certified radius (ACR) is
+the mean of ``radius * correct`` over all images (Zhai et al. 2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffsmooth.errors import InputError
+from diffsmooth.results import Row, read_rows
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One run's numbers. ``certified`` maps radius -> certified accuracy (certify runs only)."""
+
+    label: str
+    mode: str
+    images: int
+    clean_accuracy: float
+    abstention_rate: float
+    certified: dict[float, float]
+    acr: float | None
+    seconds_per_image: float
+
+
+def certified_accuracy(rows: Sequence[Row], radius: float) -> float:
+    """Fraction of rows correct with certified radius >= ``radius``."""
+    if not rows:
+        return 0.0
+    return sum(1 for r in rows if r.correct and r.radius >= radius) / len(rows)
+
+
+def summarize(path: Path, radii: Sequence[float], label: str | None = None) -> Summary:
+    mode, rows = read_rows(path)
+    if not rows:
+        raise InputError(f"{path} holds no results yet; run certification first")
+    n = len(rows)
+    certify = mode == "certify"
+    return Summary(
+        label=label or Path(path).stem,
+        mode=mode,
+        images=n,
+        clean_accuracy=sum(r.correct for r in rows) / n,
+        abstention_rate=sum(r.predict == -1 for r in rows) / n,
+        certified={float(r): certified_accuracy(rows, r) for r in radii} if certify else {},
+        acr=sum(r.radius * r.correct for r in rows) / n if certify else None,
+        seconds_per_image=sum(r.seconds for r in rows) / n,
+    )
+
+
+def table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str = "markdown") -> str:
+    """Render summaries as a markdown, csv or latex table (accuracies in percent)."""
+    head = ["run", "images", *[f"r={r:g}" for r in radii], "ACR", "abstain", "clean acc", "s/img"]
+    body = []
+    for s in summaries:
+        cert = [f"{100 * s.certified[float(r)]:.1f}" if s.certified else "-" for r in radii]
+        acr = f"{s.acr:.3f}" if s.acr is not None else "-"
+        body.append([s.label, str(s.images), *cert, acr, f"{100 * s.abstention_rate:.1f}",
+                     f"{100 * s.clean_accuracy:.1f}", f"{s.seconds_per_image:.2f}"])
+    if fmt == "csv":
+        return "\n".join(",".join(row) for row in [head, *body]) + "\n"
+    if fmt == "latex":
+        cols = "l" + "r" * (len(head) - 1)
+        lines = [f"\\begin{{tabular}}{{{cols}}}", "\\toprule", " & ".join(_tex(h) for h in head) + " \\\\", "\\midrule"]
+        lines += [" & ".join(_tex(c) for c in row) + " \\\\" for row in body]
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    if fmt != "markdown":
+        raise InputError(f"unknown table format {fmt!r}; choose markdown, csv or latex")
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    line = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
+    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *[line(row) for row in body]]) + "\n"
+
+
+def _tex(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%")
+
+
+def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | None = None) -> None:
+    """Certified accuracy against radius for several runs in one figure (PNG/PDF by suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = []
+    for path in paths:
+        mode, rows = read_rows(path)
+        if mode != "certify":
+            raise InputError(f"{path} holds PREDICT results, which certify no radius; plot CERTIFY results")
+        curves.append(rows)
+    top = max((r.radius for rows in curves for r in rows if r.correct), default=1.0)
+    grid = np.linspace(0.0, max(top, 1e-3) * 1.05, 400)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=150)
+    for rows, label in zip(curves, labels):
+        ax.plot(grid, [certified_accuracy(rows, r) for r in grid], label=label, linewidth=1.8)
+    ax.set_xlabel(r"radius ($\ell_2$)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, grid[-1])
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

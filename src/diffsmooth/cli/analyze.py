@@ -1,0 +1,47 @@
+"""``diffsmooth analyze``: certified accuracy tables and plots from results TSVs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffsmooth.errors import InputError
+
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser(
+        "analyze",
+        formatter_class=formatter,
+        help="certified accuracy table and plot of results files",
+        description="Print, per results file, certified accuracy at the given radii (correct and radius >= r, "
+        "over all images, abstentions counted as wrong), the average certified radius, the abstention rate and "
+        "the clean accuracy of the smoothed classifier. Reads the Cohen et al. TSV format.",
+    )
+    p.add_argument("results", nargs="+", type=Path, help="results TSV files")
+    p.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII), help="radii of the table")
+    p.add_argument("--labels", nargs="+", default=None, help="one name per results file (default: file names)")
+    p.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown", help="table format")
+    p.add_argument("--plot", type=Path, default=None, help="write certified accuracy vs radius to this PNG/PDF")
+    p.add_argument("--title", default=None, help="plot title")
+    p.set_defaults(func=_analyze)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from diffsmooth.analysis import plot, summarize, table
+
+    labels = args.labels or [p.stem for p in args.results]
+    if len(labels) != len(args.results):
+        raise InputError(f"--labels gives {len(labels)} names for {len(args.results)} results files; give one each")
+    if any(r < 0 for r in args.radii):
+        raise InputError("--radii must be >= 0")
+    summaries = [summarize(path, args.radii, label) for path, label in zip(args.results, labels)]
+    sys.stdout.write(table(summaries, args.radii, args.format))
+    if args.plot is not None:
+        if not args.plot.parent.is_dir():
+            raise InputError(f"folder {args.plot.parent} for --plot does not exist; create it first")
+        plot(args.results, labels, args.plot, args.title)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0

@@ -1,0 +1,135 @@
+"""``diffsmooth certify`` and ``diffsmooth predict``: run CERTIFY or PREDICT over a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffsmooth.errors import InputError
+
+
+def add_method_arguments(p: argparse.ArgumentParser) -> None:
+    """Options that pick the base classifier; shared by certify, predict, purify and demo."""
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=("rs", "dds", "diffsmooth"), default="diffsmooth",
+                   help="rs: Gaussian randomized smoothing; dds: diffusion denoised smoothing; "
+                   "diffsmooth: purification + local smoothing")
+    g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, imagenet, digits")
+    g.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the usual places)")
+    g.add_argument("--sigma", type=float, required=True, help="smoothing noise std in [0,1] pixel units")
+    g.add_argument("--denoiser", default=None,
+                   help="diffusion checkpoint (OpenAI .pt, diffusers folder, our folder) or shipped model name; "
+                   "default for fashion-mnist: the shipped model")
+    g.add_argument("--denoiser-preset", default=None,
+                   help="preset of a bare OpenAI checkpoint: improved-cifar10-uncond or guided-imagenet256-uncond "
+                   "(inferred from its keys when omitted)")
+    g.add_argument("--classifier", default=None,
+                   help="classifier checkpoint (Cohen/SmoothAdv .pth.tar, ours .safetensors) or shipped model name; "
+                   "default for fashion-mnist: the shipped model for the method and sigma")
+    g.add_argument("--m", type=int, default=5, help="diffsmooth: local noise samples per purified image")
+    g.add_argument("--local-sigma", type=float, default=0.25, help="diffsmooth: std of the local noise")
+    g.add_argument("--vote", choices=("soft", "hard"), default="soft",
+                   help="diffsmooth: average softmax (reference code) or majority of labels (paper)")
+    g.add_argument("--local-noise", choices=("fixed", "fresh"), default="fixed",
+                   help="diffsmooth: local noises drawn once from --local-noise-seed, or fresh per call")
+    g.add_argument("--local-noise-seed", type=int, default=42, help="diffsmooth: seed of the local noise")
+    g.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="autocast precision of the models (float32 is exact; bf16 is fast on GPUs)")
+    g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+
+
+def method_spec(args: argparse.Namespace):
+    from diffsmooth.methods import MethodSpec
+
+    return MethodSpec(
+        method=args.method, dataset=args.dataset, sigma=args.sigma, denoiser=args.denoiser,
+        denoiser_preset=args.denoiser_preset, classifier=args.classifier, m=args.m,
+        local_sigma=args.local_sigma, vote=args.vote, local_noise=args.local_noise,
+        local_noise_seed=args.local_noise_seed, precision=args.precision,
+    )
+
+
+def pick_device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def _add_run(sub, formatter, mode: str) -> None:
+    certify = mode == "certify"
+    p = sub.add_parser(
+        mode,
+        formatter_class=formatter,
+        help="certify l2 radii of test images (CERTIFY)" if certify else "smoothed predictions with abstention (PREDICT)",
+        description=(
+            "CERTIFY each selected image: pick the top class from n0 noise samples, bound its probability "
+            "from n fresh samples, and write `idx label predict radius correct time` rows (predict -1 = abstain)."
+            if certify else
+            "PREDICT each selected image from n noise samples with a binomial test at level alpha; writes "
+            "`idx label predict correct time` rows."
+        ) + " Rows are flushed as each image completes; --resume continues an interrupted run. Under "
+        "`torchrun --nproc-per-node K -m diffsmooth " + mode + " ...` each process takes a share of the images.",
+    )
+    add_method_arguments(p)
+    g = p.add_argument_group("sampling")
+    if certify:
+        g.add_argument("--n0", type=int, default=100, help="selection samples")
+    g.add_argument("--n", type=int, default=100_000, help="estimation samples per image")
+    g.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate")
+    g.add_argument("--batch", type=int, default=1000, help="noisy images per forward pass")
+    g.add_argument("--seed", type=int, default=0, help="run seed; image idx's noise is seeded by (seed, idx)")
+    g = p.add_argument_group("images")
+    g.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
+    g.add_argument("--skip", type=int, default=1, help="take every skip-th image (Cohen's --skip)")
+    g.add_argument("--max", type=int, default=None, help="at most this many images")
+    g.add_argument("--indices", type=int, nargs="+", default=None, help="explicit dataset indices instead")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, required=True, help="results TSV; its manifest is written to OUT.json")
+    mode_group = g.add_mutually_exclusive_group()
+    mode_group.add_argument("--resume", action="store_true", help="continue an existing results file")
+    mode_group.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    g.add_argument("--split-samples", action="store_true",
+                   help="under torchrun: share each image's samples across all processes (for very large n) "
+                   "instead of giving each process its own images")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run, mode=mode)
+
+
+def register(sub, formatter) -> None:
+    _add_run(sub, formatter, "certify")
+    _add_run(sub, formatter, "predict")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from diffsmooth import distributed
+    from diffsmooth.data import load_dataset
+    from diffsmooth.runner import RunSpec, check_run, select_indices
+
+    spec = RunSpec(
+        mode=args.mode, method=method_spec(args), n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
+        batch_size=args.batch, seed=args.seed, split=args.split,
+    )
+    check_run(spec)
+    device = pick_device(args.device)
+    dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
+    indices = select_indices(len(dataset), args.skip, args.max, args.indices)
+    extra = {"dataset": {"name": args.dataset, "split": args.split, "size": len(dataset)},
+             "argv": sys.argv[1:], "indices": {"skip": args.skip, "max": args.max, "explicit": args.indices}}
+    report = distributed.run_maybe_distributed(
+        spec, dataset.__getitem__, indices, args.out, num_classes=dataset.info.num_classes, device=device,
+        resume=args.resume, overwrite=args.overwrite, manifest_extra=extra, progress=not args.quiet,
+        split_samples=args.split_samples,
+    )
+    if report is not None and not args.quiet:
+        done = len(report.rows)
+        print(f"{done} image(s) {args.mode}d, {report.skipped} already done; results in {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,173 @@
+"""Build a method's base classifier from names and paths, as the command line gives them.
+
+``MethodSpec`` is the data that says which ``h`` a run certifies; ``build_base``
+turns it into a ready ``nn.Module`` in eval mode on the requested device.  Where
+a dataset ships models (Fashion-MNIST), the denoiser and classifier default to
+them: the Gaussian classifier for the smoothing sigma (RS), the clean one (DDS),
+and the Gaussian classifier for ``local_sigma`` (DiffSmooth).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffsmooth.errors import InputError
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What base classifier a run certifies.
+
+    Attributes:
+        method: "rs", "dds" or "diffsmooth".
+        dataset: dataset name (for defaults and input checks).
+        sigma: outer smoothing noise in [0,1] pixel units (sets t* of the denoiser).
+        denoiser: diffusion checkpoint path or shipped model name (dds, diffsmooth).
+        denoiser_preset: preset for a bare OpenAI checkpoint (inferred when None).
+        classifier: classifier checkpoint path or shipped model name.
+        m, local_sigma, vote, local_noise, local_noise_seed: DiffSmooth's local smoothing.
+        precision: "float32" (default), or "bfloat16"/"float16" autocast.
+    """
+
+    method: str
+    dataset: str
+    sigma: float
+    denoiser: str | None = None
+    denoiser_preset: str | None = None
+    classifier: str | None = None
+    m: int = 5
+    local_sigma: float = 0.25
+    vote: str = "soft"
+    local_noise: str = "fixed"
+    local_noise_seed: int = 42
+    precision: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _classifier(spec: MethodSpec, shipped_for: Callable[[], str]) -> nn.Module:
+    from diffsmooth.classifiers import load_classifier
+
+    source = spec.classifier or shipped_for()
+    return load_classifier(_resolve(source, "classifier"))
+
+
+def build_denoiser(spec: MethodSpec) -> nn.Module:
+    """The one-shot purifier of ``spec`` for its sigma: noisy [0,1] images -> purified [0,1]."""
+    from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
+
+    source = spec.denoiser
+    if source is None:
+        source = _shipped(spec, "denoiser", lambda s: s.shipped_diffusion())
+    model = load_diffusion_model(_resolve(source, "denoiser"), preset=spec.denoiser_preset)
+    return OneShotDenoiser(model, spec.sigma)
+
+
+def _resolve(source: str, what: str) -> Path:
+    """A path as given, or the path of a shipped model of that name."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    from diffsmooth import shipped
+
+    if source in shipped.shipped_names():
+        return shipped.shipped_path(source)
+    raise InputError(
+        f"{what} {source!r} is neither an existing path nor a shipped model "
+        f"({', '.join(shipped.shipped_names())}); check the path"
+    )
+
+
+def _shipped(spec: MethodSpec, what: str, pick: Callable[[Any], Any]) -> str:
+    from diffsmooth import shipped
+
+    if spec.dataset != "fashion-mnist":
+        raise InputError(f"--{what} is required for dataset {spec.dataset!r}: only fashion-mnist ships default models")
+    return str(pick(shipped))
+
+
+def _build_rs(spec: MethodSpec) -> nn.Module:
+    from diffsmooth.defenses import Gaussian
+
+    return Gaussian(_classifier(spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("gaussian", spec.sigma))))
+
+
+def _build_dds(spec: MethodSpec) -> nn.Module:
+    from diffsmooth.defenses import DenoisedSmoothing
+
+    clean = _classifier(spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("clean", 0.0)))
+    return DenoisedSmoothing(build_denoiser(spec), clean)
+
+
+def _build_diffsmooth(spec: MethodSpec) -> nn.Module:
+    from diffsmooth.defenses import DiffSmooth
+
+    local = _classifier(
+        spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("gaussian", spec.local_sigma))
+    )
+    return DiffSmooth(
+        build_denoiser(spec),
+        local,
+        m=spec.m,
+        local_sigma=spec.local_sigma,
+        vote=spec.vote,
+        local_noise=spec.local_noise,
+        seed=spec.local_noise_seed,
+    )
+
+
+METHODS: dict[str, Callable[[MethodSpec], nn.Module]] = {
+    "rs": _build_rs,
+    "dds": _build_dds,
+    "diffsmooth": _build_diffsmooth,
+}
+
+
+class Autocast(nn.Module):
+    """Runs a base under ``torch.autocast`` in ``dtype`` and returns float32 scores."""
+
+    def __init__(self, base: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.base = base
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            out = self.base(x)
+        return out.float() if out.is_floating_point() else out
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.base.describe(), "precision": str(self.dtype).removeprefix("torch.")}
+
+
+def validate(spec: MethodSpec) -> None:
+    """Check the numbers of a spec before anything is loaded."""
+    if spec.method not in METHODS:
+        raise InputError(f"unknown method {spec.method!r}; choose one of: {', '.join(METHODS)}")
+    if not (spec.sigma > 0 and math.isfinite(spec.sigma)):
+        raise InputError(f"--sigma must be a positive noise level in [0,1] pixel units (e.g. 0.25), got {spec.sigma}")
+    if spec.m < 1:
+        raise InputError(f"--m must be at least 1 local noise sample, got {spec.m}")
+    if not (spec.local_sigma >= 0 and math.isfinite(spec.local_sigma)):
+        raise InputError(f"--local-sigma must be >= 0, got {spec.local_sigma}")
+    if spec.precision not in PRECISIONS:
+        raise InputError(f"unknown precision {spec.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+
+def build_base(spec: MethodSpec, device: torch.device | str = "cpu") -> nn.Module:
+    """The base classifier ``h`` of ``spec`` in eval mode on ``device``: noisy images
+    ``(B, C, H, W)`` in [0,1] pixel space -> scores ``(B, num_classes)``."""
+    validate(spec)
+    base = METHODS[spec.method](spec).eval().to(device)
+    dtype = PRECISIONS[spec.precision]
+    return base if dtype is None else Autocast(base, dtype)

@@ -1,0 +1,41 @@
+"""Pictures: image grids with column titles, and the PSNR that goes with them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def psnr(images: Tensor, reference: Tensor) -> float:
+    """Mean PSNR in dB of ``images`` against ``reference``, both ``(B, C, H, W)`` in [0,1]."""
+    mse = (images.float() - reference.float()).pow(2).flatten(1).mean(dim=1).clamp_min(1e-12)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+def save_grid(columns: Sequence[Tensor], titles: Sequence[str], out: Path) -> None:
+    """One row per image, one column per tensor ``(B, C, H, W)`` in [0,1]; PNG by ``out``'s suffix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = columns[0].shape[0]
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.6 * len(columns), 1.6 * rows), dpi=120, squeeze=False)
+    for j, (images, title) in enumerate(zip(columns, titles)):
+        for i in range(rows):
+            image = images[i].detach().float().clamp(0, 1).cpu()
+            ax = axes[i][j]
+            if image.shape[0] == 1:
+                ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(image.permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
