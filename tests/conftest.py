@@ -42,3 +42,19 @@ def classifier_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_classifier("fmnist_cnn", 10).eval()
     return save_classifier(tmp_path_factory.mktemp("clf") / "tiny_cnn", model, {"note": "random weights"})
+
+
+TINY_UNET_FLAGS = dict(image_size=28, in_channels=1, num_channels=32, num_res_blocks=1, channel_mult="1,1",
+                       attention_resolutions="14", num_heads=2, dropout=0.0, learn_sigma=False,
+                       use_scale_shift_norm=True)
+
+
+@pytest.fixture(scope="session")
+def denoiser_path(tmp_path_factory) -> Path:
+    """A randomly initialised 1-channel 28x28 ADM UNet in our diffusion format (linear, 1000 steps)."""
+    from diffsmooth.diffusion import NoiseSchedule, adm_unet, save_diffusion_model
+
+    torch.manual_seed(0)
+    unet = adm_unet("improved", **TINY_UNET_FLAGS)
+    return save_diffusion_model(tmp_path_factory.mktemp("ddpm") / "tiny_ddpm", unet, "improved", TINY_UNET_FLAGS,
+                                NoiseSchedule("linear", 1000), rescale_timesteps=False)

@@ -122,3 +122,21 @@ def test_describe_records_the_parameters():
     assert {k: info[k] for k in ("method", "m", "local_sigma", "vote", "local_noise", "local_noise_seed")} == {
         "method": "diffsmooth", "m": 3, "local_sigma": 0.12, "vote": "hard", "local_noise": "fresh", "local_noise_seed": 7,
     }
+
+
+@pytest.mark.parametrize("method", ["rs", "dds", "diffsmooth"])
+def test_every_method_certifies_end_to_end(method, classifier_path, denoiser_path):
+    """Real (tiny, random) checkpoints through build_base and the certifier, on CPU."""
+    from diffsmooth import MethodSpec, SmoothedClassifier, build_base
+
+    spec = MethodSpec(method, "fashion-mnist", sigma=0.25, denoiser=str(denoiser_path),
+                      classifier=str(classifier_path), m=3, local_sigma=0.25)
+    base = build_base(spec)
+    xs = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    certs = SmoothedClassifier(base, 10, 0.25).certify_batch(
+        xs, n0=8, n=24, alpha=0.01, batch_size=32, generators=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert [sum(c.counts) for c in certs] == [24, 24] and [sum(c.selection_counts) for c in certs] == [8, 8]
+    info = base.describe()
+    assert info["method"] == method
+    if method != "rs":
+        assert info["denoiser"]["t_star"] > 0 and info["denoiser"]["sigma"] == 0.25

@@ -1,0 +1,243 @@
+"""Loading and saving diffusion models without executing untrusted code.
+
+``load_diffusion_model(source, preset=None)`` reads:
+(a) an OpenAI state-dict file (``.pt``; or ``.safetensors`` of the same keys) for a preset,
+    read with ``torch.load(weights_only=True)``, keys checked strictly; without ``preset`` the
+    preset whose keys and shapes fit is chosen;
+(b) our format, written by ``save_diffusion_model``: a directory with ``config.json``
+    (``"format": "diffsmooth-diffusion"``, variant, official flags, schedule,
+    rescale_timesteps, extra) and ``model.safetensors``, or ``x.safetensors`` beside ``x.json``;
+(c) a diffusers folder (``UNet2DModel`` + ``DDPMScheduler`` config), offline.
+Every failure is an ``InputError`` naming the fix. The weights file's SHA-256 is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffsmooth.diffusion.adm import VARIANTS, adm_unet
+from diffsmooth.diffusion.presets import DiffusionModel, get_preset, list_presets, preset_state_shapes
+from diffsmooth.diffusion.schedules import NoiseSchedule
+from diffsmooth.errors import InputError
+
+FORMAT = "diffsmooth-diffusion"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_diffusion_model(directory: str | Path, unet: nn.Module, variant: str, flags: dict[str, Any],
+                         schedule: NoiseSchedule, rescale_timesteps: bool,
+                         extra: dict[str, Any] | None = None) -> Path:
+    """Write ``directory/model.safetensors`` + ``directory/config.json``; returns the directory.
+
+    ``unet`` must be ``adm_unet(variant, **flags)`` (possibly trained): the JSON stores the
+    variant, the flags, ``schedule.to_dict()``, ``rescale_timesteps`` and ``extra`` (free-form,
+    JSON-serializable training info: dataset, epochs, loss ...), so that the directory says
+    what builds it.
+    """
+    from safetensors.torch import save_file
+
+    if variant not in VARIANTS:
+        raise InputError(f"unknown ADM variant {variant!r}; known: {', '.join(VARIANTS)}")
+    expected = {k: tuple(v.shape) for k, v in _meta_unet(variant, flags).state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    if expected != actual:
+        raise InputError("save_diffusion_model: the unet does not match adm_unet(variant, **flags) "
+                         f"({_key_diff(actual, expected)}); pass the flags it was built with")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_NAME
+    # safetensors refuses shared storage; each tensor gets its own compact CPU copy.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in unet.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": FORMAT})
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "variant": variant,
+        "flags": dict(flags),
+        "schedule": schedule.to_dict(),
+        "rescale_timesteps": bool(rescale_timesteps),
+        "weights": WEIGHTS_NAME,
+        "weights_sha256": file_sha256(weights),
+        "extra": dict(extra or {}),
+    }
+    try:
+        (directory / CONFIG_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    except TypeError as err:
+        raise InputError(f"save_diffusion_model: extra and flags must be JSON-serializable ({err}); "
+                         "convert tensors/arrays to numbers or lists") from None
+    return directory
+
+
+def load_diffusion_model(source: str | Path, preset: str | None = None) -> DiffusionModel:
+    """Load a diffusion model (eval mode, float32 CPU weights) from any supported source.
+
+    Args:
+        source: an OpenAI ``.pt`` state dict, our directory / ``.safetensors`` + ``.json``,
+            or a diffusers folder (see module docstring).
+        preset: for state-dict files, the preset name (``list_presets()``); omitted, the
+            preset whose keys and shapes fit is picked.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"diffusion checkpoint {str(source)!r} does not exist; pass a .pt file, a "
+                         "diffsmooth model directory or a diffusers folder")
+    if path.is_dir():
+        config = path / CONFIG_NAME
+        if config.is_file() and _read_json(config).get("format") == FORMAT:
+            return _load_ours(config, path / _read_json(config).get("weights", WEIGHTS_NAME))
+        from diffsmooth.diffusion.diffusers_backend import is_diffusers_folder, load_diffusers_model
+
+        if is_diffusers_folder(path):
+            return load_diffusers_model(path)
+        raise InputError(f"{path} is neither a diffsmooth diffusion directory ({CONFIG_NAME} with "
+                         f"\"format\": \"{FORMAT}\") nor a diffusers folder (config.json + scheduler_config.json)")
+    if path.suffix == ".safetensors":
+        for sibling in (path.with_suffix(".json"), path.parent / CONFIG_NAME):
+            if sibling.is_file() and _read_json(sibling).get("format") == FORMAT:
+                return _load_ours(sibling, path)
+        # No config beside it: a bare state dict, resolved through the presets like a .pt file.
+        return _from_state_dict(_read_safetensors(path), path, preset)
+    return _from_state_dict(_read_torch(path), path, preset)
+
+
+# ---- our format -------------------------------------------------------------------------------
+
+def _load_ours(config_path: Path, weights: Path) -> DiffusionModel:
+    doc = _read_json(config_path)
+    missing = [k for k in ("variant", "flags", "schedule", "rescale_timesteps") if k not in doc]
+    if missing:
+        raise InputError(f"{config_path} lacks {', '.join(missing)}; rewrite it with save_diffusion_model")
+    if not weights.is_file():
+        raise InputError(f"weights file {weights} is missing next to {config_path}; copy {weights.name} there")
+    flags = dict(doc["flags"])
+    unet = _meta_unet(doc["variant"], flags)
+    _strict_assign(unet, _read_safetensors(weights), weights)
+    return DiffusionModel(
+        unet=unet.eval(),
+        schedule=NoiseSchedule.from_dict(doc["schedule"]),
+        rescale_timesteps=bool(doc["rescale_timesteps"]),
+        in_channels=int(flags.get("in_channels", 3)),
+        image_size=int(flags.get("image_size", 64)),
+        name=str(doc.get("extra", {}).get("name", config_path.parent.name)),
+        sha256=file_sha256(weights),
+    )
+
+
+# ---- OpenAI state dicts -----------------------------------------------------------------------
+
+def _from_state_dict(state: dict[str, Tensor], path: Path, preset: str | None) -> DiffusionModel:
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    fitting = [name for name in list_presets() if preset_state_shapes(name) == shapes]
+    if preset is None:
+        if not fitting:
+            closest = min(list_presets(), key=lambda n: len(set(preset_state_shapes(n)) ^ set(shapes)))
+            raise InputError(f"{path.name} fits no diffusion preset (closest {closest!r}: "
+                             f"{_key_diff(shapes, preset_state_shapes(closest))}); known presets: "
+                             f"{', '.join(list_presets())}; pass a matching checkpoint")
+        preset = fitting[0]
+    spec = get_preset(preset)
+    if preset not in fitting:
+        hint = (f"it fits preset {fitting[0]!r}: pass preset={fitting[0]!r}" if fitting
+                else f"use the {spec.checkpoint} checkpoint for this preset")
+        raise InputError(f"{path.name} does not fit preset {preset!r} "
+                         f"({_key_diff(shapes, preset_state_shapes(preset))}); {hint}")
+    with torch.device("meta"):
+        unet = spec.build_unet()
+    _strict_assign(unet, state, path)
+    return DiffusionModel(unet.eval(), spec.schedule, spec.rescale_timesteps, spec.in_channels,
+                          int(spec.flags["image_size"]), spec.name, file_sha256(path))
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+def _meta_unet(variant: str, flags: dict[str, Any]) -> nn.Module:
+    # Meta first, weights assigned after: no time spent on a random init that is overwritten.
+    with torch.device("meta"):
+        return adm_unet(variant, **flags)
+
+
+def _strict_assign(unet: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != actual:
+        raise InputError(f"{path.name} does not fit the configured network ({_key_diff(actual, expected)}); "
+                         "pass the weights saved together with this config")
+    # Half-precision releases are widened: device and dtype then follow the caller's .to().
+    unet.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                         strict=True, assign=True)
+
+
+def _key_diff(actual: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], show: int = 3) -> str:
+    missing = sorted(set(expected) - set(actual))
+    unexpected = sorted(set(actual) - set(expected))
+    reshaped = sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:show])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:show])}")
+    if reshaped:
+        parts.append(f"{len(reshaped)} shape mismatches, e.g. "
+                     + ", ".join(f"{k} {list(actual[k])} vs {list(expected[k])}" for k in reshaped[:show]))
+    return "; ".join(parts) or "no differences"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read {path} as JSON ({err}); restore the file") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path} must hold a JSON object; restore the file")
+    return doc
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"cannot read {path} as safetensors ({err}); the file is truncated or corrupt, "
+                         "download it again") from None
+
+
+def _read_torch(path: Path) -> dict[str, Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message is long advice on unsafe loading; keep only its diagnosis line.
+        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln]
+        detail = f" ({lines[0].split(' Please')[0][:160]})" if lines else ""
+        raise InputError(f"refused to load {path.name}: it contains pickled objects other than tensors"
+                         f"{detail}; only plain state dicts are read, re-save it with "
+                         "torch.save(model.state_dict(), ...) from a trusted source") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(f"cannot read {path.name} as a torch checkpoint ({type(err).__name__}); the file is "
+                         "truncated or not a checkpoint, download it again") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        raise InputError(f"{path.name} is not a state dict of tensors; pass the diffusion model's "
+                         "state_dict file (e.g. cifar10_uncond_50M_500K.pt)")
+    return obj

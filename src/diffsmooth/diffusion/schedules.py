@@ -1,0 +1,135 @@
+"""DDPM noise schedules: the cumulative products ``abar_t`` and the sigma <-> t* map.
+
+A schedule holds no weights and a model holds no schedule (diffusers' split). The
+forward process in model space ([-1,1]) is ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``;
+dividing by ``sqrt(abar_t)`` gives ``x_0 + eps * sqrt(1 - abar_t) / sqrt(abar_t)``, i.e. a
+noise level of ``sqrt(1 - abar_t) / sqrt(abar_t)`` in [-1,1] space, half of that in [0,1]
+pixel space. Randomized smoothing noise ``sigma`` (pixels) therefore corresponds to the
+first ``t`` whose model-space level reaches ``2 * sigma``.
+
+Betas are computed in float64 with numpy, the way improved- and guided-diffusion do,
+so that ``t_star`` reproduces the reference tables to the step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from diffsmooth.errors import InputError
+
+
+def _linear_betas(schedule: "NoiseSchedule") -> np.ndarray:
+    # improved/guided-diffusion scale the 1000-step endpoints so any T gives the same process.
+    scale = 1000.0 / schedule.num_timesteps
+    start = schedule.beta_start if schedule.beta_start is not None else scale * 1e-4
+    end = schedule.beta_end if schedule.beta_end is not None else scale * 0.02
+    return np.linspace(start, end, schedule.num_timesteps, dtype=np.float64)
+
+
+def _cosine_betas(schedule: "NoiseSchedule") -> np.ndarray:
+    # Nichol & Dhariwal (2021): abar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), s = 0.008,
+    # discretised as betas capped at 0.999 to avoid the singularity at t = T.
+    def abar(u: float) -> float:
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    steps = schedule.num_timesteps
+    return np.array(
+        [min(1.0 - abar((i + 1) / steps) / abar(i / steps), 0.999) for i in range(steps)],
+        dtype=np.float64,
+    )
+
+
+_BETAS: dict[str, Callable[["NoiseSchedule"], np.ndarray]] = {
+    "linear": _linear_betas,
+    "cosine": _cosine_betas,
+}
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A discrete DDPM schedule with ``num_timesteps`` steps ``t = 0 .. T-1``.
+
+    Args:
+        name: ``"linear"`` (betas ``linspace(1e-4 * 1000/T, 0.02 * 1000/T)``, as in
+            improved/guided-diffusion) or ``"cosine"`` (improved-diffusion, s = 0.008,
+            betas capped at 0.999).
+        num_timesteps: T, the number of training steps (4000 for improved CIFAR-10,
+            1000 for guided ImageNet and diffusers DDPM).
+        beta_start, beta_end: override the linear endpoints (diffusers configs state them);
+            ``None`` keeps the T-scaled defaults. Ignored by ``"cosine"``.
+    """
+
+    name: str
+    num_timesteps: int
+    beta_start: float | None = None
+    beta_end: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in _BETAS:
+            raise InputError(f"unknown noise schedule {self.name!r}; known: {', '.join(sorted(_BETAS))}")
+        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 2:
+            raise InputError(f"num_timesteps must be an integer >= 2, got {self.num_timesteps!r}")
+
+    @property
+    def betas(self) -> torch.Tensor:
+        """Betas, float64, shape (T,)."""
+        return torch.from_numpy(_BETAS[self.name](self))
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """``abar_t = prod_{s <= t} (1 - beta_s)``, float64, shape (T,), decreasing in (0, 1)."""
+        return torch.from_numpy(np.cumprod(1.0 - _BETAS[self.name](self), axis=0))
+
+    def noise_levels(self) -> torch.Tensor:
+        """Model-space ([-1,1]) noise level ``sqrt(1 - abar_t) / sqrt(abar_t)`` per t, float64 (T,)."""
+        abar = self.alphas_cumprod
+        return torch.sqrt(1.0 - abar) / torch.sqrt(abar)
+
+    def t_star(self, sigma: float) -> int:
+        """The first t with ``sqrt(1 - abar_t) / sqrt(abar_t) >= 2 * sigma``.
+
+        ``sigma`` is the smoothing noise in [0,1] pixel space; the factor 2 converts it
+        to the model's [-1,1] space. Raises ``InputError`` for ``sigma <= 0`` or a sigma
+        larger than the schedule's last step reaches.
+        """
+        if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+            raise InputError(f"sigma must be a positive number (pixel-space noise in [0,1] units), got {sigma!r}")
+        levels = self.noise_levels()
+        reached = torch.nonzero(levels >= 2.0 * float(sigma))
+        if reached.numel() == 0:
+            raise InputError(
+                f"sigma={sigma} is beyond this {self.name} schedule (its largest pixel-space noise is "
+                f"{float(levels[-1]) / 2:.4g}); use a smaller sigma or a schedule with more noise"
+            )
+        return int(reached[0, 0])
+
+    def effective_sigma(self, t: int) -> float:
+        """The pixel-space sigma that step t corresponds to: ``sqrt(1 - abar_t) / (2 sqrt(abar_t))``."""
+        if not 0 <= int(t) < self.num_timesteps:
+            raise InputError(f"timestep {t} is outside this schedule; use 0 <= t < {self.num_timesteps}")
+        return float(self.noise_levels()[int(t)]) / 2.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields; ``from_dict`` inverts it."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NoiseSchedule":
+        known = {"name", "num_timesteps", "beta_start", "beta_end"}
+        unknown = set(data) - known
+        if unknown or "name" not in data or "num_timesteps" not in data:
+            raise InputError(
+                f"bad schedule description {data!r}; expected keys name, num_timesteps "
+                "(optional beta_start, beta_end)"
+            )
+        return cls(**data)
+
+
+def list_schedules() -> list[str]:
+    """Names accepted by ``NoiseSchedule(name=...)``."""
+    return sorted(_BETAS)
