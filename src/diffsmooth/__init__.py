@@ -16,6 +16,18 @@ _EXPORTS = {
     "Certificate": "diffsmooth.smoothing",
     "Prediction": "diffsmooth.smoothing",
     "InputError": "diffsmooth.errors",
+    "Gaussian": "diffsmooth.defenses",
+    "DenoisedSmoothing": "diffsmooth.defenses",
+    "DiffSmooth": "diffsmooth.defenses",
+    "OneShotDenoiser": "diffsmooth.diffusion",
+    "load_diffusion_model": "diffsmooth.diffusion",
+    "adm_unet": "diffsmooth.diffusion",
+    "create_classifier": "diffsmooth.classifiers",
+    "load_classifier": "diffsmooth.classifiers",
+    "save_classifier": "diffsmooth.classifiers",
+    "load_dataset": "diffsmooth.data",
+    "MethodSpec": "diffsmooth.methods",
+    "build_base": "diffsmooth.methods",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -118,6 +118,19 @@ class ResultsWriter:
         self.close()
 
 
+def write_results(path: Path, mode: str, rows: Iterable[Row]) -> None:
+    """Write a whole results TSV atomically: readers see the old file or the complete new one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write("\t".join(HEADERS[mode]) + "\n")
+        for row in rows:
+            f.write("\t".join(row.to_fields(mode)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _cut_torn_line(path: Path) -> None:
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1

@@ -8,6 +8,7 @@ results file is created: bad input leaves no file behind.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 import time
@@ -55,9 +56,14 @@ class RunReport:
     noise_samples: int = 0
 
 
-def generator_for(seed: int, idx: int, device: torch.device | str) -> torch.Generator:
-    """The noise generator of image ``idx`` under run seed ``seed``, on ``device``."""
-    state = np.random.SeedSequence([int(seed), int(idx)]).generate_state(1, dtype=np.uint64)[0]
+def generator_for(seed: int, idx: int, device: torch.device | str, rank: int | None = None) -> torch.Generator:
+    """The noise generator of image ``idx`` under run seed ``seed``, on ``device``.
+
+    ``rank``: the process's rank when several processes share each image's
+    samples (``--split-samples``); each then draws from its own stream.
+    """
+    entropy = [int(seed), int(idx)] + ([] if rank is None else [int(rank)])
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
 
 
@@ -168,6 +174,9 @@ def run(
     manifest_extra: dict[str, Any] | None = None,
     progress: bool = True,
     reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    shard: tuple[int, int] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    write: bool = True,
 ) -> RunReport:
     """Certify (or predict) ``images(idx)`` for each of ``indices`` into ``out``.
 
@@ -180,8 +189,13 @@ def run(
         num_classes: classes of the base classifier.
         base: the base classifier, built from ``spec.method`` when None.
         manifest_extra: more JSON-able facts for the manifest (dataset, argv ...).
-        reduce_counts: see ``SmoothedClassifier``; makes several processes share
-            each image's samples.
+        reduce_counts, shard: see ``SmoothedClassifier``; make several processes
+            share each image's samples (``shard`` = (rank, world size)); the
+            rank also picks the noise stream (``generator_for``).
+        on_ready: called once every check has passed and the models are loaded,
+            just before any file is written (torchrun ranks agree there).
+        write: False runs the images without touching ``out`` (the ranks other
+            than 0 when they share samples); the checks still read it.
     """
     check_run(spec)
     device = torch.device(device)
@@ -192,7 +206,7 @@ def run(
         base = build_base(spec.method, device)
     if todo:
         _probe(base, images(todo[0])[0].to(device), num_classes)
-    smoothed = SmoothedClassifier(base, num_classes, spec.method.sigma, reduce_counts=reduce_counts)
+    smoothed = SmoothedClassifier(base, num_classes, spec.method.sigma, reduce_counts=reduce_counts, shard=shard)
     describe = base.describe() if hasattr(base, "describe") else {"type": type(base).__name__}
     manifest = {
         "spec": spec.to_dict(),
@@ -200,17 +214,23 @@ def run(
         "environment": environment(device),
         **(manifest_extra or {}),
     }
+    if on_ready is not None:
+        on_ready()
     # Every check has passed: only now are files created.
     mpath = manifest_path(out)
-    write_manifest(mpath, {**manifest, "status": "running"})
+    if write:
+        write_manifest(mpath, {**manifest, "status": "running"})
     report = RunReport(skipped=len(indices) - len(todo))
     group = _group_size(spec)
     bar = _progress(len(todo), progress, spec.mode)
-    with ResultsWriter(out, spec.mode, resume=resume and bool(done)) as writer:
+    rank = None if shard is None else shard[0]
+    writing = ResultsWriter(out, spec.mode, resume=resume and bool(done)) if write else contextlib.nullcontext()
+    with writing as writer:
         for start in range(0, len(todo), group):
             batch_idx = todo[start : start + group]
-            rows = _run_group(smoothed, spec, images, batch_idx, device)
-            writer.write(rows)
+            rows = _run_group(smoothed, spec, images, batch_idx, device, rank)
+            if writer is not None:
+                writer.write(rows)
             report.rows += rows
             report.seconds += sum(r.seconds for r in rows)
             report.noise_samples += len(rows) * (spec.n + (spec.n0 if spec.mode == "certify" else 0))
@@ -225,7 +245,8 @@ def run(
         "noise_samples_per_second": report.noise_samples / report.seconds if report.seconds else None,
         "seconds_per_image": report.seconds / len(report.rows) if report.rows else None,
     }
-    write_manifest(mpath, {**manifest, "status": "finished", "throughput": throughput})
+    if write:
+        write_manifest(mpath, {**manifest, "status": "finished", "throughput": throughput})
     return report
 
 
@@ -263,10 +284,11 @@ def _run_group(
     images: Callable[[int], tuple[torch.Tensor, int]],
     indices: Sequence[int],
     device: torch.device,
+    rank: int | None = None,
 ) -> list[Row]:
     loaded = [images(i) for i in indices]
     xs = torch.stack([x for x, _ in loaded]).to(device)
-    gens = [generator_for(spec.seed, i, device) for i in indices]
+    gens = [generator_for(spec.seed, i, device, rank) for i in indices]
     start = time.perf_counter()
     if spec.mode == "certify":
         results = smoothed.certify_batch(xs, spec.n0, spec.n, spec.alpha, spec.batch_size, gens)

@@ -91,6 +91,26 @@ def _check_alpha(alpha: object) -> float:
     return float(alpha)
 
 
+def shard_share(num: int, rank: int, world_size: int) -> int:
+    """Samples that process ``rank`` of ``world_size`` draws out of ``num``: ``num // world_size``,
+    plus one for the first ``num % world_size`` ranks, so the shares add up to ``num``."""
+    return num // world_size + (1 if rank < num % world_size else 0)
+
+
+def _check_shard(shard: object, reduce_counts: object) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    if not (
+        isinstance(shard, tuple) and len(shard) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+        and 0 <= shard[0] < shard[1]
+    ):
+        raise InputError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    if shard[1] > 1 and reduce_counts is None:
+        # Without the sum, n_A would count one share while the certificate claims all n samples.
+        raise InputError("shard with world_size > 1 needs reduce_counts that sums the counts of all shards")
+    return shard
+
+
 def check_images(xs: Tensor, name: str = "x") -> None:
     """Raise ``InputError`` unless ``xs`` is a finite ``(K, C, H, W)`` batch in [0,1]."""
     if not isinstance(xs, Tensor) or not xs.is_floating_point():
@@ -120,6 +140,10 @@ class SmoothedClassifier:
             ``(K, num_classes)`` before decisions are taken, e.g. an all-reduce
             that adds the counts of several processes sharing one image's
             samples.  Identity when ``None``.
+        shard: ``(rank, world_size)`` when ``world_size`` processes share each
+            image's samples: this one draws ``shard_share(num, rank, world_size)``
+            of every ``num`` (from its own generators) and ``reduce_counts``
+            must sum the shards, so that decisions see all ``n0``/``n`` samples.
     """
 
     def __init__(
@@ -128,6 +152,7 @@ class SmoothedClassifier:
         num_classes: int,
         sigma: float,
         reduce_counts: Callable[[Tensor], Tensor] | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if not callable(base):
             raise InputError("base must be callable: a function or nn.Module from images to scores or labels")
@@ -140,6 +165,7 @@ class SmoothedClassifier:
         self.num_classes = num_classes
         self.sigma = float(sigma)
         self.reduce_counts = reduce_counts
+        self.shard = _check_shard(shard, reduce_counts)
 
     # -- CERTIFY --------------------------------------------------------------
 
@@ -270,7 +296,8 @@ class SmoothedClassifier:
 
         Args:
             xs: ``(K, C, H, W)`` images in [0,1].
-            num: noise samples per image.
+            num: noise samples per image, over all shards (this process draws
+                its share of them when ``shard`` is set).
             batch_size: largest number of noisy images per call of ``base``.
             generators: K generators (or None for the default one), one per image.
         Returns:
@@ -278,6 +305,8 @@ class SmoothedClassifier:
         """
         k = xs.shape[0]
         counts = torch.zeros(k, self.num_classes, dtype=torch.long, device=xs.device)
+        if self.shard is not None:
+            num = shard_share(num, *self.shard)
         # Each image's noise comes in chunks that depend only on (num, batch_size) ...
         full, rest = divmod(num, batch_size)
         chunks = [(i, batch_size) for i in range(k) for _ in range(full)]

@@ -27,7 +27,10 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classifier", default=None,
                    help="classifier checkpoint (Cohen/SmoothAdv .pth.tar, ours .safetensors) or shipped model name; "
                    "default for fashion-mnist: the shipped model for the method and sigma")
-    g.add_argument("--m", type=int, default=5, help="diffsmooth: local noise samples per purified image")
+    # The long aliases (also of --n and --max) exist because torchrun's parser rejects --m,
+    # --n and --max as ambiguous abbreviations of its own options, even after the module name.
+    g.add_argument("--m", "--local-m", type=int, default=5,
+                   help="diffsmooth: local noise samples per purified image (--local-m under torchrun)")
     g.add_argument("--local-sigma", type=float, default=0.25, help="diffsmooth: std of the local noise")
     g.add_argument("--vote", choices=("soft", "hard"), default="soft",
                    help="diffsmooth: average softmax (reference code) or majority of labels (paper)")
@@ -83,14 +86,16 @@ def _add_run(sub, formatter, mode: str) -> None:
     g = p.add_argument_group("sampling")
     if certify:
         g.add_argument("--n0", type=int, default=100, help="selection samples")
-    g.add_argument("--n", type=int, default=100_000, help="estimation samples per image")
+    g.add_argument("--n", "--num-samples", type=int, default=100_000,
+                   help="estimation samples per image (--num-samples under torchrun)")
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate")
     g.add_argument("--batch", type=int, default=1000, help="noisy images per forward pass")
     g.add_argument("--seed", type=int, default=0, help="run seed; image idx's noise is seeded by (seed, idx)")
     g = p.add_argument_group("images")
     g.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
     g.add_argument("--skip", type=int, default=1, help="take every skip-th image (Cohen's --skip)")
-    g.add_argument("--max", type=int, default=None, help="at most this many images")
+    g.add_argument("--max", "--max-images", type=int, default=None,
+                   help="at most this many images (--max-images under torchrun)")
     g.add_argument("--indices", type=int, nargs="+", default=None, help="explicit dataset indices instead")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, required=True, help="results TSV; its manifest is written to OUT.json")
@@ -131,5 +136,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     if report is not None and not args.quiet:
         done = len(report.rows)
-        print(f"{done} image(s) {args.mode}d, {report.skipped} already done; results in {args.out}", file=sys.stderr)
+        verb = {"certify": "certified", "predict": "predicted"}[args.mode]
+        print(f"{done} image(s) {verb}, {report.skipped} already done; results in {args.out}", file=sys.stderr)
     return 0
