@@ -1,0 +1,55 @@
+"""Paths of the models that ship inside the package (``diffsmooth/weights/``).
+
+The files are data, trained by ``scripts/train_shipped.sh`` (see MODEL_CARD.md):
+``fmnist_ddpm/`` (config.json + model.safetensors, read by ``load_diffusion_model``) and
+``fmnist_cnn_<method>[_<sigma>]`` (.safetensors + .json, read by ``load_classifier``).
+These helpers only return paths; loading stays with the loaders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffsmooth.errors import InputError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def list_shipped() -> list[str]:
+    """Names of the shipped models present in this installation, sorted."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    names = {p.stem for p in WEIGHTS_DIR.glob("*.safetensors")}
+    names |= {p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file()}
+    return sorted(names)
+
+
+def shipped_path(name: str) -> Path:
+    """The path of shipped model ``name``: a directory for diffusion models, else the ``.safetensors`` file.
+
+    Raises ``InputError`` listing the shipped names when ``name`` is not there.
+    """
+    directory = WEIGHTS_DIR / name
+    if (directory / "config.json").is_file():
+        return directory
+    weights = WEIGHTS_DIR / f"{name}.safetensors"
+    if weights.is_file() and weights.with_suffix(".json").is_file():
+        return weights
+    known = ", ".join(list_shipped()) or "none (run scripts/train_shipped.sh)"
+    raise InputError(f"no shipped model {name!r}; shipped: {known}")
+
+
+def shipped_classifier(method: str = "clean", sigma: float = 0.0, arch: str = "fmnist_cnn") -> Path:
+    """Path of the shipped classifier trained with ``method`` at noise ``sigma``.
+
+    ``method``: ``"clean"`` (sigma ignored) or a training method (``"gaussian"``,
+    ``"consistency"`` ...) with its sigma, e.g. ``shipped_classifier("gaussian", 0.25)``.
+    """
+    if method == "clean":
+        return shipped_path(f"{arch}_clean")
+    return shipped_path(f"{arch}_{method}_{float(sigma):.2f}")
+
+
+def shipped_diffusion(name: str = "fmnist_ddpm") -> Path:
+    """Directory of the shipped diffusion model (pass it to ``load_diffusion_model``)."""
+    return shipped_path(name)

@@ -1,0 +1,20 @@
+"""Training: DDPM denoisers and base classifiers for randomized smoothing.
+
+``train_classifier(ClassifierTrainConfig(...), out)`` with the methods of ``losses``
+(gaussian, smoothadv, consistency, macer) and ``train_diffusion(DiffusionTrainConfig(...), out)``;
+both write resumable safetensors + JSON states and final artifacts that the loaders read.
+"""
+
+from diffsmooth.training.classifier import ClassifierTrainConfig, TrainResult, accuracy, train_classifier
+from diffsmooth.training.diffusion import (DiffusionTrainConfig, DiffusionTrainResult, ddpm_loss, ema_update,
+                                          train_diffusion)
+from diffsmooth.training.losses import (LossOutput, consistency_terms, get_loss, list_losses, loss_defaults,
+                                        macer_radius_term, register_loss, smoothadv_attack, smoothed_soft_loss)
+
+__all__ = [
+    "ClassifierTrainConfig", "DiffusionTrainConfig", "DiffusionTrainResult", "ddpm_loss", "ema_update",
+    "train_diffusion", "LossOutput", "TrainResult", "accuracy", "consistency_terms", "get_loss",
+    "list_losses", "loss_defaults", "macer_radius_term", "register_loss", "smoothadv_attack",
+    "smoothed_soft_loss", "train_classifier",
+]
+

@@ -1,0 +1,203 @@
+"""Training a base classifier f for randomized smoothing (any method in ``losses``).
+
+``train_classifier(config, out)`` trains ``config.arch`` on ``config.dataset`` with the
+loss ``config.method`` (noise drawn fresh every batch from a seeded ``torch.Generator``),
+SGD with Nesterov momentum and a cosine learning rate, writes a resumable checkpoint at the
+end of every epoch and finally the model with ``save_classifier`` (``out.safetensors`` +
+``out.json``), recording the config, the git commit and the test accuracy clean and under noise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffsmooth.classifiers import Classifier, create_classifier, load_classifier, save_classifier
+from diffsmooth.errors import InputError
+from diffsmooth.training.loop import (batches, cosine_lr, global_rng_from, load_train_tensors, resolve_device,
+                                      set_lr, steps_per_epoch)
+from diffsmooth.training.losses import get_loss, loss_defaults
+from diffsmooth.training.state import git_commit, has_state, load_state, save_state
+
+
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    """Everything that defines a classifier training run (saved in checkpoints and the model JSON).
+
+    Attributes:
+        arch, dataset: registry names (``fmnist_cnn``, ``fashion-mnist`` ...).
+        method: a name from ``list_losses()``; ``hparams`` overrides its defaults.
+        sigma: training noise level in [0,1] pixel units (0: clean training).
+        epochs, batch_size, lr, momentum, weight_decay: SGD (Nesterov) with cosine decay to 0.
+        seed: seeds the data order and the noise generators.
+        init: optional classifier checkpoint to start from (fine-tuning).
+        purify: optional diffusion model (``load_diffusion_model`` source): every batch is
+            replaced by purify(x + N(0, purify_sigma^2)) before the method's loss.
+        train_limit: use only the first N training images (tests, quick runs).
+    """
+
+    arch: str = "fmnist_cnn"
+    dataset: str = "fashion-mnist"
+    method: str = "gaussian"
+    sigma: float = 0.25
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    hparams: dict[str, float] = field(default_factory=dict)
+    init: str | None = None
+    purify: str | None = None
+    purify_sigma: float | None = None
+    data_dir: str | None = None
+    train_limit: int | None = None
+
+    def validate(self) -> None:
+        get_loss(self.method)
+        unknown = set(self.hparams) - set(loss_defaults(self.method))
+        if unknown:
+            raise InputError(f"{self.method} has no hyper-parameter(s) {', '.join(sorted(unknown))}; "
+                             f"it takes: {', '.join(sorted(loss_defaults(self.method))) or 'none'}")
+        for name, value, low in (("sigma", self.sigma, 0.0), ("lr", self.lr, 1e-12)):
+            if not value >= low:
+                raise InputError(f"--{name} must be >= {low}, got {value}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.purify is not None and not (self.purify_sigma or self.sigma) > 0:
+            raise InputError("--finetune-on-purified needs a noise level > 0: set --purify-sigma or --sigma")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """``path``: the saved weights; ``model``: the trained model (eval mode); ``history``: mean loss per epoch."""
+
+    path: Path
+    model: nn.Module
+    history: list[float]
+    info: dict[str, Any]
+
+
+def _purifier(config: ClassifierTrainConfig, device: torch.device):
+    if config.purify is None:
+        return None
+    from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
+
+    sigma = config.purify_sigma or config.sigma
+    denoiser = OneShotDenoiser(load_diffusion_model(config.purify), sigma).to(device).eval()
+    return denoiser.requires_grad_(False), sigma
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sigma: float = 0.0,
+             generator: torch.Generator | None = None, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` on images (N, C, H, W) in [0,1], with N(0, sigma^2) noise if sigma > 0."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        if sigma > 0:
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+        correct += int((model(x).argmax(1).cpu() == labels[i:i + batch_size]).sum())
+    return correct / max(len(images), 1)
+
+
+def _build(config: ClassifierTrainConfig, num_classes: int) -> Classifier:
+    if config.init is not None:
+        model = load_classifier(config.init)
+        if model.config.num_classes != num_classes:
+            raise InputError(f"--init {config.init} has {model.config.num_classes} classes, "
+                             f"{config.dataset} has {num_classes}; start from a matching classifier")
+        return model
+    return create_classifier(config.arch, num_classes, dataset=config.dataset)
+
+
+def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoint_dir: str | Path | None = None,
+                     device: str | torch.device = "cpu", resume: bool = False, quiet: bool = False,
+                     eval_limit: int | None = None, stop_after: int | None = None) -> TrainResult:
+    """Train, checkpoint every epoch, save ``out.safetensors`` + ``out.json``; see the module docstring.
+
+    ``checkpoint_dir`` defaults to ``<out>.train/``; with ``resume`` training continues from the
+    checkpoint there (same config required, ``epochs`` may grow). ``eval_limit`` caps the test
+    images used for the recorded accuracies. ``stop_after`` ends this call after that many
+    epochs (time-sliced jobs); the model saved then is marked ``"finished": false``.
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    dev = resolve_device(device)
+    out = Path(out)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".train")
+    images, labels, info = load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(config.seed)
+        model = _build(config, info.num_classes).to(dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    order_gen = torch.Generator().manual_seed(config.seed)
+    noise_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
+    generators = {"order": order_gen, "noise": noise_gen}
+    loss_fn = get_loss(config.method)
+    hparams = {**loss_defaults(config.method), **config.hparams}
+    purifier = _purifier(config, dev)
+    per_epoch = steps_per_epoch(len(images), config.batch_size)
+    total = per_epoch * config.epochs
+    step, epoch, history = 0, 0, []
+    if resume:
+        if not has_state(ckpt):
+            raise InputError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
+        step, epoch = load_state(ckpt, model=model, optimizer=optimizer, generators=generators,
+                                 config=config.to_dict())
+    started, first_epoch = time.time(), epoch
+    bar = tqdm(total=total, initial=step, disable=quiet, desc=f"{config.method} sigma={config.sigma}",
+               unit="step", dynamic_ncols=True)
+    while epoch < config.epochs and (stop_after is None or epoch - first_epoch < stop_after):
+        model.train()
+        running, count = 0.0, 0
+        with global_rng_from(order_gen, dev):
+            for idx in batches(len(images), config.batch_size, order_gen):
+                x, y = images[idx].to(dev), labels[idx].to(dev)
+                if purifier is not None:
+                    denoiser, p_sigma = purifier
+                    with torch.no_grad():
+                        x = denoiser(x + p_sigma * torch.randn(x.shape, generator=noise_gen, device=dev)).float()
+                set_lr(optimizer, cosine_lr(config.lr, step, total))
+                out_ = loss_fn(model, x, y, config.sigma, noise_gen, epoch, **hparams)
+                if not torch.isfinite(out_.loss):
+                    raise RuntimeError(f"loss became {float(out_.loss)} at step {step}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                out_.loss.backward()
+                optimizer.step()
+                step += 1
+                running, count = running + float(out_.loss.detach()), count + 1
+                bar.set_postfix(epoch=epoch + 1, loss=f"{running / count:.4f}")
+                bar.update(1)
+        epoch += 1
+        history.append(running / max(count, 1))
+        save_state(ckpt, model=model, optimizer=optimizer, generators=generators, step=step, epoch=epoch,
+                   config=config.to_dict(), extra={"loss": history[-1]})
+    bar.close()
+    test_x, test_y, _ = load_train_tensors(config.dataset, config.data_dir, "test", eval_limit)
+    eval_gen = torch.Generator(device=dev).manual_seed(1234)
+    info_out = {
+        "task": "classifier", "finished": epoch >= config.epochs, "method": config.method, "sigma": config.sigma,
+        "config": config.to_dict(),
+        "hparams": hparams, "git_commit": git_commit(), "epochs_done": epoch, "steps_done": step,
+        "train_seconds_this_run": round(time.time() - started, 1), "final_epoch_loss": history[-1] if history else None,
+        "test_accuracy": accuracy(model, test_x, test_y),
+        "test_images": len(test_x), "torch": torch.__version__,
+    }
+    if config.sigma > 0:
+        info_out["noisy_test_accuracy"] = accuracy(model, test_x, test_y, config.sigma, eval_gen)
+    model.eval()
+    path = save_classifier(out, model, info_out)
+    return TrainResult(path, model, history, info_out)

@@ -1,0 +1,201 @@
+"""DDPM training of our ADM UNet: epsilon prediction, MSE, uniform timesteps, EMA, AdamW.
+
+The objective (Ho et al. 2020, "simple" loss): for x_0 in [-1,1] model space, t ~ U{0..T-1}
+and eps ~ N(0, I), minimize ``|| eps - unet(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2``.
+Only the first C output channels are trained (the epsilon half when the UNet also has
+variance channels); one-shot purification needs nothing else. The EMA weights are what
+``train_diffusion`` saves with ``save_diffusion_model``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffsmooth.diffusion.adm import adm_unet
+from diffsmooth.diffusion.checkpoints import save_diffusion_model
+from diffsmooth.diffusion.schedules import NoiseSchedule
+from diffsmooth.errors import InputError
+from diffsmooth.training.loop import batches, cosine_lr, global_rng_from, load_train_tensors, resolve_device, set_lr
+from diffsmooth.training.state import git_commit, has_state, load_state, save_state
+
+
+@dataclass(frozen=True)
+class DiffusionTrainConfig:
+    """A DDPM training run (saved in checkpoints and in the model's config.json ``extra``).
+
+    Attributes:
+        variant, num_channels, channel_mult, num_res_blocks, attention_resolutions, num_heads,
+            dropout, learn_sigma: official ADM flags of the UNet (``image_size`` and
+            ``in_channels`` come from the dataset).
+        schedule, diffusion_steps: the noise schedule (``cosine`` or ``linear``, T steps).
+        steps, batch_size, lr, weight_decay, warmup_steps: AdamW, linear warm-up then cosine decay.
+        ema: decay of the exponential moving average of the weights.
+        amp: bf16 autocast on CUDA (ignored on CPU).
+    """
+
+    dataset: str = "fashion-mnist"
+    variant: str = "improved"
+    num_channels: int = 32
+    channel_mult: str = "1,2,2"
+    num_res_blocks: int = 1
+    attention_resolutions: str = "7"
+    num_heads: int = 1
+    dropout: float = 0.0
+    learn_sigma: bool = False
+    schedule: str = "cosine"
+    diffusion_steps: int = 1000
+    steps: int = 5000
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema: float = 0.999
+    amp: bool = False
+    seed: int = 0
+    data_dir: str | None = None
+    train_limit: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise InputError(f"--steps and --batch-size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not 0 <= self.ema < 1:
+            raise InputError(f"--ema must be in [0, 1), got {self.ema}")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be > 0, got {self.lr}")
+
+    def unet_flags(self, image_size: int, in_channels: int) -> dict[str, Any]:
+        """The official flags that ``adm_unet(variant, **flags)`` builds this UNet from."""
+        return {"image_size": image_size, "in_channels": in_channels, "num_channels": self.num_channels,
+                "channel_mult": self.channel_mult, "num_res_blocks": self.num_res_blocks,
+                "attention_resolutions": self.attention_resolutions, "num_heads": self.num_heads,
+                "dropout": self.dropout, "learn_sigma": self.learn_sigma, "use_scale_shift_norm": True}
+
+
+def ddpm_loss(unet: nn.Module, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
+    """The simple DDPM loss on a batch.
+
+    Args:
+        x0: (B, C, H, W) clean images in [-1,1] model space.
+        alphas_cumprod: (T,) abar_t of the schedule (any float dtype; cast to x0's).
+        generator: draws t ~ U{0..T-1} and eps ~ N(0, I) on x0's device.
+
+    Returns:
+        scalar mean over pixels of (eps - eps_hat)^2, eps_hat the first C output channels.
+    """
+    b, c = x0.shape[:2]
+    abar = alphas_cumprod.to(device=x0.device, dtype=torch.float64)
+    t = torch.randint(0, len(abar), (b,), generator=generator, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    a = abar[t].sqrt().to(x0.dtype).view(-1, 1, 1, 1)
+    s = (1 - abar[t]).sqrt().to(x0.dtype).view(-1, 1, 1, 1)
+    pred = unet(a * x0 + s * eps, t)[:, :c]
+    return torch.mean((pred.float() - eps.float()) ** 2)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+@dataclass
+class DiffusionTrainResult:
+    """``path``: the saved model directory; ``ema``: the EMA UNet; ``history``: mean loss per logged window."""
+
+    path: Path
+    ema: nn.Module
+    history: list[float]
+    info: dict[str, Any]
+
+
+def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint_dir: str | Path | None = None,
+                    device: str | torch.device = "cpu", resume: bool = False, quiet: bool = False,
+                    checkpoint_every: int = 500, stop_after: int | None = None) -> DiffusionTrainResult:
+    """Train ``config.steps`` AdamW steps; checkpoint every ``checkpoint_every`` steps and at the end
+    into ``checkpoint_dir`` (default ``<out>.train``); save the EMA model to ``out`` with
+    ``save_diffusion_model`` (config.json + model.safetensors). ``resume`` continues the run;
+    ``stop_after`` ends this call after that many steps (at a checkpoint: make it a multiple of
+    ``checkpoint_every``), saving the model marked ``"finished": false``."""
+    from tqdm.auto import tqdm
+
+    config.validate()
+    dev = resolve_device(device)
+    out = Path(out)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".train")
+    images, _, info = load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)
+    flags = config.unet_flags(info.image_size, info.channels)
+    schedule = NoiseSchedule(config.schedule, config.diffusion_steps)
+    abar = schedule.alphas_cumprod.to(dev)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(config.seed)
+        model = adm_unet(config.variant, **flags).to(dev)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    order_gen = torch.Generator().manual_seed(config.seed)
+    noise_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
+    generators = {"order": order_gen, "noise": noise_gen}
+    if checkpoint_every < 1:
+        raise InputError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    step = 0
+    if resume:
+        if not has_state(ckpt):
+            raise InputError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
+        step, _ = load_state(ckpt, model=model, optimizer=optimizer, generators=generators,
+                             config=config.to_dict(), ema=ema)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and dev.type == "cuda")
+    started, history, window, first_step = time.time(), [], [], step
+    last = config.steps if stop_after is None else min(config.steps, step + stop_after)
+    bar = tqdm(total=config.steps, initial=step, disable=quiet, desc="ddpm", unit="step", dynamic_ncols=True)
+
+    def checkpoint() -> None:
+        save_state(ckpt, model=model, optimizer=optimizer, generators=generators, step=step, epoch=0,
+                   config=config.to_dict(), ema=ema, extra={"loss": history[-1] if history else None})
+
+    model.train()
+    # An "epoch" is one shuffled pass; the order generator alone decides it, so a resumed run
+    # replays the data order from its saved state. Mid-epoch resumes start a fresh pass.
+    while step < last:
+        with global_rng_from(order_gen, dev):
+            for idx in batches(len(images), config.batch_size, order_gen):
+                x0 = images[idx].to(dev) * 2 - 1
+                set_lr(optimizer, cosine_lr(config.lr, step, config.steps, config.warmup_steps))
+                with autocast:
+                    loss = ddpm_loss(model, x0, abar, noise_gen)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"loss became {float(loss)} at step {step}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                ema_update(ema, model, config.ema)
+                step += 1
+                window.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{sum(window[-100:]) / len(window[-100:]):.4f}")
+                bar.update(1)
+                if step % 100 == 0 or step >= last:
+                    history.append(sum(window) / len(window))
+                    window = []
+                if step % checkpoint_every == 0 or step >= last:
+                    checkpoint()
+                    break  # start the next pass from the checkpointed generator state
+    bar.close()
+    info_out = {"task": "diffusion", "finished": step >= config.steps, "steps_this_run": step - first_step,
+                "dataset": config.dataset, "config": config.to_dict(),
+                "git_commit": git_commit(), "steps_done": step, "final_loss": history[-1] if history else float("nan"),
+                "train_seconds_this_run": round(time.time() - started, 1), "torch": torch.__version__}
+    path = save_diffusion_model(out, ema.eval(), config.variant, flags, schedule, rescale_timesteps=False,
+                                extra=info_out)
+    return DiffusionTrainResult(path, ema, history, info_out)

@@ -1,0 +1,213 @@
+"""Training objectives for the base classifier f of randomized smoothing, by name.
+
+Every loss takes ``(model, x, y, sigma, generator, epoch, **hparams)`` with ``x`` (B, C, H, W)
+in [0,1] pixels and ``y`` (B,) int64 labels, draws its Gaussian noise **fresh on every call**
+from ``generator`` (on ``x``'s device) and returns a ``LossOutput``. Noise is added in [0,1]
+pixel space, where the certified radius is measured; normalization is the model's first layer.
+
+Registered: ``gaussian`` (Cohen et al. 2019), ``smoothadv`` (Salman et al. 2019),
+``consistency`` (Jeong & Shin 2020), ``macer`` (Zhai et al. 2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffsmooth.errors import InputError
+
+
+@dataclass
+class LossOutput:
+    """``loss``: the scalar to minimize; ``parts``: its named terms as floats (for logging)."""
+
+    loss: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+LossFn = Callable[..., LossOutput]
+_LOSSES: dict[str, LossFn] = {}
+# Hyper-parameter defaults per method: the values of the papers' CIFAR-10 experiments.
+_DEFAULTS: dict[str, dict[str, float]] = {}
+
+
+def register_loss(name: str, **defaults: float) -> Callable[[LossFn], LossFn]:
+    """Register ``fn(model, x, y, sigma, generator, epoch, **hparams) -> LossOutput``."""
+
+    def decorate(fn: LossFn) -> LossFn:
+        _LOSSES[name] = fn
+        _DEFAULTS[name] = dict(defaults)
+        return fn
+
+    return decorate
+
+
+def list_losses() -> list[str]:
+    """Registered training methods, sorted."""
+    return sorted(_LOSSES)
+
+
+def loss_defaults(name: str) -> dict[str, float]:
+    """The default hyper-parameters of method ``name`` (a copy)."""
+    get_loss(name)
+    return dict(_DEFAULTS[name])
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss function registered as ``name``; unknown names raise ``InputError``."""
+    try:
+        return _LOSSES[name]
+    except KeyError:
+        raise InputError(f"unknown training method {name!r}; choose one of: {', '.join(list_losses())}") from None
+
+
+def gaussian_noise(shape: torch.Size | tuple[int, ...], sigma: float, like: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+    """N(0, sigma^2) noise of ``shape`` on ``like``'s device and dtype, drawn from ``generator``."""
+    return sigma * torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _noisy_copies(x: torch.Tensor, m: int, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """(B*m, C, H, W): each image repeated m times (copies of one image adjacent) plus fresh noise."""
+    rep = x.repeat_interleave(m, dim=0)
+    return rep + gaussian_noise(rep.shape, sigma, rep, generator)
+
+
+@register_loss("gaussian")
+def gaussian_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float,
+                  generator: torch.Generator, epoch: int = 0) -> LossOutput:
+    """Cohen et al.: cross-entropy of f(x + d), d ~ N(0, sigma^2 I) (sigma 0 = clean training)."""
+    noisy = x + gaussian_noise(x.shape, sigma, x, generator) if sigma > 0 else x
+    loss = F.cross_entropy(model(noisy), y)
+    return LossOutput(loss, {"ce": float(loss.detach())})
+
+
+def consistency_terms(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Jeong & Shin's three terms from logits (B, m, K) of m noisy copies per image.
+
+    Returns (mean cross-entropy over copies, mean over copies of KL(mean softmax || softmax_j),
+    entropy of the mean softmax), each averaged over the batch.
+    """
+    b, m, k = logits.shape
+    ce = F.cross_entropy(logits.reshape(b * m, k), y.repeat_interleave(m))
+    log_p = F.log_softmax(logits, dim=-1)
+    p_mean = log_p.exp().mean(dim=1)  # (B, K)
+    log_mean = p_mean.clamp_min(1e-12).log()
+    # KL(mean || p_j) = sum_k mean_k (log mean_k - log p_jk)
+    kl = (p_mean.unsqueeze(1) * (log_mean.unsqueeze(1) - log_p)).sum(-1).mean()
+    entropy = -(p_mean * log_mean).sum(-1).mean()
+    return ce, kl, entropy
+
+
+@register_loss("consistency", m_train=2, lbd=10.0, eta=0.5)
+def consistency_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float,
+                     generator: torch.Generator, epoch: int = 0, *, m_train: int = 2,
+                     lbd: float = 10.0, eta: float = 0.5) -> LossOutput:
+    """Jeong & Shin: CE on m noisy copies + lbd * KL(mean || each) + eta * entropy(mean)."""
+    m = int(m_train)
+    logits = model(_noisy_copies(x, m, sigma, generator)).view(x.shape[0], m, -1)
+    ce, kl, ent = consistency_terms(logits, y)
+    loss = ce + lbd * kl + eta * ent
+    return LossOutput(loss, {"ce": float(ce.detach()), "kl": float(kl.detach()), "entropy": float(ent.detach())})
+
+
+def macer_radius_term(logits: torch.Tensor, y: torch.Tensor, sigma: float, gamma: float,
+                      beta: float) -> torch.Tensor:
+    """MACER's robustness loss from logits (B, m, K) of m noisy copies per image.
+
+    With p = mean_j softmax(beta * logits_j) and p_A, p_B its top two values, for the images
+    whose top class is the label: (sigma / 2) * max(0, gamma - (Phi^-1(p_A) - Phi^-1(p_B))),
+    summed and divided by the batch size B (the reference code's normalization).
+    """
+    p = F.softmax(beta * logits, dim=-1).mean(dim=1)
+    top2, idx = p.topk(2, dim=-1)
+    correct = idx[:, 0] == y
+    normal = torch.distributions.Normal(torch.zeros((), device=p.device, dtype=p.dtype),
+                                        torch.ones((), device=p.device, dtype=p.dtype))
+    # p_A -> 1 would make Phi^-1 infinite; those images are far beyond the margin gamma anyway.
+    eps = 1e-6 if p.dtype == torch.float64 else 1e-4
+    top2 = top2.clamp(eps, 1 - eps)
+    margin = normal.icdf(top2[:, 0]) - normal.icdf(top2[:, 1])
+    hinge = torch.relu(gamma - margin) * correct
+    return hinge.sum() * sigma / 2 / logits.shape[0]
+
+
+@register_loss("macer", m_train=16, lbd=12.0, gamma=8.0, beta=16.0)
+def macer_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float,
+               generator: torch.Generator, epoch: int = 0, *, m_train: int = 16, lbd: float = 12.0,
+               gamma: float = 8.0, beta: float = 16.0) -> LossOutput:
+    """Zhai et al.: CE of the soft smoothed classifier + lbd * radius hinge (see macer_radius_term)."""
+    if sigma <= 0:
+        raise InputError("macer needs --sigma > 0; its radius term is sigma * (margin) / 2")
+    m = int(m_train)
+    logits = model(_noisy_copies(x, m, sigma, generator)).view(x.shape[0], m, -1)
+    p_smooth = F.softmax(logits, dim=-1).mean(dim=1)
+    ce = F.nll_loss(p_smooth.clamp_min(1e-12).log(), y)
+    robust = macer_radius_term(logits, y, sigma, gamma, beta)
+    return LossOutput(ce + lbd * robust, {"ce": float(ce.detach()), "radius": float(robust.detach())})
+
+
+def smoothed_soft_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """-log of the soft smoothed classifier's probability of y, per image (B,).
+
+    ``noise`` (B, m, C, H, W) are the m noise draws per image; the soft smoothed
+    classifier is mean_j softmax(f(x + noise_j)).
+    """
+    b, m = noise.shape[:2]
+    logits = model((x.unsqueeze(1) + noise).flatten(0, 1)).view(b, m, -1)
+    p = F.softmax(logits, dim=-1).mean(dim=1)
+    return -p.gather(1, y.view(-1, 1)).squeeze(1).clamp_min(1e-12).log()
+
+
+def smoothadv_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
+                     epsilon: float, num_steps: int) -> torch.Tensor:
+    """Salman et al.'s l2 PGD on the soft smoothed classifier with fixed noise draws.
+
+    Args:
+        x: (B, C, H, W) in [0,1]; noise: (B, m, C, H, W), kept fixed during the attack.
+        epsilon: l2 radius in [0,1] pixel units; step size 2 * epsilon / num_steps.
+
+    Returns:
+        x_adv (B, C, H, W) in [0,1] with ||x_adv - x||_2 <= epsilon per image.
+    """
+    if epsilon <= 0 or num_steps <= 0:
+        return x.detach()
+    was_training = model.training
+    model.eval()  # the attack must not move BatchNorm statistics
+    step = 2 * epsilon / num_steps
+    x = x.detach()
+    delta = torch.zeros_like(x)
+    for _ in range(num_steps):
+        delta.requires_grad_(True)
+        with torch.enable_grad():  # the attack needs gradients even when called for evaluation
+            loss = smoothed_soft_loss(model, x + delta, y, noise).sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        delta = delta.detach() + step * grad / norm
+        # project onto the eps-ball, then keep pixels in [0,1]
+        dnorm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        delta = delta * (epsilon / dnorm).clamp(max=1.0)
+        delta = (x + delta).clamp(0, 1) - x
+    model.train(was_training)
+    return (x + delta).detach()
+
+
+@register_loss("smoothadv", m_train=1, epsilon=0.5, num_steps=1, warmup=1)
+def smoothadv_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float,
+                   generator: torch.Generator, epoch: int = 0, *, m_train: int = 1, epsilon: float = 0.5,
+                   num_steps: int = 1, warmup: int = 1) -> LossOutput:
+    """Salman et al.: attack the soft smoothed classifier, then CE on the noisy adversarial copies.
+
+    The attack radius ramps linearly over the first ``warmup`` epochs: epsilon * min(1, (epoch+1)/warmup).
+    """
+    m = int(m_train)
+    eps = epsilon * min(1.0, (epoch + 1) / max(int(warmup), 1))
+    noise = gaussian_noise((x.shape[0], m, *x.shape[1:]), sigma, x, generator)
+    x_adv = smoothadv_attack(model, x, y, noise, eps, int(num_steps))
+    logits = model((x_adv.unsqueeze(1) + noise).flatten(0, 1))
+    loss = F.cross_entropy(logits, y.repeat_interleave(m))
+    return LossOutput(loss, {"ce": float(loss.detach()), "epsilon": eps})

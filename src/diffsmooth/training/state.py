@@ -1,0 +1,125 @@
+"""Resumable training state as safetensors + JSON (no pickles).
+
+A training checkpoint is a folder with ``state.safetensors`` (model, EMA, optimizer tensors,
+random generator states) and ``state.json`` (step, epoch, optimizer scalars and param groups,
+the training config). ``load_state`` refuses a checkpoint whose config differs from the
+run's in anything but the length of training, so that resuming continues the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffsmooth.errors import InputError
+
+STATE_FILE = "state.safetensors"
+META_FILE = "state.json"
+FORMAT = "diffsmooth-training-state"
+
+
+def git_commit() -> str | None:
+    """The current git commit of the source tree, or None outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (``optim.<param>.<name>``) and JSON data."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entry in sd["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{name}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of ``flatten_optimizer``: a dict for ``optimizer.load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, entry in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_state(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+               generators: dict[str, torch.Generator], step: int, epoch: int, config: dict[str, Any],
+               ema: nn.Module | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write the full training state into ``directory`` atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    opt_tensors, opt_meta = flatten_optimizer(optimizer)
+    tensors.update(opt_tensors)
+    tensors.update({f"rng.{name}": g.get_state() for name, g in generators.items()})
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    meta = {"format": FORMAT, "step": step, "epoch": epoch, "config": config, "optimizer": opt_meta,
+            "generators": {name: str(g.device) for name, g in generators.items()},
+            "git_commit": git_commit(), "extra": extra or {}}
+    tmp = directory / (STATE_FILE + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, directory / STATE_FILE)
+    tmp_meta = directory / (META_FILE + ".tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_meta, directory / META_FILE)
+    return directory
+
+
+def has_state(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a complete training checkpoint."""
+    d = Path(directory)
+    return (d / STATE_FILE).is_file() and (d / META_FILE).is_file()
+
+
+def _comparable(config: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in ignore}
+
+
+def load_state(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+               generators: dict[str, torch.Generator], config: dict[str, Any],
+               ema: nn.Module | None = None,
+               ignore: tuple[str, ...] = ("epochs", "steps", "quiet", "resume", "device")) -> tuple[int, int]:
+    """Restore a checkpoint written by ``save_state`` in place; returns (step, epoch)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not has_state(directory):
+        raise InputError(f"no training checkpoint in {directory}; run without --resume to start fresh")
+    meta = json.loads((directory / META_FILE).read_text())
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{directory / META_FILE} is not a diffsmooth training state; point --checkpoint-dir elsewhere")
+    theirs, ours = _comparable(meta["config"], ignore), _comparable(json.loads(json.dumps(config)), ignore)
+    if theirs != ours:
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise InputError(f"the checkpoint in {directory} was made with different settings ({', '.join(diff)}); "
+                         "resume with the original options or use a new --checkpoint-dir")
+    tensors = load_file(str(directory / STATE_FILE), device="cpu")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+    for name, g in generators.items():
+        g.set_state(tensors[f"rng.{name}"])
+    return int(meta["step"]), int(meta["epoch"])

@@ -1,0 +1,228 @@
+"""Training: each method's loss on a tiny model, the defining quantities by hand, DDPM, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffsmooth.classifiers import create_classifier, load_classifier
+from diffsmooth.cli import main
+from diffsmooth.data import load_dataset
+from diffsmooth.diffusion import OneShotDenoiser, adm_unet, load_diffusion_model
+from diffsmooth.errors import InputError
+from diffsmooth.training import (ClassifierTrainConfig, DiffusionTrainConfig, consistency_terms, ddpm_loss,
+                                 get_loss, list_losses, loss_defaults, macer_radius_term, smoothadv_attack,
+                                 smoothed_soft_loss, train_classifier, train_diffusion)
+from diffsmooth.diffusion import NoiseSchedule
+
+
+@pytest.fixture(scope="module")
+def digits_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_dataset("digits", split="train").tensors()
+    return x[:32], y[:32]
+
+
+def _tiny_classifier(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)  # parameter init only; training noise comes from explicit generators
+    return create_classifier("fmnist_cnn", 10, dataset="digits", width=8, hidden=32, dropout=0.0)
+
+
+SMALL = {"gaussian": {}, "consistency": {"m_train": 2}, "macer": {"m_train": 4, "lbd": 1.0},
+         "smoothadv": {"m_train": 2, "epsilon": 0.25, "num_steps": 1, "warmup": 1}}
+
+
+def test_registry_lists_all_methods_and_rejects_unknown():
+    assert list_losses() == ["consistency", "gaussian", "macer", "smoothadv"]
+    assert loss_defaults("macer") == {"m_train": 16, "lbd": 12.0, "gamma": 8.0, "beta": 16.0}
+    with pytest.raises(InputError, match="consistency, gaussian, macer, smoothadv"):
+        get_loss("mixup")
+
+
+@pytest.mark.parametrize("method", ["gaussian", "consistency", "macer", "smoothadv"])
+def test_loss_is_finite_and_falls_on_a_fixed_batch(method, digits_batch):
+    x, y = digits_batch
+    model = _tiny_classifier()
+    loss_fn, hp = get_loss(method), SMALL[method]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return float(loss_fn(model, x, y, 0.25, torch.Generator().manual_seed(7), 0, **hp).loss)
+
+    before = fixed_loss()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(15):
+        out = loss_fn(model, x, y, 0.25, gen, 0, **hp)
+        assert math.isfinite(float(out.loss.detach()))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    after = fixed_loss()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_macer_radius_term_matches_hand_computation():
+    # copies of image 0 have softmax (0.7, 0.2, 0.1) and (0.5, 0.3, 0.2): mean (0.6, 0.25, 0.15)
+    probs0 = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]], dtype=torch.float64)
+    # image 1: top class 2 but label 0 -> not counted
+    probs1 = torch.tensor([[0.1, 0.2, 0.7], [0.1, 0.2, 0.7]], dtype=torch.float64)
+    logits = torch.stack([probs0.log(), probs1.log()])
+    y = torch.tensor([0, 0])
+    got = macer_radius_term(logits, y, sigma=0.5, gamma=1.0, beta=1.0)
+    # Phi^-1(0.6) = 0.2533471031, Phi^-1(0.25) = -0.6744897502; margin 0.9278368533
+    # (sigma / 2) * (gamma - margin) = 0.25 * 0.0721631467, summed and divided by B = 2
+    assert float(got) == pytest.approx(0.25 * (1.0 - 0.9278368533) / 2, abs=1e-9)
+    # beyond the margin gamma the hinge is zero
+    assert float(macer_radius_term(logits, y, sigma=0.5, gamma=0.9, beta=1.0)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_consistency_kl_zero_when_copies_agree_and_hand_value_otherwise():
+    same = torch.tensor([[[2.0, -1.0, 0.5]] * 3])  # (B=1, m=3, K=3), identical copies
+    y = torch.tensor([0])
+    ce, kl, ent = consistency_terms(same, y)
+    p = F.softmax(same[0, 0], -1)
+    assert float(kl) == pytest.approx(0.0, abs=1e-7)
+    assert float(ent) == pytest.approx(float(-(p * p.log()).sum()), abs=1e-6)
+    assert float(ce) == pytest.approx(float(-p[0].log()), abs=1e-6)
+    # copies (0.8, 0.2) and (0.4, 0.6): mean (0.6, 0.4); KLs 0.1046496 and 0.0810930 -> mean 0.0928713
+    two = torch.tensor([[[0.8, 0.2], [0.4, 0.6]]], dtype=torch.float64).log()
+    _, kl2, _ = consistency_terms(two, torch.tensor([0]))
+    assert float(kl2) == pytest.approx(0.0928713, abs=1e-6)
+
+
+def test_smoothadv_attack_increases_smoothed_loss_within_the_ball(digits_batch):
+    x, y = digits_batch
+    model = _tiny_classifier(3).eval()
+    noise = 0.25 * torch.randn((len(x), 4, *x.shape[1:]), generator=torch.Generator().manual_seed(0))
+    x_adv = smoothadv_attack(model, x, y, noise, epsilon=0.5, num_steps=3)
+    with torch.no_grad():
+        base, adv = smoothed_soft_loss(model, x, y, noise), smoothed_soft_loss(model, x_adv, y, noise)
+    assert float(adv.mean()) > float(base.mean()) + 1e-3
+    assert float((x_adv - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+
+
+class _Recorder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.lin(x.flatten(1))
+
+
+def test_gaussian_noise_is_fresh_every_batch_and_reproducible(digits_batch):
+    x, y = digits_batch
+    rec, gen = _Recorder(), torch.Generator().manual_seed(5)
+    loss = get_loss("gaussian")
+    loss(rec, x, y, 0.5, gen)
+    loss(rec, x, y, 0.5, gen)
+    assert not torch.equal(rec.seen[0], rec.seen[1])
+    noise = rec.seen[0] - x
+    assert float(noise.std()) == pytest.approx(0.5, rel=0.05)
+    loss(rec, x, y, 0.5, torch.Generator().manual_seed(5))
+    assert torch.equal(rec.seen[2], rec.seen[0])
+
+
+def _tiny_unet() -> nn.Module:
+    torch.manual_seed(0)
+    return adm_unet("improved", image_size=8, in_channels=1, num_channels=32, channel_mult="1,2",
+                    num_res_blocks=1, attention_resolutions="", num_heads=1)
+
+
+def test_ddpm_loss_falls_on_tiny_unet(digits_batch):
+    x0 = digits_batch[0][:8] * 2 - 1
+    unet, abar = _tiny_unet(), NoiseSchedule("cosine", 1000).alphas_cumprod
+    opt = torch.optim.AdamW(unet.parameters(), lr=3e-3)
+
+    def fixed() -> float:
+        with torch.no_grad():
+            return float(ddpm_loss(unet, x0, abar, torch.Generator().manual_seed(3)))
+
+    before, gen = fixed(), torch.Generator().manual_seed(4)
+    for _ in range(15):
+        loss = ddpm_loss(unet, x0, abar, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = fixed()
+    assert math.isfinite(after) and after < 0.6 * before, (before, after)
+
+
+def test_classifier_resume_matches_uninterrupted(tmp_path):
+    cfg = ClassifierTrainConfig(arch="fmnist_cnn", dataset="digits", method="consistency", sigma=0.25, epochs=2,
+                                batch_size=64, lr=0.05, seed=3, hparams={"m_train": 2}, train_limit=128)
+    full = train_classifier(cfg, tmp_path / "full", quiet=True, eval_limit=50)
+    part = train_classifier(cfg, tmp_path / "part", quiet=True, eval_limit=50, stop_after=1)
+    assert part.info["finished"] is False and part.info["epochs_done"] == 1
+    resumed = train_classifier(cfg, tmp_path / "part", quiet=True, eval_limit=50, resume=True)
+    assert resumed.info["finished"] is True
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((tmp_path / "part.train" / "state.json").read_text())
+    assert meta["epoch"] == 2 and meta["step"] == 4
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = ClassifierTrainConfig(dataset="digits", sigma=0.25, epochs=1, batch_size=64, train_limit=64)
+    train_classifier(cfg, tmp_path / "m", quiet=True, eval_limit=10)
+    other = ClassifierTrainConfig(dataset="digits", sigma=0.5, epochs=2, batch_size=64, train_limit=64)
+    with pytest.raises(InputError, match="different settings \\(sigma\\)"):
+        train_classifier(other, tmp_path / "m", quiet=True, resume=True)
+
+
+def test_diffusion_resume_matches_uninterrupted(tmp_path):
+    cfg = DiffusionTrainConfig(dataset="digits", num_channels=32, channel_mult="1,2", attention_resolutions="",
+                               steps=4, batch_size=8, lr=1e-3, warmup_steps=1, ema=0.9, train_limit=32)
+    full = train_diffusion(cfg, tmp_path / "full", quiet=True, checkpoint_every=2)
+    train_diffusion(cfg, tmp_path / "part", quiet=True, checkpoint_every=2, stop_after=2)
+    resumed = train_diffusion(cfg, tmp_path / "part", quiet=True, checkpoint_every=2, resume=True)
+    a, b = full.ema.state_dict(), resumed.ema.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.info["finished"] is True and resumed.info["steps_this_run"] == 2
+
+
+def test_cli_trains_and_writes_loadable_files(tmp_path, capsys):
+    ddpm = tmp_path / "ddpm"
+    assert main(["train-diffusion", "--dataset", "digits", "--num-channels", "32", "--channel-mult", "1,2",
+                 "--attention-resolutions", "", "--steps", "3", "--batch-size", "8", "--out", str(ddpm),
+                 "--quiet"]) == 0
+    dm = load_diffusion_model(ddpm)
+    x = load_dataset("digits", split="test").tensors()[0][:4]
+    with torch.no_grad():
+        out = OneShotDenoiser(dm, 0.25)(x + 0.25 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert dm.schedule.num_timesteps == 1000
+    stem = tmp_path / "clf"
+    assert main(["train-classifier", "--dataset", "digits", "--method", "macer", "--sigma", "0.25",
+                 "--m-train", "2", "--epochs", "1", "--batch-size", "32", "--train-limit", "64",
+                 "--eval-limit", "20", "--out", str(stem), "--quiet"]) == 0
+    model = load_classifier(stem)
+    assert model.training_info["method"] == "macer" and model.training_info["hparams"]["m_train"] == 2
+    assert model(x).shape == (4, 10)
+    pur = tmp_path / "pur"
+    assert main(["train-classifier", "--dataset", "digits", "--sigma", "0", "--purify-sigma", "0.5",
+                 "--finetune-on-purified", str(ddpm), "--init", str(stem), "--epochs", "1", "--batch-size", "32",
+                 "--train-limit", "32", "--eval-limit", "20", "--out", str(pur), "--quiet"]) == 0
+    assert load_classifier(pur).training_info["config"]["purify"] == str(ddpm)
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "gaussian", "--sigma", "0.25", "--eta", "1"], "--eta do(es) not apply"),
+    (["--method", "gaussian", "--sigma", "-1"], "--sigma must be >= 0"),
+    (["--method", "macer", "--sigma", "0"], "macer needs --sigma > 0"),
+    (["--sigma", "0.25", "--dataset", "nope"], "unknown dataset 'nope'"),
+])
+def test_cli_rejects_bad_values_with_exit_code_2(tmp_path, capsys, argv, message):
+    code = main(["train-classifier", *argv, "--epochs", "1", "--train-limit", "32", "--out", str(tmp_path / "x"),
+                 "--quiet"] + (["--dataset", "digits"] if "--dataset" not in argv else []))
+    assert code == 2
+    assert message in capsys.readouterr().err
