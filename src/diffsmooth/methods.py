@@ -20,9 +20,6 @@ from torch import nn
 
 from diffsmooth.errors import InputError
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 @dataclass(frozen=True)
 class MethodSpec:
     """What base classifier a run certifies.
@@ -36,6 +33,8 @@ class MethodSpec:
         classifier: classifier checkpoint path or shipped model name.
         m, local_sigma, vote, local_noise, local_noise_seed: DiffSmooth's local smoothing.
         precision: "float32" (default), or "bfloat16"/"float16" autocast.
+        channels_last, compile, cuda_graphs: the fast path of ``diffsmooth.fast.accelerate``
+            (NHWC layout; a ``torch.compile`` mode or None; CUDA graph replay). Off by default.
     """
 
     method: str
@@ -50,6 +49,9 @@ class MethodSpec:
     local_noise: str = "fixed"
     local_noise_seed: int = 42
     precision: str = "float32"
+    channels_last: bool = False
+    compile: str | None = None
+    cuda_graphs: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,11 +82,11 @@ def _resolve(source: str, what: str) -> Path:
         return path
     from diffsmooth import shipped
 
-    if source in shipped.shipped_names():
+    if source in shipped.list_shipped():
         return shipped.shipped_path(source)
     raise InputError(
         f"{what} {source!r} is neither an existing path nor a shipped model "
-        f"({', '.join(shipped.shipped_names())}); check the path"
+        f"({', '.join(shipped.list_shipped())}); check the path"
     )
 
 
@@ -133,23 +135,6 @@ METHODS: dict[str, Callable[[MethodSpec], nn.Module]] = {
 }
 
 
-class Autocast(nn.Module):
-    """Runs a base under ``torch.autocast`` in ``dtype`` and returns float32 scores."""
-
-    def __init__(self, base: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.base = base
-        self.dtype = dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
-            out = self.base(x)
-        return out.float() if out.is_floating_point() else out
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.base.describe(), "precision": str(self.dtype).removeprefix("torch.")}
-
-
 def validate(spec: MethodSpec) -> None:
     """Check the numbers of a spec before anything is loaded."""
     if spec.method not in METHODS:
@@ -160,14 +145,26 @@ def validate(spec: MethodSpec) -> None:
         raise InputError(f"--m must be at least 1 local noise sample, got {spec.m}")
     if not (spec.local_sigma >= 0 and math.isfinite(spec.local_sigma)):
         raise InputError(f"--local-sigma must be >= 0, got {spec.local_sigma}")
+    from diffsmooth.fast import COMPILE_MODES, PRECISIONS
+
     if spec.precision not in PRECISIONS:
         raise InputError(f"unknown precision {spec.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+    if spec.compile is not None and spec.compile not in COMPILE_MODES:
+        raise InputError(f"unknown compile mode {spec.compile!r}; choose one of: {', '.join(COMPILE_MODES)}")
 
 
 def build_base(spec: MethodSpec, device: torch.device | str = "cpu") -> nn.Module:
     """The base classifier ``h`` of ``spec`` in eval mode on ``device``: noisy images
-    ``(B, C, H, W)`` in [0,1] pixel space -> scores ``(B, num_classes)``."""
+    ``(B, C, H, W)`` in [0,1] pixel space -> scores ``(B, num_classes)``.
+
+    Any precision other than float32 or any fast-path setting wraps it in
+    ``diffsmooth.fast.accelerate``, whose ``describe()`` records the settings."""
     validate(spec)
     base = METHODS[spec.method](spec).eval().to(device)
-    dtype = PRECISIONS[spec.precision]
-    return base if dtype is None else Autocast(base, dtype)
+    if spec.precision == "float32" and not (spec.channels_last or spec.compile or spec.cuda_graphs):
+        return base
+    from diffsmooth.fast import accelerate
+
+    return accelerate(base, precision=spec.precision, channels_last=spec.channels_last,
+                      compile=spec.compile or False, cuda_graphs=spec.cuda_graphs)
