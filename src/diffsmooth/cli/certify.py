@@ -39,6 +39,10 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--local-noise-seed", type=int, default=42, help="diffsmooth: seed of the local noise")
     g.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="autocast precision of the models (float32 is exact; bf16 is fast on GPUs)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC layout for the models (faster convolutions on GPUs)")
+    g.add_argument("--compile", default=None, metavar="MODE",
+                   help="torch.compile the base: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs")
+    g.add_argument("--cuda-graphs", action="store_true", help="capture and replay the base as a CUDA graph per batch shape")
     g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
 
 
@@ -49,7 +53,8 @@ def method_spec(args: argparse.Namespace):
         method=args.method, dataset=args.dataset, sigma=args.sigma, denoiser=args.denoiser,
         denoiser_preset=args.denoiser_preset, classifier=args.classifier, m=args.m,
         local_sigma=args.local_sigma, vote=args.vote, local_noise=args.local_noise,
-        local_noise_seed=args.local_noise_seed, precision=args.precision,
+        local_noise_seed=args.local_noise_seed, precision=args.precision, channels_last=args.channels_last,
+        compile=args.compile, cuda_graphs=args.cuda_graphs,
     )
 
 
@@ -89,7 +94,9 @@ def _add_run(sub, formatter, mode: str) -> None:
     g.add_argument("--n", "--num-samples", type=int, default=100_000,
                    help="estimation samples per image (--num-samples under torchrun)")
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate")
-    g.add_argument("--batch", type=int, default=1000, help="noisy images per forward pass")
+    g.add_argument("--batch", type=_batch, default=1000,
+                   help="noisy images per forward pass, or 'auto' for the largest that fits the free GPU memory "
+                   "(fixed at the start and recorded, since it decides how each image's noise is drawn)")
     g.add_argument("--seed", type=int, default=0, help="run seed; image idx's noise is seeded by (seed, idx)")
     g = p.add_argument_group("images")
     g.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
@@ -109,6 +116,37 @@ def _add_run(sub, formatter, mode: str) -> None:
     p.set_defaults(func=_run, mode=mode)
 
 
+def _batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch takes a whole number or 'auto', got {text!r}") from None
+
+
+def resolve_batch(args: argparse.Namespace, spec_method, device, image_shape: tuple[int, int, int]) -> int:
+    """A number for ``--batch``: as given; for 'auto' the one recorded by the run being resumed,
+    else the largest batch the base fits into the free GPU memory."""
+    if args.batch != "auto":
+        return args.batch
+    from diffsmooth.results import manifest_path
+
+    manifest = manifest_path(args.out)
+    if args.resume and manifest.is_file():
+        import json
+
+        return int(json.loads(manifest.read_text())["spec"]["batch_size"])
+    from dataclasses import replace
+
+    from diffsmooth.fast import auto_batch_size
+    from diffsmooth.methods import build_base
+
+    # Probe an uncompiled base: compilation would specialise to every probed shape.
+    probe = build_base(replace(spec_method, compile=None, cuda_graphs=False), device)
+    return auto_batch_size(probe, image_shape, device)
+
+
 def register(sub, formatter) -> None:
     _add_run(sub, formatter, "certify")
     _add_run(sub, formatter, "predict")
@@ -119,13 +157,16 @@ def _run(args: argparse.Namespace) -> int:
     from diffsmooth.data import load_dataset
     from diffsmooth.runner import RunSpec, check_run, select_indices
 
-    spec = RunSpec(
-        mode=args.mode, method=method_spec(args), n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
-        batch_size=args.batch, seed=args.seed, split=args.split,
-    )
-    check_run(spec)
+    method = method_spec(args)
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
+    info = dataset.info
+    batch = resolve_batch(args, method, device, (info.channels, info.image_size, info.image_size))
+    spec = RunSpec(
+        mode=args.mode, method=method, n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
+        batch_size=batch, seed=args.seed, split=args.split,
+    )
+    check_run(spec)
     indices = select_indices(len(dataset), args.skip, args.max, args.indices)
     extra = {"dataset": {"name": args.dataset, "split": args.split, "size": len(dataset)},
              "argv": sys.argv[1:], "indices": {"skip": args.skip, "max": args.max, "explicit": args.indices}}

@@ -23,9 +23,9 @@ def register(sub, formatter) -> None:
         "larger results.",
     )
     p.add_argument("--sigma", type=float, default=0.25, help="smoothing noise std in [0,1] pixel units (0.25 or 0.5)")
-    p.add_argument("--max", type=int, default=30, help="number of test images")
+    p.add_argument("--max", type=int, default=20, help="number of test images")
     p.add_argument("--n0", type=int, default=32, help="selection samples per image")
-    p.add_argument("--n", type=int, default=256, help="estimation samples per image")
+    p.add_argument("--n", type=int, default=200, help="estimation samples per image")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
     p.add_argument("--batch", type=int, default=512, help="noisy images per forward pass")
     p.add_argument("--m", type=int, default=5, help="DiffSmooth local noise samples")
@@ -79,7 +79,8 @@ def _demo(args: argparse.Namespace) -> int:
     grid = argparse.Namespace(
         method="diffsmooth", dataset="fashion-mnist", data_dir=args.data_dir, sigma=args.sigma, denoiser=None,
         denoiser_preset=None, classifier=None, m=args.m, local_sigma=args.local_sigma, vote="soft",
-        local_noise="fixed", local_noise_seed=42, precision="float32", device=args.device, indices=list(range(6)),
+        local_noise="fixed", local_noise_seed=42, precision="float32", channels_last=False, compile=None,
+        cuda_graphs=False, device=args.device, indices=list(range(6)),
         split="test", seed=args.seed, out=args.out_dir / "purification.png",
     )
     _purify(grid)

@@ -1,0 +1,133 @@
+"""The command line, in-process and as a subprocess: certify/predict/analyze, resume after a kill,
+and every kind of bad input (exit code 2, one line, no traceback, no file)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from diffsmooth.cli import main
+from diffsmooth.results import read_rows
+
+
+def rs_args(fmnist_dir, classifier_path, out, *extra):
+    return ["certify", "--method", "rs", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir),
+            "--sigma", "0.25", "--classifier", str(classifier_path), "--n0", "10", "--n", "50",
+            "--batch", "64", "--device", "cpu", "--quiet", "--out", str(out), *extra]
+
+
+def cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "diffsmooth", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300, **kw)
+
+
+def test_help_lists_every_command_and_option():
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("demo", "certify", "predict", "analyze", "purify"):
+        assert command in out.stdout
+    sub = cli("certify", "--help").stdout
+    for option in ("--method", "--sigma", "--denoiser", "--classifier", "--local-sigma", "--vote", "--local-noise",
+                   "--n0", "--alpha", "--batch", "--skip", "--max", "--indices", "--seed", "--resume", "--overwrite"):
+        assert option in sub
+
+
+def test_certify_in_process_writes_rows_and_manifest(tmp_path, fmnist_dir, classifier_path):
+    out = tmp_path / "rs.tsv"
+    assert main(rs_args(fmnist_dir, classifier_path, out, "--max", "3")) == 0
+    mode, rows = read_rows(out)
+    assert mode == "certify" and [r.idx for r in rows] == [0, 1, 2]
+    assert [r.label for r in rows] == [0, 1, 2]
+    manifest = (tmp_path / "rs.tsv.json").read_text()
+    assert '"sha256"' in manifest and '"method": "rs"' in manifest
+
+
+def test_predict_in_process(tmp_path, fmnist_dir, classifier_path):
+    out = tmp_path / "p.tsv"
+    args = rs_args(fmnist_dir, classifier_path, out, "--indices", "4", "7")
+    args[0] = "predict"
+    args.remove("--n0"), args.remove("10")
+    assert main(args) == 0
+    assert read_rows(out)[0] == "predict" and [r.idx for r in read_rows(out)[1]] == [4, 7]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_file(tmp_path, fmnist_dir, classifier_path):
+    slow = ["--n", "3000", "--batch", "500", "--max", "6"]
+    full = tmp_path / "full.tsv"
+    assert cli(*rs_args(fmnist_dir, classifier_path, full, *slow)).returncode == 0
+    part = tmp_path / "part.tsv"
+    proc = subprocess.Popen([sys.executable, "-m", "diffsmooth", *rs_args(fmnist_dir, classifier_path, part, *slow)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not part.exists() or len(part.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(read_rows(part)[1])
+    assert 1 <= written < 6, "the kill should land midway"
+    resumed = cli(*rs_args(fmnist_dir, classifier_path, part, *slow, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    strip = lambda rows: [(r.idx, r.label, r.predict, r.radius, r.correct) for r in rows]  # noqa: E731
+    assert strip(read_rows(part)[1]) == strip(read_rows(full)[1])
+
+
+def test_analyze_subprocess_and_plot(tmp_path):
+    tsv = tmp_path / "a.tsv"
+    tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.6\t1\t0:00:01.000000\n"
+                   "1\t2\t-1\t0.0\t0\t0:00:01.000000\n")
+    png = tmp_path / "c.png"
+    out = cli("analyze", str(tsv), "--radii", "0", "0.5", "1", "--format", "csv", "--plot", str(png))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["run,images,r=0,r=0.5,r=1,ACR,abstain,clean acc,s/img",
+                                       "a,2,50.0,50.0,0.0,0.300,50.0,50.0,1.00"]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+BAD = [
+    (["--sigma", "0"], "--sigma must be a positive"),
+    (["--alpha", "1.5"], "--alpha must lie strictly between 0 and 1"),
+    (["--n", "0"], "--n must be a whole number >= 1"),
+    (["--classifier", "/nonexistent/model.safetensors"], "is neither an existing path nor a shipped model"),
+    (["--data-dir", "/nonexistent/dir", "--dataset", "mnist"], "mnist"),
+    (["--method", "dds", "--denoiser", "/nonexistent/ddpm.pt"], "denoiser '/nonexistent/ddpm.pt' is neither"),
+    (["--indices", "99999"], "outside the dataset"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, fmnist_dir, classifier_path, extra, message):
+    out = tmp_path / "r.tsv"
+    args = rs_args(fmnist_dir, classifier_path, out)
+    for i in range(0, len(extra), 2):
+        if extra[i] in args:
+            args[args.index(extra[i]) + 1] = extra[i + 1]
+        else:
+            args += extra[i : i + 2]
+    result = cli(*args, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not Path(str(out) + ".json").exists()
+
+
+def test_checkpoint_that_does_not_fit_the_dataset(tmp_path, fmnist_dir):
+    out = tmp_path / "r.tsv"
+    cifar = Path(__file__).parent / "fixtures" / "classifiers" / "cohen_cifar_resnet20_checkpoint.pth.tar"
+    args = rs_args(fmnist_dir, cifar, out)
+    result = cli(*args)
+    assert result.returncode == 2 and "3 channel" in result.stderr.replace("3-channel", "3 channel")
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_existing_results_are_not_truncated(tmp_path, fmnist_dir, classifier_path):
+    out = tmp_path / "r.tsv"
+    out.write_text("precious\n")
+    result = cli(*rs_args(fmnist_dir, classifier_path, out))
+    assert result.returncode == 2 and "pass --resume" in result.stderr
+    assert out.read_text() == "precious\n"
