@@ -20,6 +20,7 @@ from torch import nn
 
 from diffsmooth.errors import InputError
 
+
 @dataclass(frozen=True)
 class MethodSpec:
     """What base classifier a run certifies.

@@ -21,7 +21,8 @@ from diffsmooth.classifiers.registry import (
 from diffsmooth.classifiers import (  # noqa: F401  isort: skip
     cifar_resnet, small_cnn, timm_models, torchvision_models,
 )
-from diffsmooth.classifiers.checkpoint import file_sha256, load_classifier, save_classifier
+from diffsmooth.classifiers.checkpoint import load_classifier, save_classifier
+from diffsmooth.files import file_sha256
 
 __all__ = [
     "Classifier",

@@ -11,7 +11,6 @@ Torch files are read with ``torch.load(weights_only=True)``: pickled code is ref
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -22,18 +21,10 @@ import torch
 from diffsmooth.classifiers.config import ClassifierConfig
 from diffsmooth.classifiers.registry import Classifier, create_classifier, head_key, list_classifiers
 from diffsmooth.errors import InputError
+from diffsmooth.files import file_sha256
 
 FORMAT = "diffsmooth-classifier"
 FORMAT_VERSION = 1
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (recorded in results manifests)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _paths(path: Path) -> tuple[Path, Path]:

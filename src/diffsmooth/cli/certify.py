@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffsmooth.errors import InputError
-
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """Options that pick the base classifier; shared by certify, predict, purify and demo."""
@@ -59,17 +57,9 @@ def method_spec(args: argparse.Namespace):
 
 
 def pick_device(name: str | None):
-    import torch
+    from diffsmooth.files import resolve_device
 
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
-    return device
+    return resolve_device(name)
 
 
 def _add_run(sub, formatter, mode: str) -> None:

@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 
 

@@ -13,7 +13,6 @@ Every failure is an ``InputError`` naming the fix. The weights file's SHA-256 is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import zipfile
@@ -27,20 +26,12 @@ from diffsmooth.diffusion.adm import VARIANTS, adm_unet
 from diffsmooth.diffusion.presets import DiffusionModel, get_preset, list_presets, preset_state_shapes
 from diffsmooth.diffusion.schedules import NoiseSchedule
 from diffsmooth.errors import InputError
+from diffsmooth.files import file_sha256, read_json_object
 
 FORMAT = "diffsmooth-diffusion"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_diffusion_model(directory: str | Path, unet: nn.Module, variant: str, flags: dict[str, Any],
@@ -102,8 +93,8 @@ def load_diffusion_model(source: str | Path, preset: str | None = None) -> Diffu
                          "diffsmooth model directory or a diffusers folder")
     if path.is_dir():
         config = path / CONFIG_NAME
-        if config.is_file() and _read_json(config).get("format") == FORMAT:
-            return _load_ours(config, path / _read_json(config).get("weights", WEIGHTS_NAME))
+        if config.is_file() and read_json_object(config).get("format") == FORMAT:
+            return _load_ours(config, path / read_json_object(config).get("weights", WEIGHTS_NAME))
         from diffsmooth.diffusion.diffusers_backend import is_diffusers_folder, load_diffusers_model
 
         if is_diffusers_folder(path):
@@ -112,7 +103,7 @@ def load_diffusion_model(source: str | Path, preset: str | None = None) -> Diffu
                          f"\"format\": \"{FORMAT}\") nor a diffusers folder (config.json + scheduler_config.json)")
     if path.suffix == ".safetensors":
         for sibling in (path.with_suffix(".json"), path.parent / CONFIG_NAME):
-            if sibling.is_file() and _read_json(sibling).get("format") == FORMAT:
+            if sibling.is_file() and read_json_object(sibling).get("format") == FORMAT:
                 return _load_ours(sibling, path)
         # No config beside it: a bare state dict, resolved through the presets like a .pt file.
         return _from_state_dict(_read_safetensors(path), path, preset)
@@ -122,7 +113,7 @@ def load_diffusion_model(source: str | Path, preset: str | None = None) -> Diffu
 # ---- our format -------------------------------------------------------------------------------
 
 def _load_ours(config_path: Path, weights: Path) -> DiffusionModel:
-    doc = _read_json(config_path)
+    doc = read_json_object(config_path)
     missing = [k for k in ("variant", "flags", "schedule", "rescale_timesteps") if k not in doc]
     if missing:
         raise InputError(f"{config_path} lacks {', '.join(missing)}; rewrite it with save_diffusion_model")
@@ -199,16 +190,6 @@ def _key_diff(actual: dict[str, tuple[int, ...]], expected: dict[str, tuple[int,
         parts.append(f"{len(reshaped)} shape mismatches, e.g. "
                      + ", ".join(f"{k} {list(actual[k])} vs {list(expected[k])}" for k in reshaped[:show]))
     return "; ".join(parts) or "no differences"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read {path} as JSON ({err}); restore the file") from None
-    if not isinstance(doc, dict):
-        raise InputError(f"{path} must hold a JSON object; restore the file")
-    return doc
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:

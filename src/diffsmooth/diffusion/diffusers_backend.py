@@ -9,16 +9,15 @@ diffusers is optional and imported only here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from diffsmooth.diffusion.checkpoints import file_sha256
 from diffsmooth.diffusion.presets import DiffusionModel
 from diffsmooth.diffusion.schedules import NoiseSchedule
 from diffsmooth.errors import InputError
+from diffsmooth.files import file_sha256, read_json_object
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # diffusers' beta_schedule name -> ours; "squaredcos_cap_v2" is the improved-diffusion cosine.
@@ -89,8 +88,8 @@ def load_diffusers_model(folder: str | Path) -> DiffusionModel:
         raise InputError("loading a diffusers folder needs the diffusers package; "
                          "run `pip install diffusers`") from None
 
-    schedule = schedule_from_scheduler_config(_json(scheduler_config))
-    config = _json(unet_config)
+    schedule = schedule_from_scheduler_config(read_json_object(scheduler_config))
+    config = read_json_object(unet_config)
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise InputError(f"{unet_config} describes a {config['_class_name']}; only UNet2DModel "
                          "(unconditional pixel-space DDPM) folders are supported")
@@ -111,11 +110,3 @@ def load_diffusers_model(folder: str | Path) -> DiffusionModel:
     )
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read {path} as JSON ({err}); restore the file") from None
-    if not isinstance(doc, dict):
-        raise InputError(f"{path} must hold a JSON object; restore the file")
-    return doc

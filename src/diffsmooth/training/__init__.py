@@ -6,10 +6,18 @@ both write resumable safetensors + JSON states and final artifacts that the load
 """
 
 from diffsmooth.training.classifier import ClassifierTrainConfig, TrainResult, accuracy, train_classifier
-from diffsmooth.training.diffusion import (DiffusionTrainConfig, DiffusionTrainResult, ddpm_loss, ema_update,
-                                          train_diffusion)
-from diffsmooth.training.losses import (LossOutput, consistency_terms, get_loss, list_losses, loss_defaults,
-                                        macer_radius_term, register_loss, smoothadv_attack, smoothed_soft_loss)
+from diffsmooth.training.diffusion import DiffusionTrainConfig, DiffusionTrainResult, ddpm_loss, ema_update, train_diffusion
+from diffsmooth.training.losses import (
+                                          LossOutput,
+                                          consistency_terms,
+                                          get_loss,
+                                          list_losses,
+                                          loss_defaults,
+                                          macer_radius_term,
+                                          register_loss,
+                                          smoothadv_attack,
+                                          smoothed_soft_loss,
+)
 
 __all__ = [
     "ClassifierTrainConfig", "DiffusionTrainConfig", "DiffusionTrainResult", "ddpm_loss", "ema_update",

@@ -19,8 +19,15 @@ from torch import nn
 
 from diffsmooth.classifiers import Classifier, create_classifier, load_classifier, save_classifier
 from diffsmooth.errors import InputError
-from diffsmooth.training.loop import (batches, cosine_lr, global_rng_from, load_train_tensors, resolve_device,
-                                      set_lr, steps_per_epoch)
+from diffsmooth.training.loop import (
+    batches,
+    cosine_lr,
+    global_rng_from,
+    load_train_tensors,
+    resolve_device,
+    set_lr,
+    steps_per_epoch,
+)
 from diffsmooth.training.losses import get_loss, loss_defaults
 from diffsmooth.training.state import git_commit, has_state, load_state, save_state
 

@@ -11,18 +11,7 @@ import torch
 
 from diffsmooth.data import load_dataset
 from diffsmooth.data.info import DatasetInfo
-from diffsmooth.errors import InputError
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)``, refusing CUDA when this machine has none."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked but no CUDA GPU is visible; use --device cpu")
-    return dev
+from diffsmooth.files import resolve_device  # noqa: F401  (re-exported for the trainers)
 
 
 def load_train_tensors(dataset: str, data_dir: str | Path | None, split: str = "train",
