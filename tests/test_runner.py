@@ -109,3 +109,17 @@ def test_select_indices():
     assert select_indices(10, indices=[4, 4, 1]) == [4, 1]
     with pytest.raises(InputError, match="outside the dataset"):
         select_indices(10, indices=[10])
+
+
+def test_resume_accepts_a_manifest_from_before_a_setting_existed(tmp_path):
+    out = tmp_path / "r.tsv"
+    certify(out, indices=range(2))
+    manifest = tmp_path / "r.tsv.json"
+    doc = json.loads(manifest.read_text())
+    del doc["spec"]["method"]["channels_last"], doc["spec"]["method"]["compile"]
+    manifest.write_text(json.dumps(doc))
+    assert len(certify(out, indices=range(3), resume=True).rows) == 1
+    doc["spec"]["method"]["precision"] = "bfloat16"
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"different settings \(method.precision\)"):
+        certify(out, indices=range(4), resume=True)

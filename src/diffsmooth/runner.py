@@ -149,13 +149,14 @@ def prepare_output(out: Path, spec: RunSpec, resume: bool, overwrite: bool) -> s
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = set(old) | set(new)
+    """Names of the settings that differ.  A setting absent from an older manifest was
+    added later, switched off (False/None), so it matches a new run that leaves it off."""
     out = []
-    for key in keys:
+    for key in set(old) | set(new):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, f"{prefix}{key}.")
-        elif a != b:
+        elif a != b and not (key not in old and b in (False, None)):
             out.append(f"{prefix}{key}")
     return out
 
