@@ -157,11 +157,13 @@ class DiffSmooth(nn.Module):
         on ``like``'s device and dtype."""
         shape = (self.m, *like.shape[1:])
         if self.local_noise == "fixed":
-            # Drawn once on the CPU so that every device and run sees the same noises.
-            if self._fixed is None or self._fixed.shape != shape or self._fixed.device != like.device:
+            # Drawn once on the CPU so that every device and run sees the same noises; kept
+            # scaled on the device, so that the hot path re-creates nothing.
+            cached = self._fixed
+            if cached is None or cached.shape != shape or cached.device != like.device or cached.dtype != like.dtype:
                 noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))
-                self._fixed = noise.to(like.device)
-            return (self.local_sigma * self._fixed).to(like.dtype)
+                self._fixed = (self.local_sigma * noise).to(device=like.device, dtype=like.dtype)
+            return self._fixed
         if self._fresh is None or self._fresh.device != like.device:
             self._fresh = torch.Generator(device=like.device).manual_seed(self.seed)
         return self.local_sigma * torch.randn(shape, generator=self._fresh, device=like.device, dtype=like.dtype)
