@@ -3,6 +3,7 @@ and every kind of bad input (exit code 2, one line, no traceback, no file)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,3 +132,40 @@ def test_existing_results_are_not_truncated(tmp_path, fmnist_dir, classifier_pat
     result = cli(*rs_args(fmnist_dir, classifier_path, out))
     assert result.returncode == 2 and "pass --resume" in result.stderr
     assert out.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("method", ["rs", "dds", "diffsmooth"])
+def test_certify_three_images_with_each_method(tmp_path, fmnist_dir, classifier_path, denoiser_path, method):
+    out = tmp_path / f"{method}.tsv"
+    args = rs_args(fmnist_dir, classifier_path, out, "--max", "3", "--denoiser", str(denoiser_path),
+                   "--m", "3", "--vote", "hard")
+    args[args.index("--method") + 1] = method
+    assert main(args) == 0
+    assert [r.idx for r in read_rows(out)[1]] == [0, 1, 2]
+    manifest = json.loads((tmp_path / f"{method}.tsv.json").read_text())
+    assert manifest["base"]["method"] == method and manifest["status"] == "finished"
+    if method != "rs":
+        assert manifest["base"]["denoiser"]["t_star"] > 0
+        assert manifest["base"]["denoiser"]["sigma"] == 0.25
+    if method == "diffsmooth":
+        assert manifest["base"]["m"] == 3 and manifest["base"]["vote"] == "hard"
+
+
+def test_purify_writes_a_grid_and_reports_t_star(tmp_path, fmnist_dir, denoiser_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["purify", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--sigma", "0.5",
+                 "--denoiser", str(denoiser_path), "--indices", "0", "1", "--device", "cpu", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "t* = " in capsys.readouterr().err
+
+
+def test_demo_with_the_shipped_models(tmp_path, fmnist_dir, capsys):
+    """The embedded default end to end, on the tiny data set and very small n."""
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--data-dir", str(fmnist_dir), "--max", "2", "--n0", "4", "--n", "8", "--batch", "64",
+                 "--device", "cpu", "--quiet", "--out-dir", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    for label in ("RS", "DDS", "DiffSmooth (soft)", "DiffSmooth (hard)"):
+        assert f"| {label} " in printed
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert {"table.md", "certified_accuracy.png", "purification.png", "rs_sigma0.25.tsv"} <= set(names)
