@@ -40,7 +40,7 @@ def register(sub, formatter) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from diffsmooth.analysis import plot, summarize, table
     from diffsmooth.cli.certify import pick_device
-    from diffsmooth.cli.purify import _purify
+    from diffsmooth.cli.purify import write_grid
     from diffsmooth.data import load_dataset
     from diffsmooth.methods import MethodSpec
     from diffsmooth.runner import RunSpec, check_run, run, select_indices
@@ -75,14 +75,8 @@ def _demo(args: argparse.Namespace) -> int:
     (args.out_dir / "table.md").write_text(text)
     plot(list(paths.values()), list(paths), args.out_dir / "certified_accuracy.png",
          title=f"Fashion-MNIST, sigma={args.sigma:g}, n={args.n}, {len(indices)} images")
-    grid = argparse.Namespace(
-        method="diffsmooth", dataset="fashion-mnist", data_dir=args.data_dir, sigma=args.sigma, denoiser=None,
-        denoiser_preset=None, classifier=None, m=args.m, local_sigma=args.local_sigma, vote="soft",
-        local_noise="fixed", local_noise_seed=42, precision="float32", channels_last=False, compile=None,
-        cuda_graphs=False, device=args.device, indices=list(range(6)),
-        split="test", seed=args.seed, out=args.out_dir / "purification.png",
-    )
-    _purify(grid)
+    write_grid(runs["DiffSmooth (soft)"], dataset, list(range(6)), args.seed, args.out_dir / "purification.png",
+               device)
     print(f"\nCertified accuracy (%) on the first {len(indices)} Fashion-MNIST test images, sigma={args.sigma:g}, "
           f"n0={args.n0}, n={args.n}, alpha={args.alpha:g}:\n")
     print(text)

@@ -29,13 +29,10 @@ def register(sub, formatter) -> None:
 
 
 def _purify(args: argparse.Namespace) -> int:
-    import torch
-
     from diffsmooth.cli.certify import method_spec, pick_device
     from diffsmooth.data import load_dataset
-    from diffsmooth.methods import build_denoiser, validate
-    from diffsmooth.runner import generator_for, select_indices
-    from diffsmooth.visualize import psnr, save_grid
+    from diffsmooth.methods import validate
+    from diffsmooth.runner import select_indices
 
     spec = method_spec(args)
     validate(spec)
@@ -43,20 +40,31 @@ def _purify(args: argparse.Namespace) -> int:
         raise InputError(f"output folder {args.out.parent} does not exist; create it first")
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
-    indices = select_indices(len(dataset), indices=args.indices)
+    write_grid(spec, dataset, select_indices(len(dataset), indices=args.indices), args.seed, args.out, device)
+    return 0
+
+
+def write_grid(spec, dataset, indices: list[int], seed: int, out: Path, device) -> None:
+    """Grid of clean | noisy | purified | purified + one local noise for ``indices``; prints t*,
+    the effective sigma and the PSNRs.  Image idx's noise is seeded by (seed, idx), as in certify."""
+    import torch
+
+    from diffsmooth.methods import build_denoiser
+    from diffsmooth.runner import generator_for
+    from diffsmooth.visualize import psnr, save_grid
+
     denoiser = build_denoiser(spec).eval().to(device)
-    clean = torch.stack([dataset[i][0] for i in indices]).to(device)
-    noise = torch.stack([torch.randn(clean.shape[1:], generator=generator_for(args.seed, i, device), device=device)
+    clean = torch.stack([dataset[i][0] for i in indices]).to(device)  # [0,1] pixels
+    noise = torch.stack([torch.randn(clean.shape[1:], generator=generator_for(seed, i, device), device=device)
                          for i in indices])
-    noisy = clean + args.sigma * noise
+    noisy = clean + spec.sigma * noise
     with torch.inference_mode():
         purified = denoiser(noisy)
-    local = purified + args.local_sigma * torch.randn(
-        purified.shape, generator=torch.Generator(device=device).manual_seed(args.local_noise_seed), device=device)
+    local = purified + spec.local_sigma * torch.randn(
+        purified.shape, generator=torch.Generator(device=device).manual_seed(spec.local_noise_seed), device=device)
     save_grid([clean, noisy.clamp(0, 1), purified, local.clamp(0, 1)],
-              ["clean", f"noisy (sigma={args.sigma:g})", f"purified (t*={denoiser.t_star})",
-               f"+ local noise ({args.local_sigma:g})"], args.out)
+              ["clean", f"noisy (sigma={spec.sigma:g})", f"purified (t*={denoiser.t_star})",
+               f"+ local noise ({spec.local_sigma:g})"], out)
     print(f"t* = {denoiser.t_star}, effective sigma = {denoiser.effective_sigma:.4f}; PSNR noisy "
-          f"{psnr(noisy.clamp(0, 1), clean):.2f} dB, purified {psnr(purified, clean):.2f} dB; grid written to {args.out}",
+          f"{psnr(noisy.clamp(0, 1), clean):.2f} dB, purified {psnr(purified, clean):.2f} dB; grid written to {out}",
           file=sys.stderr)
-    return 0
