@@ -59,23 +59,22 @@ def test_predict_in_process(tmp_path, fmnist_dir, classifier_path):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_file(tmp_path, fmnist_dir, classifier_path):
-    slow = ["--n", "3000", "--batch", "500", "--max", "6"]
+    """A process that dies (os._exit, as under SIGKILL) right after its second flushed image is resumed
+    to exactly the rows of an uninterrupted run."""
+    slow = ["--n", "300", "--batch", "300", "--max", "5"]
     full = tmp_path / "full.tsv"
-    assert cli(*rs_args(fmnist_dir, classifier_path, full, *slow)).returncode == 0
+    assert main(rs_args(fmnist_dir, classifier_path, full, *slow)) == 0
     part = tmp_path / "part.tsv"
-    proc = subprocess.Popen([sys.executable, "-m", "diffsmooth", *rs_args(fmnist_dir, classifier_path, part, *slow)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not part.exists() or len(part.read_text().splitlines()) < 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    written = len(read_rows(part)[1])
-    assert 1 <= written < 6, "the kill should land midway"
-    resumed = cli(*rs_args(fmnist_dir, classifier_path, part, *slow, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
+    crash = Path(__file__).parent / "crash_after_rows.py"
+    died = subprocess.run([sys.executable, str(crash), "2", "--", *rs_args(fmnist_dir, classifier_path, part, *slow)],
+                          capture_output=True, text=True, timeout=300)
+    assert died.returncode == 1, died.stderr
+    assert [r.idx for r in read_rows(part)[1]] == [0, 1]
+    assert main(rs_args(fmnist_dir, classifier_path, part, *slow)) == 2  # needs --resume
+    assert main(rs_args(fmnist_dir, classifier_path, part, *slow, "--resume")) == 0
     strip = lambda rows: [(r.idx, r.label, r.predict, r.radius, r.correct) for r in rows]  # noqa: E731
     assert strip(read_rows(part)[1]) == strip(read_rows(full)[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.tsv", "full.tsv.json", "part.tsv", "part.tsv.json"]
 
 
 def test_analyze_subprocess_and_plot(tmp_path):
@@ -129,9 +128,10 @@ def test_checkpoint_that_does_not_fit_the_dataset(tmp_path, fmnist_dir):
 def test_existing_results_are_not_truncated(tmp_path, fmnist_dir, classifier_path):
     out = tmp_path / "r.tsv"
     out.write_text("precious\n")
-    result = cli(*rs_args(fmnist_dir, classifier_path, out))
-    assert result.returncode == 2 and "pass --resume" in result.stderr
-    assert out.read_text() == "precious\n"
+    for extra in ((), ("--overwrite",), ("--resume",)):
+        result = cli(*rs_args(fmnist_dir, classifier_path, out, *extra))
+        assert result.returncode == 2 and "exists and is not a results TSV; it is left alone" in result.stderr
+    assert out.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["r.tsv"]
 
 
 @pytest.mark.parametrize("method", ["rs", "dds", "diffsmooth"])

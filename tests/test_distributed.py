@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from diffsmooth.cli import main
 from diffsmooth.data import load_dataset
-from diffsmooth.distributed import TEST_CRASH_ENV, part_path, part_paths
+from diffsmooth.results import part_path, part_paths
 from diffsmooth.methods import MethodSpec, build_base
 from diffsmooth.results import manifest_path, read_rows, write_results
 from diffsmooth.runner import generator_for
@@ -39,9 +40,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args, env=None, nproc=2):
+CRASH = str(Path(__file__).parent / "crash_after_rows.py")
+
+
+def torchrun(args, env=None, nproc=2, crash=None):
+    """``diffsmooth ARGS`` under torchrun; ``crash=(K, rank)`` kills that rank after its K-th group of rows."""
+    entry = ["-m", "diffsmooth"] if crash is None else [CRASH, *map(str, crash), "--"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "diffsmooth", *args]
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *entry, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
@@ -78,7 +84,7 @@ def test_two_processes_merge_to_the_single_process_rows(tmp_path, fmnist_dir, cl
 def test_killed_rank_resumes_without_loss_or_duplicates(tmp_path, fmnist_dir, classifier_path, single):
     out = tmp_path / "r.tsv"
     args = certify_args(fmnist_dir, classifier_path, out)
-    crashed = torchrun(args, env={TEST_CRASH_ENV: "1:1"})
+    crashed = torchrun(args, crash=(1, 1))
     assert crashed.returncode != 0
     assert not out.exists() and part_path(out, 1).exists()
     # Rank 1's share is 1, 3, 5: it died after flushing idx 1.

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from diffsmooth.errors import InputError
-from diffsmooth.results import Row, read_rows
+from diffsmooth.results import Row, read_results
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Summary:
     certified: dict[float, float]
     acr: float | None
     seconds_per_image: float
+    dropped_torn_line: bool = False
 
 
 def certified_accuracy(rows: Sequence[Row], radius: float) -> float:
@@ -41,7 +42,8 @@ def certified_accuracy(rows: Sequence[Row], radius: float) -> float:
 
 
 def summarize(path: Path, radii: Sequence[float], label: str | None = None) -> Summary:
-    mode, rows = read_rows(path)
+    results = read_results(path)
+    mode, rows = results.mode, results.rows
     if not rows:
         raise InputError(f"{path} holds no results yet; run certification first")
     n = len(rows)
@@ -55,6 +57,7 @@ def summarize(path: Path, radii: Sequence[float], label: str | None = None) -> S
         certified={float(r): certified_accuracy(rows, r) for r in radii} if certify else {},
         acr=sum(r.radius * r.correct for r in rows) / n if certify else None,
         seconds_per_image=sum(r.seconds for r in rows) / n,
+        dropped_torn_line=results.dropped_torn_line,
     )
 
 
@@ -94,9 +97,12 @@ def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from diffsmooth.visualize import save_figure
+
     curves = []
     for path in paths:
-        mode, rows = read_rows(path)
+        results = read_results(path)
+        mode, rows = results.mode, results.rows
         if mode != "certify":
             raise InputError(f"{path} holds PREDICT results, which certify no radius; plot CERTIFY results")
         curves.append(rows)
@@ -114,5 +120,5 @@ def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | N
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)
     plt.close(fig)

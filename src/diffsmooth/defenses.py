@@ -21,6 +21,11 @@ from torch import Tensor, nn
 
 from diffsmooth.errors import InputError
 
+VOTES = ("soft", "hard")
+"""DiffSmooth's aggregations of the m local copies: mean softmax, or majority of labels."""
+LOCAL_NOISES = ("fixed", "fresh")
+"""DiffSmooth's local noises: drawn once from the seed and reused, or fresh on every call."""
+
 
 def _info(module: nn.Module) -> dict[str, Any]:
     """JSON-able description of a denoiser or classifier, as much as it tells."""
@@ -138,10 +143,10 @@ class DiffSmooth(nn.Module):
             raise InputError(f"m (the number of local noise samples) must be a whole number >= 1, got {m!r}")
         if not isinstance(local_sigma, (int, float)) or not 0.0 <= local_sigma < float("inf"):
             raise InputError(f"local_sigma must be a finite number >= 0, got {local_sigma!r}")
-        if vote not in ("soft", "hard"):
-            raise InputError(f"vote must be 'soft' or 'hard', got {vote!r}")
-        if local_noise not in ("fixed", "fresh"):
-            raise InputError(f"local_noise must be 'fixed' or 'fresh', got {local_noise!r}")
+        if vote not in VOTES:
+            raise InputError(f"vote must be one of {', '.join(VOTES)}, got {vote!r}")
+        if local_noise not in LOCAL_NOISES:
+            raise InputError(f"local_noise must be one of {', '.join(LOCAL_NOISES)}, got {local_noise!r}")
         self.denoiser = denoiser
         self.classifier = classifier
         self.m = m

@@ -21,7 +21,6 @@ The part files must lie on a file system that all nodes share.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,17 +33,13 @@ import torch
 import torch.distributed as dist
 
 from diffsmooth.errors import InputError
-from diffsmooth.results import Row, manifest_path, read_manifest, read_rows, write_manifest, write_results
-from diffsmooth.runner import RunReport, RunSpec, prepare_output, run
+from diffsmooth.results import ResultsStore, part_path, part_paths
+from diffsmooth.runner import RunReport, RunSpec, execute, prepare, run
 
 # Ranks finish their shares at different times and wait for the slowest at the last
 # agreement; a dead peer is not waited for, because torchrun stops the whole group
 # when one process fails.  So the timeout only has to outlast honest imbalance.
 TIMEOUT = timedelta(hours=24)
-
-# Test-only hook: "RANK:K" makes that rank exit abruptly (as if killed) once it has
-# written K rows.  Used by tests/test_distributed.py to check crash recovery.
-TEST_CRASH_ENV = "DIFFSMOOTH_TEST_CRASH_AFTER"
 
 Images = Callable[[int], tuple[torch.Tensor, int]]
 
@@ -71,22 +66,6 @@ def context() -> Context:
     if not 0 <= ctx.rank < ctx.world_size:
         raise InputError(f"RANK={ctx.rank} outside 0..WORLD_SIZE-1={ctx.world_size - 1}; launch with torchrun")
     return ctx
-
-
-def part_path(out: Path, rank: int) -> Path:
-    """The part file that rank ``rank`` writes for results file ``out``."""
-    out = Path(out)
-    return out.with_name(f"{out.name}.part{rank}")
-
-
-def part_paths(out: Path) -> list[Path]:
-    """Every part file of ``out`` present now (of any earlier world size), by rank."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        return []
-    pattern = re.compile(re.escape(out.name) + r"\.part(\d+)")
-    found = [(int(m.group(1)), p) for p in out.parent.iterdir() if (m := pattern.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
 
 
 def pin_device(device: torch.device, local_rank: int) -> torch.device:
@@ -131,12 +110,14 @@ def run_maybe_distributed(
                    overwrite=overwrite, manifest_extra=manifest_extra, progress=progress)
     if ctx.world_size > 1:
         device = pin_device(torch.device(device), ctx.local_rank)
-    kwargs = dict(num_classes=num_classes, device=device, resume=resume, overwrite=overwrite,
-                  manifest_extra=manifest_extra or {}, progress=progress and ctx.rank == 0)
+    spec.validate()
+    store = ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite)
     with _process_group(ctx, device):
         if split_samples and ctx.world_size > 1:
-            return _run_split_samples(spec, images, indices, out, ctx, **kwargs)
-        return _run_split_images(spec, images, indices, out, ctx, **kwargs)
+            return _run_split_samples(spec, images, indices, store, ctx, num_classes, device, manifest_extra or {},
+                                      progress and ctx.rank == 0)
+        return _run_split_images(spec, images, indices, store, ctx, num_classes, device, manifest_extra or {},
+                                 progress and ctx.rank == 0)
 
 
 @contextmanager
@@ -191,151 +172,37 @@ class _Agreement:
         self.step(failed=True)
 
 
-def _crash_hook(images: Images, rank: int) -> Images:
-    """``images``, or (test hook, see ``TEST_CRASH_ENV``) a version that exits the
-    process when asked for an image after K rows of this rank were written."""
-    value = os.environ.get(TEST_CRASH_ENV)
-    if not value:
-        return images
-    crash_rank, after = (int(v) for v in value.split(":"))
-    if crash_rank != rank:
-        return images
-    calls = 0
-
-    def load(idx: int) -> tuple[torch.Tensor, int]:
-        nonlocal calls
-        calls += 1
-        # The runner loads its first image once more to probe the models; with one image
-        # per group, call K + 2 comes right after the K-th row was flushed.
-        if calls > after + 1:
-            os._exit(1)
-        return images(idx)
-
-    return load
-
-
-def done_indices(out: Path, spec: RunSpec, resume: bool, overwrite: bool) -> set[int]:
-    """Indices already in ``out`` or in any of its part files; checks resume/overwrite
-    and that every file was written with ``spec``.  Reads only."""
-    out = Path(out)
-    done = prepare_output(out, spec, resume, overwrite)
-    parts = part_paths(out)
-    if parts and not (resume or overwrite):
-        raise InputError(
-            f"{out} has part files of an unfinished multi-process run ({parts[0].name} ...); "
-            "pass --resume to continue it or --overwrite to start afresh"
-        )
-    if resume:
-        for part in parts:
-            done |= prepare_output(part, spec, resume=True, overwrite=False)
-    return done
-
-
-def _remove(paths: Sequence[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-        manifest_path(path).unlink(missing_ok=True)
-
-
-def _run_split_images(
-    spec: RunSpec,
-    images: Images,
-    indices: Sequence[int],
-    out: Path,
-    ctx: Context,
-    *,
-    overwrite: bool,
-    resume: bool,
-    manifest_extra: dict[str, Any],
-    **kwargs: Any,
-) -> RunReport | None:
+def _run_split_images(spec: RunSpec, images: Images, indices: Sequence[int], store: ResultsStore, ctx: Context,
+                      num_classes: int, device: torch.device, extra: dict[str, Any], progress: bool) -> RunReport | None:
     agreement = _Agreement(ctx, steps=2)
-    started = [time.perf_counter()]
-
-    def ready() -> None:
-        agreement.step()
-        started[0] = time.perf_counter()
-        if ctx.rank == 0 and overwrite:
-            # Only files no rank of this run writes: each rank overwrites its own part.
-            _remove([out, *(p for p in part_paths(out) if p not in _current_parts(out, ctx))])
-
     try:
-        done = done_indices(out, spec, resume, overwrite)
+        done = store.check()  # reads OUT and the part files of any earlier world size
         todo = [i for i in indices if i not in done]
-        extra = {**manifest_extra, "distributed": {"split": "images", "rank": ctx.rank, "world_size": ctx.world_size}}
-        run(spec, _crash_hook(images, ctx.rank), todo[ctx.rank :: ctx.world_size], part_path(out, ctx.rank),
-            resume=resume, overwrite=overwrite, manifest_extra=extra, on_ready=ready, **kwargs)
+        share = todo[ctx.rank :: ctx.world_size]
+        prepared = prepare(spec, images, share[0] if share else (todo[0] if todo else None), num_classes=num_classes,
+                           device=device, manifest_extra={**extra, "distributed": {
+                               "split": "images", "rank": ctx.rank, "world_size": ctx.world_size}})
+    except BaseException:
+        agreement.fail()
+        raise
+    agreement.step()  # every rank has passed its checks: only now are files written
+    started = time.perf_counter()
+    current = [part_path(store.out, r) for r in range(ctx.world_size)]
+    stale = [p for p in part_paths(store.out) if p not in current] if ctx.rank == 0 and store.overwrite else []
+    try:
+        with store.writing(prepared.manifest, rank=ctx.rank, clear_parts=stale) as sink:
+            execute(prepared, share, sink, progress)
     except BaseException:
         agreement.fail()
         raise
     agreement.step()  # every rank has finished its share and closed its part file
     if ctx.rank != 0:
         return None
-    rows = merge_parts(out, spec, indices, ctx.world_size, time.perf_counter() - started[0])
+    rows = store.merge(indices, ctx.world_size, time.perf_counter() - started)
     fresh = set(todo)
     new_rows = [row for row in rows if row.idx in fresh]
-    return RunReport(rows=new_rows, skipped=len(indices) - len(todo), seconds=time.perf_counter() - started[0],
-                     noise_samples=len(new_rows) * _samples_per_image(spec))
-
-
-def _current_parts(out: Path, ctx: Context) -> list[Path]:
-    return [part_path(out, r) for r in range(ctx.world_size)]
-
-
-def _samples_per_image(spec: RunSpec) -> int:
-    return spec.n + (spec.n0 if spec.mode == "certify" else 0)
-
-
-def merge_parts(out: Path, spec: RunSpec, indices: Sequence[int], world_size: int, wall_seconds: float) -> list[Row]:
-    """Merge ``out`` (if present) and all its part files into ``out`` sorted by idx, with
-    one manifest; then remove the parts.  Returns the merged rows.
-
-    The manifest is written first and the TSV replaced atomically, so a crash at any
-    point leaves files that ``--resume`` accepts; parts go only after the TSV is in place.
-    """
-    out = Path(out)
-    parts = part_paths(out)
-    rows: dict[int, Row] = {}
-    for path in ([out] if out.exists() else []) + parts:
-        for row in read_rows(path)[1]:
-            rows.setdefault(row.idx, row)  # seeding per index makes duplicates identical
-    missing = [i for i in indices if i not in rows]
-    if missing:
-        raise InputError(
-            f"merging into {out}: {len(missing)} image(s) have no row (e.g. {missing[:5]}); is --out on a file "
-            "system that every node shares? The part files are kept; rerun with --resume"
-        )
-    merged = sorted(rows.values(), key=lambda row: row.idx)
-    ranks = [read_manifest(manifest_path(part_path(out, r))) for r in range(world_size)]
-    write_manifest(manifest_path(out), _merged_manifest(ranks, spec, world_size, wall_seconds))
-    write_results(out, spec.mode, merged)
-    _remove(parts)
-    return merged
-
-
-def _merged_manifest(ranks: list[dict[str, Any]], spec: RunSpec, world_size: int, wall: float) -> dict[str, Any]:
-    first = {k: v for k, v in ranks[0].items() if k not in ("throughput", "distributed", "status")}
-    per_rank = [m.get("throughput") or {} for m in ranks]
-    images = sum(t.get("images", 0) for t in per_rank)
-    seconds = sum(t.get("seconds", 0.0) for t in per_rank)
-    throughput = {
-        "images": images,
-        "seconds": seconds,  # summed over processes
-        "wall_seconds": wall,
-        "images_per_second": images / wall if wall > 0 else None,
-        "noise_samples_per_second": images * _samples_per_image(spec) / wall if wall > 0 else None,
-        "seconds_per_image": seconds / images if images else None,
-    }
-    ranks_info = [
-        {"rank": r, "device": m.get("environment", {}).get("device"), "throughput": t}
-        for r, (m, t) in enumerate(zip(ranks, per_rank))
-    ]
-    return {
-        **first,
-        "status": "finished",
-        "throughput": throughput,
-        "distributed": {"split": "images", "world_size": world_size, "ranks": ranks_info},
-    }
+    return RunReport(rows=new_rows, skipped=len(indices) - len(todo), seconds=time.perf_counter() - started,
+                     noise_samples=len(new_rows) * spec.samples_per_image)
 
 
 def _sum_over_ranks(counts: torch.Tensor) -> torch.Tensor:
@@ -343,37 +210,33 @@ def _sum_over_ranks(counts: torch.Tensor) -> torch.Tensor:
     return counts
 
 
-def _run_split_samples(
-    spec: RunSpec,
-    images: Images,
-    indices: Sequence[int],
-    out: Path,
-    ctx: Context,
-    *,
-    overwrite: bool,
-    manifest_extra: dict[str, Any],
-    **kwargs: Any,
-) -> RunReport | None:
+def _run_split_samples(spec: RunSpec, images: Images, indices: Sequence[int], store: ResultsStore, ctx: Context,
+                       num_classes: int, device: torch.device, extra: dict[str, Any],
+                       progress: bool) -> RunReport | None:
     # One agreement only: once sampling starts, count all-reduces are in flight and a
     # failing rank simply exits (torchrun then stops the others).
     agreement = _Agreement(ctx, steps=1)
-
-    def ready() -> None:
-        agreement.step()
-        if ctx.rank == 0 and overwrite:
-            _remove(part_paths(out))
-
     try:
-        parts = part_paths(out)
-        if parts and not overwrite:
+        parts = part_paths(store.out)
+        if parts and not store.overwrite:
             raise InputError(
-                f"{out} has part files of an unfinished run that split images ({parts[0].name} ...); finish it "
+                f"{store.out} has part files of an unfinished run that split images ({parts[0].name} ...); finish it "
                 "with the same command without --split-samples, or pass --overwrite"
             )
-        extra = {**manifest_extra, "distributed": {"split": "samples", "world_size": ctx.world_size}}
-        report = run(spec, images, indices, out, overwrite=overwrite, manifest_extra=extra, on_ready=ready,
-                     shard=(ctx.rank, ctx.world_size), reduce_counts=_sum_over_ranks, write=ctx.rank == 0, **kwargs)
+        done = store.check(parts=False)
+        todo = [i for i in indices if i not in done]
+        prepared = prepare(spec, images, todo[0] if todo else None, num_classes=num_classes, device=device,
+                           manifest_extra={**extra, "distributed": {"split": "samples", "world_size": ctx.world_size}})
+        prepared.smoothed = prepared.smoothed.sharded(ctx.rank, ctx.world_size, _sum_over_ranks)
+        prepared.rank = ctx.rank
     except BaseException:
         agreement.fail()
         raise
-    return report if ctx.rank == 0 else None
+    agreement.step()
+    if ctx.rank != 0:
+        execute(prepared, todo, None, progress=False)
+        return None
+    with store.writing(prepared.manifest, clear_parts=parts) as sink:
+        report = execute(prepared, todo, sink, progress)
+    report.skipped = len(indices) - len(todo)
+    return report

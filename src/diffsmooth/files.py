@@ -1,4 +1,5 @@
-"""Small file helpers shared by the checkpoint readers: hashing, JSON objects, devices.
+"""Files of every kind, in one place: weights and config files (read untrusted, written
+atomically), hashing, JSON objects, the git commit, devices.
 
 Leaf module (imports nothing of ours but ``errors``), so every layer may use it.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +48,120 @@ def resolve_device(device: Any = None):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu")
     return dev
+
+
+# ---- writing: every file we write goes through a temp file + rename ----------------------------
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file + rename: readers see the old file or the new
+    one, never half; the temp file is removed on every failure.  A symlink at ``path`` is
+    replaced itself, never written through."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, doc: dict[str, Any]) -> None:
+    """A JSON object, atomically; ``InputError`` when ``doc`` holds values JSON cannot store."""
+    try:
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    except TypeError as err:
+        raise InputError(f"cannot write {Path(path).name}: {err}; convert tensors/arrays to numbers or lists") from None
+    atomic_write_text(path, text)
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> str:
+    """Write tensors (each copied to a compact CPU tensor) atomically; returns the file's SHA-256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return file_sha256(path)
+
+
+# ---- reading untrusted weights ------------------------------------------------------------------
+
+def check_finite(state: dict[str, Any], path: str | Path) -> None:
+    """Refuse weights holding NaN or infinite values: they would make every score NaN."""
+    import torch
+
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(f"{path} holds NaN or infinite weights ({len(bad)} tensor(s), e.g. {bad[0]}); "
+                         "the training run diverged or the file is damaged: use another checkpoint")
+
+
+def read_safetensors(path: str | Path) -> dict[str, Any]:
+    """All tensors of a safetensors file on the CPU, checked finite."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise InputError(f"cannot read {path} as safetensors ({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); "
+                         "the file is damaged or incomplete, save or download it again") from None
+    check_finite(state, path)
+    return state
+
+
+def read_torch(path: str | Path) -> Any:
+    """A torch checkpoint read with ``weights_only=True`` (pickled code is refused, never run)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Unsupported global" in text or "WeightsUnpickler" in text and "GLOBAL" in text:
+            lines = [ln.strip() for ln in text.splitlines() if "Unsupported" in ln]
+            detail = f" ({lines[0].split(' Please')[0][:160]})" if lines else ""
+            raise InputError(f"refused to load {path}: it contains pickled objects other than tensors{detail}; "
+                             "only weights-only checkpoints are read, re-save just the state_dict from trusted code"
+                             ) from None
+        raise InputError(f"cannot read {path}: it is not a torch checkpoint (or it is damaged); "
+                         "download or save it again") from None
+    except MemoryError:
+        raise InputError(f"cannot read {path}: out of memory loading it (is it really a checkpoint?)") from None
+    except Exception as err:  # noqa: BLE001  torch raises many types on garbage (IndexError, KeyError ...)
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot read checkpoint {path} ({first}); the file is damaged, truncated or not a "
+                         "checkpoint: download or save it again") from None
+
+
+# ---- provenance ------------------------------------------------------------------------------------
+
+_COMMIT: list[str | None] = []
+
+
+def git_commit() -> str | None:
+    """The git commit of the source tree (looked up once per process), or None outside a checkout."""
+    if not _COMMIT:
+        import subprocess
+
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                 capture_output=True, text=True, timeout=5)
+            _COMMIT.append(out.stdout.strip() or None if out.returncode == 0 else None)
+        except (OSError, subprocess.SubprocessError):
+            _COMMIT.append(None)
+    return _COMMIT[0]

@@ -57,6 +57,37 @@ class MethodSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def validate(self) -> None:
+        """The one check of a method's settings, worded with the command line's option names;
+        the choices come from the registries (``METHODS``, ``VOTES``, ``LOCAL_NOISES``,
+        ``fast.PRECISIONS``, ``fast.COMPILE_MODES``)."""
+        from diffsmooth.defenses import LOCAL_NOISES, VOTES
+        from diffsmooth.fast import COMPILE_MODES, PRECISIONS
+
+        _choice("--method", self.method, METHODS)
+        if not _positive(self.sigma):
+            raise InputError(f"--sigma must be a positive noise level in [0,1] pixel units (e.g. 0.25), got {self.sigma}")
+        if isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1:
+            raise InputError(f"--m must be a whole number >= 1 of local noise samples, got {self.m}")
+        if not (_positive(self.local_sigma) or self.local_sigma == 0):
+            raise InputError(f"--local-sigma must be a finite number >= 0, got {self.local_sigma}")
+        _choice("--vote", self.vote, VOTES)
+        _choice("--local-noise", self.local_noise, LOCAL_NOISES)
+        if isinstance(self.local_noise_seed, bool) or not isinstance(self.local_noise_seed, int) or self.local_noise_seed < 0:
+            raise InputError(f"--local-noise-seed must be a whole number >= 0, got {self.local_noise_seed}")
+        _choice("--precision", self.precision, PRECISIONS)
+        if self.compile is not None:
+            _choice("--compile", self.compile, COMPILE_MODES)
+
+
+def _positive(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
+
+
+def _choice(flag: str, value: object, known: Any) -> None:
+    if value not in known:
+        raise InputError(f"unknown {flag} {value!r}; choose one of: {', '.join(known)}")
+
 
 def _classifier(spec: MethodSpec, shipped_for: Callable[[], str]) -> nn.Module:
     from diffsmooth.classifiers import load_classifier
@@ -136,36 +167,28 @@ METHODS: dict[str, Callable[[MethodSpec], nn.Module]] = {
 }
 
 
-def validate(spec: MethodSpec) -> None:
-    """Check the numbers of a spec before anything is loaded."""
-    if spec.method not in METHODS:
-        raise InputError(f"unknown method {spec.method!r}; choose one of: {', '.join(METHODS)}")
-    if not (spec.sigma > 0 and math.isfinite(spec.sigma)):
-        raise InputError(f"--sigma must be a positive noise level in [0,1] pixel units (e.g. 0.25), got {spec.sigma}")
-    if spec.m < 1:
-        raise InputError(f"--m must be at least 1 local noise sample, got {spec.m}")
-    if not (spec.local_sigma >= 0 and math.isfinite(spec.local_sigma)):
-        raise InputError(f"--local-sigma must be >= 0, got {spec.local_sigma}")
-    from diffsmooth.fast import COMPILE_MODES, PRECISIONS
-
-    if spec.precision not in PRECISIONS:
-        raise InputError(f"unknown precision {spec.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-
-    if spec.compile is not None and spec.compile not in COMPILE_MODES:
-        raise InputError(f"unknown compile mode {spec.compile!r}; choose one of: {', '.join(COMPILE_MODES)}")
-
-
-def build_base(spec: MethodSpec, device: torch.device | str = "cpu") -> nn.Module:
+def build_base(spec: MethodSpec, device: torch.device | str = "cpu", static_batch: int | None = None) -> nn.Module:
     """The base classifier ``h`` of ``spec`` in eval mode on ``device``: noisy images
     ``(B, C, H, W)`` in [0,1] pixel space -> scores ``(B, num_classes)``.
 
     Any precision other than float32 or any fast-path setting wraps it in
-    ``diffsmooth.fast.accelerate``, whose ``describe()`` records the settings."""
-    validate(spec)
+    ``diffsmooth.fast.accelerate``, whose ``describe()`` records the settings; ``static_batch``
+    is the batch size it compiles for (a run's ``batch_size``), so it compiles once."""
+    spec.validate()
     base = METHODS[spec.method](spec).eval().to(device)
     if spec.precision == "float32" and not (spec.channels_last or spec.compile or spec.cuda_graphs):
         return base
     from diffsmooth.fast import accelerate
 
     return accelerate(base, precision=spec.precision, channels_last=spec.channels_last,
-                      compile=spec.compile or False, cuda_graphs=spec.cuda_graphs)
+                      compile=spec.compile or False, cuda_graphs=spec.cuda_graphs, static_batch=static_batch)
+
+
+def build_smoothed(spec: MethodSpec, device: torch.device | str = "cpu", static_batch: int | None = None):
+    """The smoothed classifier ``g`` of ``spec``: its base (``build_base``), its sigma and the class
+    count of its dataset, each given once."""
+    from diffsmooth.data import dataset_info
+    from diffsmooth.smoothing import SmoothedClassifier
+
+    base = build_base(spec, device, static_batch)
+    return SmoothedClassifier(base, dataset_info(spec.dataset).num_classes, spec.sigma)

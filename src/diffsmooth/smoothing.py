@@ -166,6 +166,12 @@ class SmoothedClassifier:
         self.sigma = float(sigma)
         self.reduce_counts = reduce_counts
         self.shard = _check_shard(shard, reduce_counts)
+        self._nonfinite: Tensor | None = None  # on-device flag: did the base return NaN/inf scores?
+
+    def sharded(self, rank: int, world_size: int, reduce_counts: Callable[[Tensor], Tensor]) -> SmoothedClassifier:
+        """The same smoothed classifier as one of ``world_size`` processes that share each image's
+        samples: this one draws its share, and ``reduce_counts`` sums the counts of all shares."""
+        return SmoothedClassifier(self.base, self.num_classes, self.sigma, reduce_counts, (rank, world_size))
 
     # -- CERTIFY --------------------------------------------------------------
 
@@ -323,7 +329,19 @@ class SmoothedClassifier:
                 filled += size
             if pending:
                 self._count_batch(xs, pending, generators, counts)
+        self._raise_if_nonfinite()
         return counts if self.reduce_counts is None else self.reduce_counts(counts)
+
+    def _raise_if_nonfinite(self) -> None:
+        """One host synchronisation per phase: NaN or infinite scores must never become counts
+        (their argmax is class 0, which would certify garbage)."""
+        flag, self._nonfinite = self._nonfinite, None
+        if flag is not None and bool(flag):
+            name = type(self.base).__name__
+            raise InputError(
+                f"the base classifier ({name}) returned NaN or infinite scores; its weights or inputs are broken "
+                "(check the checkpoint with torch.isfinite, or use float32 instead of float16)"
+            )
 
     def _count_batch(
         self,
@@ -348,6 +366,10 @@ class SmoothedClassifier:
         if not isinstance(out, Tensor):
             raise InputError(f"base must return a torch.Tensor, got {type(out).__name__}")
         if out.shape == (batch, self.num_classes):
+            if out.is_floating_point():
+                # Stays on the device: checked once per phase by _raise_if_nonfinite.
+                bad = ~torch.isfinite(out).all()
+                self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
             return out.argmax(dim=1)
         if out.shape == (batch,) and not out.is_floating_point():
             return out.long()

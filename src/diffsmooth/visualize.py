@@ -8,6 +8,23 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from diffsmooth.errors import InputError
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_figure_path(path: Path, option: str) -> Path:
+    """Refuse, before any work, a figure path whose format or folder cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise InputError(f"{option} {path}: unknown figure format {path.suffix or '(none)'!r}; "
+                         f"use one of {', '.join(FIGURE_SUFFIXES)}")
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name such as {path / ('figure' + FIGURE_SUFFIXES[0])}")
+    if not path.parent.is_dir():
+        raise InputError(f"folder {path.parent} for {option} does not exist; create it first")
+    return path
+
 
 def psnr(images: Tensor, reference: Tensor) -> float:
     """Mean PSNR in dB of ``images`` against ``reference``, both ``(B, C, H, W)`` in [0,1]."""
@@ -37,5 +54,19 @@ def save_grid(columns: Sequence[Tensor], titles: Sequence[str], out: Path) -> No
             if i == 0:
                 ax.set_title(title, fontsize=7)
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)
     plt.close(fig)
+
+
+def save_figure(fig, out: Path) -> None:
+    """Save a matplotlib figure atomically (temp file + rename), format by ``out``'s suffix."""
+    import os
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp" + out.suffix)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -21,8 +21,15 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where to look, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="diffsmooth",
         formatter_class=_Formatter,
         description="Certified l2 robustness by randomized smoothing: Gaussian RS, diffusion denoised "
@@ -42,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("diffsmooth: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args.func(args) or 0)
     except InputError as err:
@@ -52,3 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffsmooth {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    except OSError as err:
+        # A full disk, a read-only folder, a vanished file: the system's words and the path.
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"diffsmooth {args.command}: error: {err.strerror or err}{where}; free space or fix the path/"
+              "permissions, then rerun (with --resume where results were being written)", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"diffsmooth {args.command}: error: out of memory; use a smaller --batch or --m", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if "out of memory" not in str(err).lower() and "can't allocate memory" not in str(err).lower():
+            raise
+        print(f"diffsmooth {args.command}: error: out of memory ({str(err).splitlines()[0][:160]}); "
+              "use a smaller --batch or --m", file=sys.stderr)
+        return 2

@@ -26,22 +26,30 @@ def register(sub, formatter) -> None:
     p.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown", help="table format")
     p.add_argument("--plot", type=Path, default=None, help="write certified accuracy vs radius to this PNG/PDF")
     p.add_argument("--title", default=None, help="plot title")
+    p.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
     p.set_defaults(func=_analyze)
 
 
 def _analyze(args: argparse.Namespace) -> int:
     from diffsmooth.analysis import plot, summarize, table
+    from diffsmooth.visualize import check_figure_path
 
     labels = args.labels or [p.stem for p in args.results]
     if len(labels) != len(args.results):
         raise InputError(f"--labels gives {len(labels)} names for {len(args.results)} results files; give one each")
-    if any(r < 0 for r in args.radii):
-        raise InputError("--radii must be >= 0")
+    if any(not (r >= 0) for r in args.radii) or any(r == float("inf") for r in args.radii):
+        raise InputError("--radii must be finite numbers >= 0")
+    if args.plot is not None:
+        check_figure_path(args.plot, "--plot")
+        if args.plot.exists() and not args.overwrite:
+            raise InputError(f"{args.plot} exists; pass --overwrite to replace it or choose another --plot")
     summaries = [summarize(path, args.radii, label) for path, label in zip(args.results, labels)]
+    for path, summary in zip(args.results, summaries):
+        if summary.dropped_torn_line:
+            print(f"note: dropped the unfinished last line of {path} (a run still writing, or one that was killed)",
+                  file=sys.stderr)
     sys.stdout.write(table(summaries, args.radii, args.format))
     if args.plot is not None:
-        if not args.plot.parent.is_dir():
-            raise InputError(f"folder {args.plot.parent} for --plot does not exist; create it first")
         plot(args.results, labels, args.plot, args.title)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0

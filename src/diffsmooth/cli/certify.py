@@ -10,7 +10,11 @@ from pathlib import Path
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     """Options that pick the base classifier; shared by certify, predict, purify and demo."""
     g = p.add_argument_group("method")
-    g.add_argument("--method", choices=("rs", "dds", "diffsmooth"), default="diffsmooth",
+    from diffsmooth.defenses import LOCAL_NOISES, VOTES
+    from diffsmooth.fast import PRECISIONS
+    from diffsmooth.methods import METHODS
+
+    g.add_argument("--method", choices=list(METHODS), default="diffsmooth",
                    help="rs: Gaussian randomized smoothing; dds: diffusion denoised smoothing; "
                    "diffsmooth: purification + local smoothing")
     g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, imagenet, digits")
@@ -30,12 +34,12 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--m", "--local-m", type=int, default=5,
                    help="diffsmooth: local noise samples per purified image (--local-m under torchrun)")
     g.add_argument("--local-sigma", type=float, default=0.25, help="diffsmooth: std of the local noise")
-    g.add_argument("--vote", choices=("soft", "hard"), default="soft",
+    g.add_argument("--vote", choices=VOTES, default="soft",
                    help="diffsmooth: average softmax (reference code) or majority of labels (paper)")
-    g.add_argument("--local-noise", choices=("fixed", "fresh"), default="fixed",
+    g.add_argument("--local-noise", choices=LOCAL_NOISES, default="fixed",
                    help="diffsmooth: local noises drawn once from --local-noise-seed, or fresh per call")
     g.add_argument("--local-noise-seed", type=int, default=42, help="diffsmooth: seed of the local noise")
-    g.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+    g.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                    help="autocast precision of the models (float32 is exact; bf16 is fast on GPUs)")
     g.add_argument("--channels-last", action="store_true", help="NHWC layout for the models (faster convolutions on GPUs)")
     g.add_argument("--compile", default=None, metavar="MODE",
@@ -92,7 +96,8 @@ def _add_run(sub, formatter, mode: str) -> None:
     g.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
     g.add_argument("--skip", type=int, default=1, help="take every skip-th image (Cohen's --skip)")
     g.add_argument("--max", "--max-images", type=int, default=None,
-                   help="at most this many images (--max-images under torchrun)")
+                   help="at most this many images, counted after --skip (--max-images under torchrun); unlike "
+                   "the --max of Cohen et al.'s scripts, which bounds the dataset index")
     g.add_argument("--indices", type=int, nargs="+", default=None, help="explicit dataset indices instead")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, required=True, help="results TSV; its manifest is written to OUT.json")
@@ -115,53 +120,36 @@ def _batch(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--batch takes a whole number or 'auto', got {text!r}") from None
 
 
-def resolve_batch(args: argparse.Namespace, spec_method, device, image_shape: tuple[int, int, int]) -> int:
-    """A number for ``--batch``: as given; for 'auto' the one recorded by the run being resumed,
-    else the largest batch the base fits into the free GPU memory."""
-    if args.batch != "auto":
-        return args.batch
-    from diffsmooth.results import manifest_path
-
-    manifest = manifest_path(args.out)
-    if args.resume and manifest.is_file():
-        import json
-
-        return int(json.loads(manifest.read_text())["spec"]["batch_size"])
-    from dataclasses import replace
-
-    from diffsmooth.fast import auto_batch_size
-    from diffsmooth.methods import build_base
-
-    # Probe an uncompiled base: compilation would specialise to every probed shape.
-    probe = build_base(replace(spec_method, compile=None, cuda_graphs=False), device)
-    return auto_batch_size(probe, image_shape, device)
-
-
 def register(sub, formatter) -> None:
     _add_run(sub, formatter, "certify")
     _add_run(sub, formatter, "predict")
 
 
 def _run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from diffsmooth import distributed
     from diffsmooth.data import load_dataset
-    from diffsmooth.runner import RunSpec, check_run, select_indices
+    from diffsmooth.runner import RunSpec, resolve_batch_size, select_indices
 
     method = method_spec(args)
+    spec = RunSpec(
+        mode=args.mode, method=method, n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
+        batch_size=1 if args.batch == "auto" else args.batch, seed=args.seed, split=args.split,
+    )
+    spec.validate()
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
     info = dataset.info
-    batch = resolve_batch(args, method, device, (info.channels, info.image_size, info.image_size))
-    spec = RunSpec(
-        mode=args.mode, method=method, n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
-        batch_size=batch, seed=args.seed, split=args.split,
-    )
-    check_run(spec)
+    if args.batch == "auto":
+        batch = resolve_batch_size("auto", method, device, (info.channels, info.image_size, info.image_size),
+                                   resume_from=args.out if args.resume else None)
+        spec = replace(spec, batch_size=batch)
     indices = select_indices(len(dataset), args.skip, args.max, args.indices)
     extra = {"dataset": {"name": args.dataset, "split": args.split, "size": len(dataset)},
              "argv": sys.argv[1:], "indices": {"skip": args.skip, "max": args.max, "explicit": args.indices}}
     report = distributed.run_maybe_distributed(
-        spec, dataset.__getitem__, indices, args.out, num_classes=dataset.info.num_classes, device=device,
+        spec, dataset.__getitem__, indices, args.out, num_classes=info.num_classes, device=device,
         resume=args.resume, overwrite=args.overwrite, manifest_extra=extra, progress=not args.quiet,
         split_samples=args.split_samples,
     )

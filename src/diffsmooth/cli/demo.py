@@ -40,12 +40,15 @@ def register(sub, formatter) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from diffsmooth.analysis import plot, summarize, table
     from diffsmooth.cli.certify import pick_device
-    from diffsmooth.cli.purify import write_grid
+    from diffsmooth.purification import purification_grid
     from diffsmooth.data import load_dataset
     from diffsmooth.methods import MethodSpec
-    from diffsmooth.runner import RunSpec, check_run, run, select_indices
+    from diffsmooth.errors import InputError
+    from diffsmooth.runner import RunSpec, run, select_indices
 
     start = time.perf_counter()
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise InputError(f"--out-dir {args.out_dir} is a file; give a folder (it is created if missing)")
     device = pick_device(args.device)
     dataset = load_dataset("fashion-mnist", split="test", data_dir=args.data_dir)
     indices = select_indices(len(dataset), max_count=args.max)
@@ -59,7 +62,7 @@ def _demo(args: argparse.Namespace) -> int:
     specs = {label: RunSpec("certify", m, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
                             seed=args.seed) for label, m in runs.items()}
     for spec in specs.values():
-        check_run(spec)
+        spec.validate()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for label, spec in specs.items():
@@ -75,8 +78,8 @@ def _demo(args: argparse.Namespace) -> int:
     (args.out_dir / "table.md").write_text(text)
     plot(list(paths.values()), list(paths), args.out_dir / "certified_accuracy.png",
          title=f"Fashion-MNIST, sigma={args.sigma:g}, n={args.n}, {len(indices)} images")
-    write_grid(runs["DiffSmooth (soft)"], dataset, list(range(6)), args.seed, args.out_dir / "purification.png",
-               device)
+    purification_grid(runs["DiffSmooth (soft)"], dataset.__getitem__, list(range(min(6, len(dataset)))), args.seed,
+                      args.out_dir / "purification.png", device)
     print(f"\nCertified accuracy (%) on the first {len(indices)} Fashion-MNIST test images, sigma={args.sigma:g}, "
           f"n0={args.n0}, n={args.n}, alpha={args.alpha:g}:\n")
     print(text)

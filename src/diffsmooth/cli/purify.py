@@ -24,47 +24,28 @@ def register(sub, formatter) -> None:
     p.add_argument("--indices", type=int, nargs="+", default=list(range(8)), help="dataset indices to show")
     p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=Path, required=True, help="figure to write (.png, .pdf or .svg)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_purify)
 
 
 def _purify(args: argparse.Namespace) -> int:
     from diffsmooth.cli.certify import method_spec, pick_device
     from diffsmooth.data import load_dataset
-    from diffsmooth.methods import validate
+    from diffsmooth.purification import purification_grid
     from diffsmooth.runner import select_indices
+    from diffsmooth.visualize import check_figure_path
 
     spec = method_spec(args)
-    validate(spec)
-    if not args.out.parent.is_dir():
-        raise InputError(f"output folder {args.out.parent} does not exist; create it first")
+    spec.validate()
+    check_figure_path(args.out, "--out")
+    if args.out.exists() and not args.overwrite:
+        raise InputError(f"{args.out} exists; pass --overwrite to replace it or choose another --out")
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
-    write_grid(spec, dataset, select_indices(len(dataset), indices=args.indices), args.seed, args.out, device)
-    return 0
-
-
-def write_grid(spec, dataset, indices: list[int], seed: int, out: Path, device) -> None:
-    """Grid of clean | noisy | purified | purified + one local noise for ``indices``; prints t*,
-    the effective sigma and the PSNRs.  Image idx's noise is seeded by (seed, idx), as in certify."""
-    import torch
-
-    from diffsmooth.methods import build_denoiser
-    from diffsmooth.runner import generator_for
-    from diffsmooth.visualize import psnr, save_grid
-
-    denoiser = build_denoiser(spec).eval().to(device)
-    clean = torch.stack([dataset[i][0] for i in indices]).to(device)  # [0,1] pixels
-    noise = torch.stack([torch.randn(clean.shape[1:], generator=generator_for(seed, i, device), device=device)
-                         for i in indices])
-    noisy = clean + spec.sigma * noise
-    with torch.inference_mode():
-        purified = denoiser(noisy)
-    local = purified + spec.local_sigma * torch.randn(
-        purified.shape, generator=torch.Generator(device=device).manual_seed(spec.local_noise_seed), device=device)
-    save_grid([clean, noisy.clamp(0, 1), purified, local.clamp(0, 1)],
-              ["clean", f"noisy (sigma={spec.sigma:g})", f"purified (t*={denoiser.t_star})",
-               f"+ local noise ({spec.local_sigma:g})"], out)
-    print(f"t* = {denoiser.t_star}, effective sigma = {denoiser.effective_sigma:.4f}; PSNR noisy "
-          f"{psnr(noisy.clamp(0, 1), clean):.2f} dB, purified {psnr(purified, clean):.2f} dB; grid written to {out}",
+    indices = select_indices(len(dataset), indices=args.indices)
+    report = purification_grid(spec, dataset.__getitem__, indices, args.seed, args.out, device)
+    print(f"t* = {report.t_star}, effective sigma = {report.effective_sigma:.4f}; PSNR noisy "
+          f"{report.psnr_noisy:.2f} dB, purified {report.psnr_purified:.2f} dB; grid written to {args.out}",
           file=sys.stderr)
+    return 0
