@@ -112,13 +112,18 @@ def test_padding_leaves_real_rows_unchanged(trained_ish):
         # Eval-mode rows never interact; only kernel choices for the batch size change the last bits.
         torch.testing.assert_close(clf(padded)[:5], clf(rows), atol=1e-5, rtol=1e-5)
         # Without a fixed size the static batch grows to the largest call seen.
-        grown = accelerate(clf, cuda_graphs=True)  # graphs are CUDA-only; on CPU only the padding runs
+        grown = accelerate(clf, cuda_graphs=True)  # graphs are CUDA-only; on CPU only the static batch runs
         grown(x[:4])
         assert grown.static_batch == 4
         out = grown(x[:6])
         assert grown.static_batch == 6
-        assert torch.equal(grown(x[:3]), clf(pad_batch(x[:3], 6))[:3])
+        # A shorter call is not padded where no graph must replay: it runs eagerly as it is.
+        assert torch.equal(grown(x[:3]), clf(x[:3]))
         assert torch.equal(out, clf(x[:6]))
+        # A fixed static batch (a run's batch size) splits longer calls; the short tail runs eagerly.
+        fixed = accelerate(clf, compile=False, cuda_graphs=True, static_batch=4)
+        assert torch.equal(fixed(x[:10]), torch.cat([clf(x[:4]), clf(x[4:8]), clf(x[8:10])]))
+        assert fixed.static_batch == 4
     with pytest.raises(InputError, match="split"):
         pad_batch(x[:9], 8)
 

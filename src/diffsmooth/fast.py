@@ -16,7 +16,8 @@ the results manifest, because a certificate is a statement about the base that r
 - ``cuda_graphs``: captures one forward per batch shape and replays it, removing the
   per-kernel launch cost that dominates small networks.
 
-Compiled code and graphs are specialised to one batch shape, so calls are padded to a
+Compiled code and graphs are specialised to one batch shape (the run's batch size, so that it
+compiles once); shorter calls run eagerly, or padded where a CUDA graph must replay; calls are split into a
 static batch (the ``static_batch`` argument, or else the largest batch seen so far):
 the last rows are repeated and their outputs dropped.  Rows of a base never interact
 (eval-mode normalisation, per-image attention), so the real rows are unaffected.
@@ -159,7 +160,16 @@ class FastBase(nn.Module):
         if self._static is None or (self.config.static_batch is None and b > self._static):
             self._static = b
         size = self._static
-        outs = [self._run(pad_batch(x[i:i + size], size))[: min(size, b - i)] for i in range(0, b, size)]
+        outs = []
+        for i in range(0, b, size):
+            chunk = x[i:i + size]
+            if chunk.shape[0] == size or (self.config.cuda_graphs and x.is_cuda):
+                # Graph replay needs the captured shape: a short chunk is padded to it.
+                outs.append(self._run(pad_batch(chunk, size))[: chunk.shape[0]])
+            else:
+                # A short chunk runs eagerly rather than padded (or compiled anew for its shape).
+                outs.append(self._eager(chunk.contiguous(memory_format=torch.channels_last)
+                                        if self.config.channels_last else chunk))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     @property

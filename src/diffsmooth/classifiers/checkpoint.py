@@ -12,7 +12,6 @@ Torch files are read with ``torch.load(weights_only=True)``: pickled code is ref
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,12 @@ import torch
 from diffsmooth.classifiers.config import ClassifierConfig
 from diffsmooth.classifiers.registry import Classifier, create_classifier, head_key, list_classifiers
 from diffsmooth.errors import InputError
-from diffsmooth.files import file_sha256
+from diffsmooth.files import check_finite, file_sha256, read_safetensors, read_torch, save_safetensors, write_json
 
 FORMAT = "diffsmooth-classifier"
 FORMAT_VERSION = 1
+_KNOWN_KEYS = {"format", "format_version", "arch", "num_classes", "in_channels", "image_size", "mean", "std",
+               "dataset", "extra", "weights", "weights_sha256", "training"}
 
 
 def _paths(path: Path) -> tuple[Path, Path]:
@@ -40,57 +41,28 @@ def save_classifier(path: str | Path, model: Classifier, extra: dict[str, Any] |
     (arch, num_classes, in_channels, image_size, mean, std, dataset, extra), the weights'
     SHA-256 and ``"training"``: ``extra`` (free-form, JSON-serializable: sigma, epochs, accuracy ...).
     """
-    from safetensors.torch import save_file
-
     config = getattr(model, "config", None)
     if not isinstance(config, ClassifierConfig):
         raise InputError("save_classifier needs a model made by create_classifier or load_classifier "
                          "(it has no ClassifierConfig in .config)")
     weights, config_path = _paths(Path(path))
     weights.parent.mkdir(parents=True, exist_ok=True)
-    # safetensors refuses shared or strided storage; each tensor gets its own compact copy.
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(weights), metadata={"format": FORMAT})
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         **config.to_dict(),
         "weights": weights.name,
-        "weights_sha256": file_sha256(weights),
         "training": dict(extra or {}),
     }
     try:
-        config_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        json.dumps(doc)  # fails before any file is written when extra is not JSON-able
     except TypeError as err:
         raise InputError(f"save_classifier: extra must be JSON-serializable ({err}); "
                          "convert tensors/arrays to lists or numbers") from None
+    check_finite(model.state_dict(), weights)
+    doc["weights_sha256"] = save_safetensors(weights, model.state_dict(), metadata={"format": FORMAT})
+    write_json(config_path, doc)
     return weights
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise InputError(f"cannot read {path} as safetensors ({err}); the file is damaged or "
-                         "incomplete, save or download it again") from None
-
-
-def _read_torch(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(
-            f"refused to load {path}: it contains pickled objects other than tensors ({first}); "
-            "only weights-only checkpoints are read -- re-save just the state_dict from trusted code"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, UnicodeDecodeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read checkpoint {path} ({first}); the file is damaged or "
-                         "truncated, download or save it again") from None
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
@@ -161,15 +133,23 @@ def _load_own(weights: Path, config_path: Path) -> Classifier:
                          "save the model with save_classifier")
     if not weights.is_file():
         raise InputError(f"weights {weights} for {config_path} are missing; copy them next to the JSON")
+    unknown = sorted(set(doc) - _KNOWN_KEYS)
+    if unknown:
+        raise InputError(f"{config_path} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN_KEYS))}; "
+                         "fix the file or re-save it with save_classifier")
     try:
         config = ClassifierConfig.from_dict(doc)
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"{config_path} lacks a valid field ({err}); re-save with save_classifier") from None
-    model = create_classifier(
-        config.arch, config.num_classes, dataset=config.dataset, mean=config.mean, std=config.std,
-        in_channels=config.in_channels, image_size=config.image_size, **config.extra,
-    )
-    _load_state(model, _read_safetensors(weights), weights)
+    try:
+        model = create_classifier(
+            config.arch, config.num_classes, dataset=config.dataset, mean=config.mean, std=config.std,
+            in_channels=config.in_channels, image_size=config.image_size, **config.extra,
+        )
+    except TypeError as err:
+        raise InputError(f"{config_path} has settings that arch {config.arch!r} does not take ({err}); "
+                         "re-save it with save_classifier") from None
+    _load_state(model, read_safetensors(weights), weights)
     model.training_info = doc.get("training", {})
     return _finish(model, weights)
 
@@ -203,9 +183,10 @@ def load_classifier(
     if not path.is_file():
         raise InputError(f"checkpoint {path} not found; check the path")
     if path.suffix == ".safetensors":
-        state, file_arch, meta = _read_safetensors(path), None, {}
+        state, file_arch, meta = read_safetensors(path), None, {}
     else:
-        state, file_arch, meta = _unwrap(_read_torch(path), path)
+        state, file_arch, meta = _unwrap(read_torch(path), path)
+        check_finite(state, path)
     arch = arch or file_arch
     if arch is None:
         raise InputError(f"{path} does not say its architecture; pass arch= one of: "

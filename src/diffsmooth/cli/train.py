@@ -29,6 +29,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="folder for the resumable training state (default: OUT.train next to --out)")
     p.add_argument("--resume", action="store_true", help="continue from the state in --checkpoint-dir")
+    p.add_argument("--overwrite", action="store_true", help="replace the model at --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -94,8 +95,30 @@ def register(sub, formatter) -> None:
     c.set_defaults(func=_train_classifier)
 
 
+def _check_out(out: Path, files: list[Path], overwrite: bool, what: str) -> None:
+    """Refuse, before training, an --out that cannot be written or would replace a model unasked."""
+    import os
+
+    if str(out).endswith(os.sep):
+        raise InputError(f"--out {out} ends with '{os.sep}'; give the {what} path itself, e.g. {out / 'model'}")
+    parent = out.parent
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder {parent} is not writable; choose another --out")
+    existing = [f for f in files if f.exists() or f.is_symlink()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]} exists; pass --overwrite to replace the {what} or choose another --out")
+
+
 def _train_classifier(args: argparse.Namespace) -> int:
     from diffsmooth.training import ClassifierTrainConfig, loss_defaults, train_classifier
+
+    stem = args.out.with_suffix("") if args.out.suffix in (".safetensors", ".json") else args.out
+    if stem.is_dir():
+        raise InputError(f"--out {args.out} is a folder; give a path stem inside it, e.g. {stem / 'classifier'}")
+    _check_out(args.out, [stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")],
+               args.overwrite or args.resume, "classifier")
 
     known = loss_defaults(args.method)
     given = {dest: getattr(args, dest) for _, dest, _, _ in _HPARAMS if getattr(args, dest) is not None}
@@ -120,6 +143,11 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 def _train_diffusion(args: argparse.Namespace) -> int:
     from diffsmooth.training import DiffusionTrainConfig, train_diffusion
+
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file; the diffusion model is written as a folder, choose another path")
+    _check_out(Path(str(args.out).rstrip("/")), [args.out / "config.json", args.out / "model.safetensors"],
+               args.overwrite or args.resume, "diffusion model")
 
     config = DiffusionTrainConfig(
         dataset=args.dataset, variant=args.variant, num_channels=args.num_channels, channel_mult=args.channel_mult,

@@ -22,13 +22,16 @@ def search_dirs(
 ) -> list[Path]:
     """Candidate folders for dataset ``name``, most specific first.
 
-    Order: ``data_dir`` and ``data_dir/<name>``; ``$DIFFSMOOTH_DATA`` and
-    ``$DIFFSMOOTH_DATA/<name>``; the user cache; then ``system_dirs`` (e.g. the
-    folder a Debian package installs to).
+    An explicit ``data_dir`` is the only place searched (``data_dir`` and ``data_dir/<name>``):
+    a user who names a folder must not silently get another copy.  Otherwise:
+    ``$DIFFSMOOTH_DATA`` and ``$DIFFSMOOTH_DATA/<name>``; the user cache; then ``system_dirs``
+    (e.g. the folder a Debian package installs to).
     """
-    dirs: list[Path] = []
     if data_dir is not None:
-        dirs += [Path(data_dir), Path(data_dir) / name]
+        if not Path(data_dir).is_dir():
+            raise InputError(f"--data-dir {data_dir} is not a folder; give the folder that holds the {name} files")
+        return [Path(data_dir), Path(data_dir) / name]
+    dirs: list[Path] = []
     env = os.environ.get(ENV_VAR)
     if env:
         dirs += [Path(env), Path(env) / name]

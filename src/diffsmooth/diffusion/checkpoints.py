@@ -14,8 +14,6 @@ Every failure is an ``InputError`` naming the fix. The weights file's SHA-256 is
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from diffsmooth.diffusion.adm import VARIANTS, adm_unet
 from diffsmooth.diffusion.presets import DiffusionModel, get_preset, list_presets, preset_state_shapes
 from diffsmooth.diffusion.schedules import NoiseSchedule
 from diffsmooth.errors import InputError
-from diffsmooth.files import file_sha256, read_json_object
+from diffsmooth.files import check_finite, file_sha256, read_json_object, read_safetensors, read_torch, save_safetensors, write_json
 
 FORMAT = "diffsmooth-diffusion"
 FORMAT_VERSION = 1
@@ -44,8 +42,6 @@ def save_diffusion_model(directory: str | Path, unet: nn.Module, variant: str, f
     JSON-serializable training info: dataset, epochs, loss ...), so that the directory says
     what builds it.
     """
-    from safetensors.torch import save_file
-
     if variant not in VARIANTS:
         raise InputError(f"unknown ADM variant {variant!r}; known: {', '.join(VARIANTS)}")
     expected = {k: tuple(v.shape) for k, v in _meta_unet(variant, flags).state_dict().items()}
@@ -54,11 +50,10 @@ def save_diffusion_model(directory: str | Path, unet: nn.Module, variant: str, f
         raise InputError("save_diffusion_model: the unet does not match adm_unet(variant, **flags) "
                          f"({_key_diff(actual, expected)}); pass the flags it was built with")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{directory} is a file; the diffusion model is written as a folder, choose another path")
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_NAME
-    # safetensors refuses shared storage; each tensor gets its own compact CPU copy.
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in unet.state_dict().items()}
-    save_file(state, str(weights), metadata={"format": FORMAT})
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -67,14 +62,16 @@ def save_diffusion_model(directory: str | Path, unet: nn.Module, variant: str, f
         "schedule": schedule.to_dict(),
         "rescale_timesteps": bool(rescale_timesteps),
         "weights": WEIGHTS_NAME,
-        "weights_sha256": file_sha256(weights),
         "extra": dict(extra or {}),
     }
     try:
-        (directory / CONFIG_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        json.dumps(doc)  # fails before any file is written
     except TypeError as err:
         raise InputError(f"save_diffusion_model: extra and flags must be JSON-serializable ({err}); "
                          "convert tensors/arrays to numbers or lists") from None
+    check_finite(unet.state_dict(), weights)
+    doc["weights_sha256"] = save_safetensors(weights, unet.state_dict(), metadata={"format": FORMAT})
+    write_json(directory / CONFIG_NAME, doc)
     return directory
 
 
@@ -106,7 +103,7 @@ def load_diffusion_model(source: str | Path, preset: str | None = None) -> Diffu
             if sibling.is_file() and read_json_object(sibling).get("format") == FORMAT:
                 return _load_ours(sibling, path)
         # No config beside it: a bare state dict, resolved through the presets like a .pt file.
-        return _from_state_dict(_read_safetensors(path), path, preset)
+        return _from_state_dict(read_safetensors(path), path, preset)
     return _from_state_dict(_read_torch(path), path, preset)
 
 
@@ -121,7 +118,7 @@ def _load_ours(config_path: Path, weights: Path) -> DiffusionModel:
         raise InputError(f"weights file {weights} is missing next to {config_path}; copy {weights.name} there")
     flags = dict(doc["flags"])
     unet = _meta_unet(doc["variant"], flags)
-    _strict_assign(unet, _read_safetensors(weights), weights)
+    _strict_assign(unet, read_safetensors(weights), weights)
     return DiffusionModel(
         unet=unet.eval(),
         schedule=NoiseSchedule.from_dict(doc["schedule"]),
@@ -192,33 +189,12 @@ def _key_diff(actual: dict[str, tuple[int, ...]], expected: dict[str, tuple[int,
     return "; ".join(parts) or "no differences"
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise InputError(f"cannot read {path} as safetensors ({err}); the file is truncated or corrupt, "
-                         "download it again") from None
-
-
 def _read_torch(path: Path) -> dict[str, Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch's message is long advice on unsafe loading; keep only its diagnosis line.
-        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln]
-        detail = f" ({lines[0].split(' Please')[0][:160]})" if lines else ""
-        raise InputError(f"refused to load {path.name}: it contains pickled objects other than tensors"
-                         f"{detail}; only plain state dicts are read, re-save it with "
-                         "torch.save(model.state_dict(), ...) from a trusted source") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise InputError(f"cannot read {path.name} as a torch checkpoint ({type(err).__name__}); the file is "
-                         "truncated or not a checkpoint, download it again") from None
+    obj = read_torch(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         raise InputError(f"{path.name} is not a state dict of tensors; pass the diffusion model's "
                          "state_dict file (e.g. cifar10_uncond_50M_500K.pt)")
+    check_finite(obj, path)
     return obj

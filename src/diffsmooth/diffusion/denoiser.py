@@ -43,10 +43,6 @@ class OneShotDenoiser(nn.Module):
         self.model = model
         self._sigma = float(sigma)
         self._t_star = model.schedule.t_star(self._sigma)
-        abar = float(model.schedule.alphas_cumprod[self._t_star])
-        # Python floats (from float64): the scaling then runs in the input's dtype on its device.
-        self._sqrt_abar = math.sqrt(abar)
-        self._sqrt_one_minus_abar = math.sqrt(1.0 - abar)
 
     @property
     def sigma(self) -> float:
@@ -86,11 +82,12 @@ class OneShotDenoiser(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) noisy images in [0,1] pixel units (values outside allowed) -> (B, C, H, W) in [0,1]."""
         self._check(x)
-        c = self.model.in_channels
-        x_t = self._sqrt_abar * (2.0 * x - 1.0)
+        c, schedule = self.model.in_channels, self.model.schedule
+        # x~ = x + d already holds the noise: scaled into model space it is a valid x_t*.
+        x_t = schedule.q_sample(2.0 * x - 1.0, self._t_star)
         t = torch.full((x.shape[0],), self._t_star, dtype=torch.long, device=x.device)
         eps = self.unet(x_t, self.model.network_timesteps(t))[:, :c]
-        x0 = ((x_t - self._sqrt_one_minus_abar * eps) / self._sqrt_abar).clamp(-1.0, 1.0)
+        x0 = schedule.predict_x0(x_t, self._t_star, eps).clamp(-1.0, 1.0)
         return (x0 + 1.0) / 2.0
 
     def _check(self, x: Tensor) -> None:
@@ -140,18 +137,18 @@ class MultiStepDenoiser(OneShotDenoiser):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:  # type: ignore[override]
         """x (B, C, H, W) noisy images in [0,1] pixels -> (B, C, H, W) purified in [0,1]."""
         self._check(x)
-        c = self.model.in_channels
-        x_t = self._sqrt_abar * (2.0 * x - 1.0)
+        c, schedule = self.model.in_channels, self.model.schedule
+        x_t = schedule.q_sample(2.0 * x - 1.0, self._t_star)
         for i, (t, abar) in enumerate(zip(self.timesteps, self._abar)):
             steps_t = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             eps = self.unet(x_t, self.model.network_timesteps(steps_t))[:, :c]
-            x0 = ((x_t - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)).clamp(-1.0, 1.0)
+            x0 = schedule.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
             if i == len(self.timesteps) - 1:
                 break
-            prev = self._abar[i + 1]
+            prev_t, prev = self.timesteps[i + 1], self._abar[i + 1]
             if self.method == "ddim":
-                eps = (x_t - math.sqrt(abar) * x0) / math.sqrt(1.0 - abar)
-                x_t = math.sqrt(prev) * x0 + math.sqrt(1.0 - prev) * eps
+                # The noise that the clipped x0 implies, carried to the next visited step.
+                x_t = schedule.q_sample(x0, prev_t, schedule.predict_eps(x_t, t, x0))
             else:
                 beta = 1.0 - abar / prev  # the respaced chain's beta between the two visited steps
                 mean = (math.sqrt(prev) * beta / (1.0 - abar)) * x0 + (

@@ -13,6 +13,7 @@ so that ``t_star`` reproduces the reference tables to the step.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -114,6 +115,39 @@ class NoiseSchedule:
             raise InputError(f"timestep {t} is outside this schedule; use 0 <= t < {self.num_timesteps}")
         return float(self.noise_levels()[int(t)]) / 2.0
 
+    # -- the forward process and its inverse, in model space [-1,1] --------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: int | torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` for images ``x0`` (B, C, H, W) in [-1,1].
+
+        ``t``: one step (int) or one per image (long tensor (B,)); ``eps`` (B, C, H, W) standard
+        normal, or None to only scale (one-shot purification: the smoothing noise already is eps).
+        Coefficients come from float64 and are applied in ``x0``'s dtype on its device.
+        """
+        a, s = self._coefficients(t, x0)
+        return a * x0 if eps is None else a * x0 + s * eps
+
+    def predict_x0(self, x_t: torch.Tensor, t: int | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The clean image the noise estimate ``eps`` implies: ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``
+        (model space, unclipped); ``t`` as in ``q_sample``."""
+        a, s = self._coefficients(t, x_t)
+        return (x_t - s * eps) / a
+
+    def predict_eps(self, x_t: torch.Tensor, t: int | torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The noise that takes ``x0`` to ``x_t``: ``(x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)`` (model space)."""
+        a, s = self._coefficients(t, x_t)
+        return (x_t - a * x0) / s
+
+    def _coefficients(self, t: int | torch.Tensor, like: torch.Tensor) -> tuple[Any, Any]:
+        abar = _alphas_cumprod(self)
+        if isinstance(t, torch.Tensor):
+            picked = torch.from_numpy(abar).to(like.device)[t.to(like.device)]
+            shape = (-1,) + (1,) * (like.dim() - 1)
+            return picked.sqrt().to(like.dtype).view(shape), (1 - picked).sqrt().to(like.dtype).view(shape)
+        # Python floats: the scaling then runs in the input's dtype on its device.
+        value = float(abar[int(t)])
+        return math.sqrt(value), math.sqrt(1.0 - value)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields; ``from_dict`` inverts it."""
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -128,6 +162,11 @@ class NoiseSchedule:
                 "(optional beta_start, beta_end)"
             )
         return cls(**data)
+
+
+@functools.lru_cache(maxsize=16)
+def _alphas_cumprod(schedule: NoiseSchedule) -> np.ndarray:
+    return np.cumprod(1.0 - _BETAS[schedule.name](schedule), axis=0)
 
 
 def list_schedules() -> list[str]:

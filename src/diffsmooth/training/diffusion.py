@@ -72,6 +72,12 @@ class DiffusionTrainConfig:
             raise InputError(f"--ema must be in [0, 1), got {self.ema}")
         if not self.lr > 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
+        for flag, value in (("--num-channels", self.num_channels), ("--num-res-blocks", self.num_res_blocks),
+                            ("--num-heads", self.num_heads), ("--diffusion-steps", self.diffusion_steps)):
+            if value < 1:
+                raise InputError(f"{flag} must be a whole number >= 1, got {value}")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
 
     def unet_flags(self, image_size: int, in_channels: int) -> dict[str, Any]:
         """The official flags that ``adm_unet(variant, **flags)`` builds this UNet from."""

@@ -9,8 +9,6 @@ run's in anything but the length of training, so that resuming continues the sam
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +16,13 @@ import torch
 from torch import nn
 
 from diffsmooth.errors import InputError
+from diffsmooth.files import git_commit, save_safetensors, write_json
+
+__all__ = ["git_commit", "has_state", "load_state", "save_state"]
 
 STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
 FORMAT = "diffsmooth-training-state"
-
-
-def git_commit() -> str | None:
-    """The current git commit of the source tree, or None outside a checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -64,8 +55,6 @@ def save_state(directory: str | Path, *, model: nn.Module, optimizer: torch.opti
                generators: dict[str, torch.Generator], step: int, epoch: int, config: dict[str, Any],
                ema: nn.Module | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write the full training state into ``directory`` atomically (temp file + rename)."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -78,12 +67,8 @@ def save_state(directory: str | Path, *, model: nn.Module, optimizer: torch.opti
     meta = {"format": FORMAT, "step": step, "epoch": epoch, "config": config, "optimizer": opt_meta,
             "generators": {name: str(g.device) for name, g in generators.items()},
             "git_commit": git_commit(), "extra": extra or {}}
-    tmp = directory / (STATE_FILE + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, directory / STATE_FILE)
-    tmp_meta = directory / (META_FILE + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_meta, directory / META_FILE)
+    save_safetensors(directory / STATE_FILE, tensors)
+    write_json(directory / META_FILE, meta)
     return directory
 
 
