@@ -28,12 +28,15 @@ def cli(*args, env=None, **kw):
                           env={**os.environ, **(env or {})}, timeout=300, **kw)
 
 
-def test_help_lists_every_command_and_option():
+def test_help_lists_every_command_and_option(capsys):
     out = cli("--help")
     assert out.returncode == 0
     for command in ("demo", "certify", "predict", "analyze", "purify"):
         assert command in out.stdout
-    sub = cli("certify", "--help").stdout
+    with pytest.raises(SystemExit) as exited:
+        main(["certify", "--help"])
+    assert exited.value.code == 0
+    sub = capsys.readouterr().out
     for option in ("--method", "--sigma", "--denoiser", "--classifier", "--local-sigma", "--vote", "--local-noise",
                    "--n0", "--alpha", "--batch", "--skip", "--max", "--indices", "--seed", "--resume", "--overwrite"):
         assert option in sub
@@ -77,14 +80,13 @@ def test_killed_run_resumes_to_the_uninterrupted_file(tmp_path, fmnist_dir, clas
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.tsv", "full.tsv.json", "part.tsv", "part.tsv.json"]
 
 
-def test_analyze_subprocess_and_plot(tmp_path):
+def test_analyze_and_plot(tmp_path, capsys):
     tsv = tmp_path / "a.tsv"
     tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.6\t1\t0:00:01.000000\n"
                    "1\t2\t-1\t0.0\t0\t0:00:01.000000\n")
     png = tmp_path / "c.png"
-    out = cli("analyze", str(tsv), "--radii", "0", "0.5", "1", "--format", "csv", "--plot", str(png))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["run,images,r=0,r=0.5,r=1,ACR,abstain,clean acc,s/img",
+    assert main(["analyze", str(tsv), "--radii", "0", "0.5", "1", "--format", "csv", "--plot", str(png)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["run,images,r=0,r=0.5,r=1,ACR,abstain,clean acc,s/img",
                                        "a,2,50.0,50.0,0.0,0.300,50.0,50.0,1.00"]
     assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -101,7 +103,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("extra,message", BAD, ids=[m for _, m in BAD])
-def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, fmnist_dir, classifier_path, extra, message):
+def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, fmnist_dir, classifier_path, extra, message, capsys):
     out = tmp_path / "r.tsv"
     args = rs_args(fmnist_dir, classifier_path, out)
     for i in range(0, len(extra), 2):
@@ -109,28 +111,36 @@ def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, fmnist_dir, class
             args[args.index(extra[i]) + 1] = extra[i + 1]
         else:
             args += extra[i : i + 2]
-    result = cli(*args, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not Path(str(out) + ".json").exists()
 
 
-def test_checkpoint_that_does_not_fit_the_dataset(tmp_path, fmnist_dir):
+def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path, fmnist_dir, classifier_path):
+    """The console entry point as a user runs it: exit 2, one line, no file."""
+    out = tmp_path / "r.tsv"
+    result = cli(*rs_args(fmnist_dir, classifier_path, out, "--sigma", "0"))
+    assert result.returncode == 2 and "--sigma must be a positive" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_that_does_not_fit_the_dataset(tmp_path, fmnist_dir, capsys):
     out = tmp_path / "r.tsv"
     cifar = Path(__file__).parent / "fixtures" / "classifiers" / "cohen_cifar_resnet20_checkpoint.pth.tar"
-    args = rs_args(fmnist_dir, cifar, out)
-    result = cli(*args)
-    assert result.returncode == 2 and "3 channel" in result.stderr.replace("3-channel", "3 channel")
-    assert "Traceback" not in result.stderr and not out.exists()
+    assert main(rs_args(fmnist_dir, cifar, out)) == 2
+    err = capsys.readouterr().err
+    assert "3 channel" in err.replace("3-channel", "3 channel") and not out.exists()
 
 
-def test_existing_results_are_not_truncated(tmp_path, fmnist_dir, classifier_path):
+def test_existing_results_are_not_truncated(tmp_path, fmnist_dir, classifier_path, capsys):
     out = tmp_path / "r.tsv"
     out.write_text("precious\n")
     for extra in ((), ("--overwrite",), ("--resume",)):
-        result = cli(*rs_args(fmnist_dir, classifier_path, out, *extra))
-        assert result.returncode == 2 and "exists and is not a results TSV; it is left alone" in result.stderr
+        assert main(rs_args(fmnist_dir, classifier_path, out, *extra)) == 2
+        assert "exists and is not a results TSV; it is left alone" in capsys.readouterr().err
     assert out.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["r.tsv"]
 
 

@@ -124,13 +124,19 @@ def test_fashion_mnist_search_path_env_and_cache(tmp_path, monkeypatch):
 
 
 def test_missing_dataset_messages_say_where_and_how(tmp_path):
+    # A --data-dir that does not exist is named as such: never silently replaced by another copy.
+    with pytest.raises(InputError, match="--data-dir .*mine is not a folder"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "mine")
+    (tmp_path / "mine").mkdir()
     with pytest.raises(InputError) as err:
         load_dataset("fashion-mnist", data_dir=tmp_path / "mine")
     msg = str(err.value)
+    assert str(tmp_path / "mine" / "fashion-mnist") in msg and "xdg-cache" not in msg  # only where asked
+    with pytest.raises(InputError) as err:
+        load_dataset("fashion-mnist")
+    msg = str(err.value)
     assert "\n" not in msg
-    for where in (tmp_path / "mine", tmp_path / "mine" / "fashion-mnist",
-                  tmp_path / "xdg-cache" / "diffsmooth" / "datasets" / "fashion-mnist",
-                  tmp_path / "usr-share-fmnist"):
+    for where in (tmp_path / "xdg-cache" / "diffsmooth" / "datasets" / "fashion-mnist", tmp_path / "usr-share-fmnist"):
         assert str(where) in msg
     assert "make data" in msg and "apt-get install dataset-fashion-mnist" in msg
     with pytest.raises(InputError, match="dataset 'mnist' not found .*t10k-images-idx3-ubyte.gz"):

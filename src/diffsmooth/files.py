@@ -116,7 +116,7 @@ def read_safetensors(path: str | Path) -> dict[str, Any]:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise InputError(f"cannot read {path} as safetensors ({str(err).splitlines()[0][:120] if str(err) else type(err).__name__}); "
-                         "the file is damaged or incomplete, save or download it again") from None
+                         "the file is damaged or truncated, save or download it again") from None
     check_finite(state, path)
     return state
 
@@ -144,7 +144,7 @@ def read_torch(path: str | Path) -> Any:
         raise InputError(f"cannot read {path}: out of memory loading it (is it really a checkpoint?)") from None
     except Exception as err:  # noqa: BLE001  torch raises many types on garbage (IndexError, KeyError ...)
         first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read checkpoint {path} ({first}); the file is damaged, truncated or not a "
+        raise InputError(f"cannot read checkpoint {path} ({first}); the file is damaged or truncated, or not a "
                          "checkpoint: download or save it again") from None
 
 

@@ -246,6 +246,9 @@ def _probe(base: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_cl
             f"the base classifier gives {tuple(out.shape[1:])} scores per image but the dataset has "
             f"{num_classes} classes; use a classifier trained on this dataset"
         )
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        raise InputError("the base classifier returns NaN or infinite scores on a real image; its weights or "
+                         "outputs are broken (check the checkpoints with torch.isfinite)")
 
 
 def _group_size(spec: RunSpec) -> int:

@@ -48,12 +48,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM (a scheduler's stop, torchrun stopping its group) as an exception, so that
+    files are closed, locks released and temp files removed on the way out."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print("diffsmooth: interrupted", file=sys.stderr)
         return 130
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _dispatch(args)
+    except _Terminated:
+        print(f"diffsmooth {args.command}: terminated; rerun with --resume to continue", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as err:

@@ -43,7 +43,7 @@ def register(sub, formatter) -> None:
         "weights, optional bf16 autocast on CUDA. Writes a resumable state every --checkpoint-every steps and the "
         "EMA model to --out (config.json + model.safetensors, read by load_diffusion_model).",
     )
-    d.add_argument("--out", type=Path, required=True, help="output folder of the trained model")
+    d.add_argument("--out", required=True, help="output folder of the trained model")
     d.add_argument("--variant", default="improved", help="UNet flag set: improved or guided")
     d.add_argument("--num-channels", type=int, default=32, help="base channel count of the UNet")
     d.add_argument("--channel-mult", default="1,2,2", help="channel multiplier per resolution")
@@ -74,7 +74,7 @@ def register(sub, formatter) -> None:
         + "; ".join(f"{m}: " + (", ".join(f"{k}={v:g}" for k, v in loss_defaults(m).items()) or "none")
                     for m in list_losses()),
     )
-    c.add_argument("--out", type=Path, required=True, help="output path stem: writes OUT.safetensors and OUT.json")
+    c.add_argument("--out", required=True, help="output path stem: writes OUT.safetensors and OUT.json")
     c.add_argument("--method", choices=list_losses(), default="gaussian", help="training objective")
     c.add_argument("--sigma", type=float, required=True, help="training noise std in [0,1] pixel units (0 = clean)")
     c.add_argument("--arch", default="fmnist_cnn", help="classifier architecture (registry name)")
@@ -95,12 +95,14 @@ def register(sub, formatter) -> None:
     c.set_defaults(func=_train_classifier)
 
 
-def _check_out(out: Path, files: list[Path], overwrite: bool, what: str) -> None:
+def _check_out(text: str, files: list[Path], overwrite: bool, what: str) -> None:
     """Refuse, before training, an --out that cannot be written or would replace a model unasked."""
     import os
 
-    if str(out).endswith(os.sep):
-        raise InputError(f"--out {out} ends with '{os.sep}'; give the {what} path itself, e.g. {out / 'model'}")
+    out = Path(text)
+    if text.endswith(os.sep) and not out.is_dir():
+        raise InputError(f"--out {text} ends with '{os.sep}' but is no folder; give the {what} path itself, "
+                         f"e.g. {out / 'model'}")
     parent = out.parent
     if not parent.is_dir():
         raise InputError(f"output folder {parent} does not exist; create it first")
@@ -114,10 +116,11 @@ def _check_out(out: Path, files: list[Path], overwrite: bool, what: str) -> None
 def _train_classifier(args: argparse.Namespace) -> int:
     from diffsmooth.training import ClassifierTrainConfig, loss_defaults, train_classifier
 
+    raw, args.out = args.out, Path(args.out)
     stem = args.out.with_suffix("") if args.out.suffix in (".safetensors", ".json") else args.out
     if stem.is_dir():
         raise InputError(f"--out {args.out} is a folder; give a path stem inside it, e.g. {stem / 'classifier'}")
-    _check_out(args.out, [stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")],
+    _check_out(raw, [stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")],
                args.overwrite or args.resume, "classifier")
 
     known = loss_defaults(args.method)
@@ -144,9 +147,10 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def _train_diffusion(args: argparse.Namespace) -> int:
     from diffsmooth.training import DiffusionTrainConfig, train_diffusion
 
+    raw, args.out = args.out.rstrip("/") or args.out, Path(args.out)
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file; the diffusion model is written as a folder, choose another path")
-    _check_out(Path(str(args.out).rstrip("/")), [args.out / "config.json", args.out / "model.safetensors"],
+    _check_out(raw, [args.out / "config.json", args.out / "model.safetensors"],
                args.overwrite or args.resume, "diffusion model")
 
     config = DiffusionTrainConfig(
