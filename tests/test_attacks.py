@@ -189,6 +189,22 @@ def test_draws_split_over_calls_give_the_same_loss_and_step():
     torch.testing.assert_close(one.loss, expected, atol=1e-5, rtol=0)
 
 
+def test_forward_calls_respect_the_batch_size():
+    """eot = 5 draws for 3 images at batch_size 4: each image's full chunk of 4 alone, the
+    remainders of 1 packed together; once per step and once for the final loss."""
+    sizes = []
+
+    class Recording(SmallNet):
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            return super().forward(x)
+
+    smoothed = SmoothedClassifier(Recording().eval(), 3, sigma=0.5)
+    attack(smoothed, torch.rand(3, 1, 4, 4, generator=seeded(6)), [0, 1, 2], 0.3,
+           AttackConfig(steps=1, eot=5, batch_size=4), seeded(0))
+    assert sizes == [4, 4, 4, 3] * 2
+
+
 # -- the audit -----------------------------------------------------------------------------
 
 
@@ -229,6 +245,28 @@ def test_audit_of_a_correct_certify_run_finds_no_violation():
         true_p = norm.cdf((float(HalfSpace.signed_distance(xs[record.idx : record.idx + 1])) - record.eps) / 0.25)
         assert record.p_lower <= true_p <= record.p_upper
         assert record.bound <= true_p
+
+
+def test_audit_violations_stay_within_alpha_over_many_certificates():
+    """Soundness: on the half-space the attack is optimal, so a violation needs a certificate
+    that overclaims (probability <= certify_alpha) or an interval that misses (<= alpha / 2).
+    At alphas large enough to see them, the count stays within a binomial bound of that rate."""
+    k, certify_alpha, alpha = 300, 0.05, 0.05
+    xs = torch.rand(k, 1, 4, 4, generator=seeded(11)) * 0.3 + 0.55  # distances 0.2 .. 1.4
+    smoothed = SmoothedClassifier(HalfSpace(), 2, sigma=0.25)
+    certs = smoothed.certify_batch(xs, n0=50, n=200, alpha=certify_alpha, batch_size=10_000,
+                                   generators=[seeded(2000 + i) for i in range(k)])
+    rows = [Row(i, 1, -1 if c.abstained else c.prediction, int(c.prediction == 1), 0.0, c.radius)
+            for i, c in enumerate(certs)]
+    todo = auditable_rows(rows, sigma=0.25)
+    assert len(todo) > k / 2
+    xs_todo = torch.stack([xs[r.idx] for r in todo])
+    records = audit_rows(smoothed, todo, xs_todo, AttackConfig(steps=10, eot=2), n=200, alpha=alpha,
+                         batch_size=10_000, generators=[seeded(5000 + r.idx) for r in todo])
+    report = summarize_audit(records, certify_alpha, alpha)
+    rate = certify_alpha + alpha / 2
+    assert report.below_bound <= report.audited * rate + 3 * math.sqrt(report.audited * rate * (1 - rate))
+    assert report.flipped <= report.below_bound
 
 
 def test_audit_skips_abstentions_and_misclassified_rows():

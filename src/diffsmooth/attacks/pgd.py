@@ -305,7 +305,8 @@ def _pgd(
         for _ in range(config.steps):
             _, grad = _objective(surface, xs, delta, labels, sigma, config, gens, with_grad=True)
             delta = _project(xs, delta + step * _unit(grad, gens), eps)
-        loss, _ = _objective(surface, xs, delta, labels, sigma, config, gens, with_grad=False)
+        with torch.no_grad():
+            loss, _ = _objective(surface, xs, delta, labels, sigma, config, gens, with_grad=False)
         better = loss > best_loss
         best_loss = torch.where(better, loss, best_loss)
         best_delta[better] = delta[better]
