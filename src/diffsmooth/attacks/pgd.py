@@ -148,6 +148,7 @@ def _wide(t: Tensor) -> Tensor:
     """Scores in at least float32 (reduced precision widened; float64 kept)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
+
 LogProbabilities = Callable[[Tensor, "torch.Generator | None"], Tensor]
 """(noisy rows (B, C, H, W), generator) -> log-probabilities (B, num_classes)."""
 
