@@ -162,7 +162,8 @@ def audit_rows(
         n: fresh samples at each attacked point; alpha: the interval's level (two-sided).
         batch_size: largest noisy batch while sampling.
         fraction: the attack's budget as a fraction of each radius, in (0, 1).
-        generators: one per image; the attack then the sampling draw from it.
+        generators: one per image; the attack then the sampling draw from it.  They must
+            be independent of the certify run's (another seed): "fresh samples".
         sample_generators: the sampling's own generators (processes sharing samples).
     Returns:
         one ``AuditRecord`` per row.
