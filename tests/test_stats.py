@@ -6,7 +6,15 @@ import pytest
 from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
 
-from diffsmooth.stats import binomial_test_pvalue, certified_radius, clopper_pearson_lower
+from diffsmooth.stats import (
+    binomial_test_pvalue,
+    certified_radius,
+    clopper_pearson_interval,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    p_lower_for_radius,
+    probability_lower_at_distance,
+)
 
 GRID = [
     (k, n, alpha)
@@ -88,3 +96,51 @@ def test_stats_imports_no_torch():
 
     code = "import sys, diffsmooth.stats; assert 'torch' not in sys.modules, 'stats imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("k,n,alpha", GRID)
+def test_clopper_pearson_upper_and_interval_match_statsmodels(k, n, alpha):
+    lower, upper = proportion_confint(k, n, alpha=2 * alpha, method="beta")
+    assert clopper_pearson_upper(k, n, alpha) == pytest.approx(upper, abs=1e-12, rel=0)
+    two_sided = proportion_confint(k, n, alpha=alpha, method="beta")
+    assert clopper_pearson_interval(k, n, alpha) == pytest.approx(two_sided, abs=1e-12, rel=0)
+
+
+@pytest.mark.parametrize("n", [1, 10, 1000])
+def test_clopper_pearson_upper_closed_forms(n):
+    # P(no success) = (1 - p)^n = alpha at the upper bound; all successes leave it at 1.
+    assert clopper_pearson_upper(0, n, 0.01) == pytest.approx(1 - 0.01 ** (1 / n), abs=1e-12)
+    assert clopper_pearson_upper(n, n, 0.01) == 1.0
+
+
+@pytest.mark.parametrize("radius", [0.0, 0.1, 0.5, 0.9])
+@pytest.mark.parametrize("sigma", [0.25, 1.0])
+def test_p_lower_for_radius_inverts_certified_radius(radius, sigma):
+    p_lower = p_lower_for_radius(radius, sigma)
+    assert p_lower == pytest.approx(norm.cdf(radius / sigma), abs=1e-15)
+    if radius > 0:
+        assert certified_radius(p_lower, sigma) == pytest.approx(radius, rel=1e-9)
+
+
+def test_probability_lower_at_distance_closed_forms():
+    # No move keeps the bound; moving the full certified radius brings it to 1/2.
+    assert probability_lower_at_distance(0.9, 0.0, 0.5) == pytest.approx(0.9, abs=1e-15)
+    radius = certified_radius(0.9, 0.5)
+    assert probability_lower_at_distance(0.9, radius, 0.5) == pytest.approx(0.5, abs=1e-12)
+    assert probability_lower_at_distance(0.9, 0.3, 0.5) == pytest.approx(norm.cdf(norm.ppf(0.9) - 0.6), abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    "call,word",
+    [
+        (lambda: clopper_pearson_upper(11, 10, 0.01), "k"),
+        (lambda: clopper_pearson_interval(1, 10, 1.0), "alpha"),
+        (lambda: p_lower_for_radius(-0.1, 0.5), "radius"),
+        (lambda: p_lower_for_radius(0.1, 0.0), "sigma"),
+        (lambda: probability_lower_at_distance(1.5, 0.1, 0.5), "p_lower"),
+        (lambda: probability_lower_at_distance(0.9, float("nan"), 0.5), "distance"),
+    ],
+)
+def test_new_bounds_name_the_bad_argument(call, word):
+    with pytest.raises(ValueError, match=rf"^{word} "):
+        call()

@@ -39,6 +39,10 @@ _EXPORTS = {
     "auto_batch_size": "diffsmooth.fast",
     "MethodSpec": "diffsmooth.methods",
     "build_base": "diffsmooth.methods",
+    "AttackConfig": "diffsmooth.attacks",
+    "attack": "diffsmooth.attacks",
+    "empirical_accuracy": "diffsmooth.attacks",
+    "audit": "diffsmooth.attacks",
 }
 
 __all__ = sorted(_EXPORTS)

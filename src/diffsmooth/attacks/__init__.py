@@ -1,0 +1,39 @@
+"""Attacks on base and smoothed classifiers: empirical robustness and a certificate audit.
+
+- ``attack``: l2 PGD against ``h`` or, SmoothAdv-style with EOT over the smoothing
+  noise, against the smoothed ``g`` (``pgd``).
+- ``empirical_accuracy``: attack, then PREDICT at the attacked point (``empirical``).
+- ``audit_rows`` / ``audit``: attack certified points inside their radius and test
+  the certificate's promise there (``audit``).
+"""
+
+from diffsmooth.attacks.audit import (
+    AuditRecord,
+    AuditReport,
+    audit,
+    audit_rows,
+    auditable_rows,
+    check_certify_rows,
+    summarize_audit,
+)
+from diffsmooth.attacks.empirical import EmpiricalRecord, check_eps_list, empirical_accuracy
+from diffsmooth.attacks.pgd import AttackConfig, AttackResult, AttackSurface, attack, attack_surface, check_eps
+
+__all__ = [
+    "AttackConfig",
+    "AttackResult",
+    "AttackSurface",
+    "AuditRecord",
+    "AuditReport",
+    "EmpiricalRecord",
+    "attack",
+    "attack_surface",
+    "audit",
+    "audit_rows",
+    "auditable_rows",
+    "check_certify_rows",
+    "check_eps",
+    "check_eps_list",
+    "empirical_accuracy",
+    "summarize_audit",
+]
