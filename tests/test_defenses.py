@@ -53,19 +53,32 @@ def test_hard_and_soft_votes_agree_when_all_copies_agree():
 
 def test_hard_vote_counts_copies():
     class ByCopy(nn.Module):
-        # Copy j of each image votes class j % 2 (inputs are constant images plus the local noise).
+        # The j-th call (copy j of every image) votes class 0 for j < 3, else class 1.
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
         def forward(self, x):
-            j = torch.arange(x.shape[0]) % 5
-            return nn.functional.one_hot(torch.where(j < 3, 0, 1), 3).float() * 10
+            vote = 0 if self.calls % 5 < 3 else 1
+            self.calls += 1
+            return nn.functional.one_hot(torch.full((x.shape[0],), vote), 3).float() * 10
 
     scores = DiffSmooth(nn.Identity(), ByCopy(), m=5, local_sigma=0.1, vote="hard")(torch.zeros(2, 1, 2, 2))
     torch.testing.assert_close(scores, torch.tensor([[0.6, 0.4, 0.0]] * 2))
 
 
-def test_all_m_copies_go_through_the_classifier_in_one_call():
+def test_each_copy_is_one_classifier_call_of_the_whole_batch():
+    """Copy j's logits then never depend on how many copies are made (a grid shares them)."""
     f = Linear()
     DiffSmooth(Blur(), f, m=5, local_sigma=0.25)(noisy(b=3))
-    assert f.calls == [(15, 1, 6, 6)]
+    assert f.calls == [(3, 1, 6, 6)] * 5
+
+
+def test_fixed_noises_of_a_smaller_m_are_a_prefix_of_a_larger_m():
+    like = torch.zeros(2, 3, 7, 7)  # 147 values: not a multiple of torch's vectorised draw
+    small = DiffSmooth(Blur(), Linear(), m=3, local_sigma=0.25).local_noises(like)
+    large = DiffSmooth(Blur(), Linear(), m=10, local_sigma=0.25).local_noises(like)
+    assert torch.equal(small, large[:3])
 
 
 def test_fixed_local_noise_is_the_same_across_calls_and_instances_and_differs_by_seed():

@@ -13,6 +13,7 @@ results manifest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -157,31 +158,45 @@ class DiffSmooth(nn.Module):
         self._fixed: Tensor | None = None
         self._fresh: torch.Generator | None = None
 
-    def local_noises(self, like: Tensor) -> Tensor:
-        """The m local noises ``(m, C, H, W)`` for purified images shaped like ``like`` (B, C, H, W),
-        on ``like``'s device and dtype."""
-        shape = (self.m, *like.shape[1:])
+    def local_noises(self, like: Tensor, count: int | None = None) -> Tensor:
+        """The local noises ``(count, C, H, W)`` (default m) for purified images shaped like ``like``
+        (B, C, H, W), on ``like``'s device and dtype.
+
+        Fixed noises are drawn one copy at a time from one generator seeded with ``seed``, so the
+        noises of a smaller m are a prefix of a larger m's (a grid shares their classifier calls).
+        """
+        count = self.m if count is None else count
+        shape = like.shape[1:]
         if self.local_noise == "fixed":
-            # Drawn once on the CPU so that every device and run sees the same noises; kept
-            # scaled on the device, so that the hot path re-creates nothing.
+            # Drawn on the CPU so that every device and run sees the same noises; kept scaled on
+            # the device, so that the hot path re-creates nothing.
             cached = self._fixed
-            if cached is None or cached.shape != shape or cached.device != like.device or cached.dtype != like.dtype:
-                noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))
+            if (cached is None or cached.shape[0] < count or cached.shape[1:] != shape or cached.device != like.device
+                    or cached.dtype != like.dtype):
+                generator = torch.Generator().manual_seed(self.seed)
+                noise = torch.stack([torch.randn(tuple(shape), generator=generator) for _ in range(max(count, self.m))])
                 self._fixed = (self.local_sigma * noise).to(device=like.device, dtype=like.dtype)
-            return self._fixed
+            return self._fixed[:count]
         if self._fresh is None or self._fresh.device != like.device:
             self._fresh = torch.Generator(device=like.device).manual_seed(self.seed)
-        return self.local_sigma * torch.randn(shape, generator=self._fresh, device=like.device, dtype=like.dtype)
+        return self.local_sigma * torch.randn((count, *shape), generator=self._fresh, device=like.device,
+                                              dtype=like.dtype)
+
+    def copy_logits(self, purified: Tensor, noises: Tensor) -> Tensor:
+        """Classifier logits ``(B, len(noises), K)`` of the copies ``purified + noises[j]``; one call of
+        batch B per copy, so that a copy's logits do not depend on how many copies are made."""
+        return torch.stack([self.classifier(purified + noise) for noise in noises], dim=1)
+
+    def aggregate(self, logits: Tensor) -> Tensor:
+        """The vote over copies: logits ``(B, m, K)`` -> scores ``(B, K)``."""
+        if self.vote == "soft":
+            return logits.float().softmax(dim=-1).mean(dim=1)
+        return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float().mean(dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_noisy(x)
         purified = _fit_classifier_input(self.denoiser(x), self.classifier, "denoiser")
-        b = purified.shape[0]
-        copies = (purified[:, None] + self.local_noises(purified)[None]).flatten(0, 1)
-        logits = self.classifier(copies).view(b, self.m, -1)
-        if self.vote == "soft":
-            return logits.float().softmax(dim=-1).mean(dim=1)
-        return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float().mean(dim=1)
+        return self.aggregate(self.copy_logits(purified, self.local_noises(purified)))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -194,3 +209,64 @@ class DiffSmooth(nn.Module):
             "denoiser": _info(self.denoiser),
             "classifier": _info(self.classifier),
         }
+
+
+class Grid(nn.Module):
+    """Many base classifiers that share the work of each noisy batch (one purification, shared
+    classifier copies), evaluated together: ``(B, C, H, W) -> (B, len(members), num_classes)``.
+
+    ``members`` are ``Gaussian``, ``DenoisedSmoothing`` and ``DiffSmooth`` defenses; all that purify
+    must hold the same denoiser object.  The denoiser runs once per batch; DiffSmooth members
+    with fixed local noise that share classifier, local sigma and seed share their copies (the
+    noises of a smaller m are a prefix of a larger m's), so members that differ only in vote or m
+    cost one set of classifier calls.  Row k of the output equals, bit for bit, what
+    ``members[k](x)`` returns alone: the same calls on the same batches.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise InputError("a grid needs at least one configuration")
+        denoisers = {id(m.denoiser) for m in members if hasattr(m, "denoiser")}
+        if len(denoisers) > 1:
+            raise InputError("the configurations of a grid must share one denoiser (one sigma, one model)")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def num_configurations(self) -> int:
+        return len(self.members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_noisy(x)
+        purifying = [m for m in self.members if hasattr(m, "denoiser")]
+        purified = purifying[0].denoiser(x) if purifying else None
+        shared: dict[tuple, Tensor] = {}  # (classifier, local sigma, seed) -> logits of the copies made so far
+        scores = []
+        for member in self.members:
+            if isinstance(member, DiffSmooth):
+                fitted = _fit_classifier_input(purified, member.classifier, "denoiser")
+                if member.local_noise == "fixed":
+                    key = (id(member.classifier), member.local_sigma, member.seed)
+                    have = shared.get(key)
+                    done = 0 if have is None else have.shape[1]
+                    if done < member.m:
+                        noises = member.local_noises(fitted, member.m)[done:]
+                        more = member.copy_logits(fitted, noises)
+                        have = more if have is None else torch.cat([have, more], dim=1)
+                        shared[key] = have
+                    logits = have[:, : member.m].contiguous()  # the layout a lone member's stack has
+                else:
+                    logits = member.copy_logits(fitted, member.local_noises(fitted))
+                scores.append(member.aggregate(logits))
+            elif isinstance(member, DenoisedSmoothing):
+                scores.append(member.classifier(_fit_classifier_input(purified, member.classifier, "denoiser")))
+            else:
+                scores.append(member(x))
+        widths = {s.shape[-1] for s in scores}
+        if len(widths) != 1:
+            raise InputError(f"the configurations of a grid give different numbers of classes {sorted(widths)}; "
+                             "use classifiers of one dataset")
+        return torch.stack([s.float() for s in scores], dim=1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": "grid", "configurations": [m.describe() for m in self.members]}

@@ -33,8 +33,9 @@ import torch
 import torch.distributed as dist
 
 from diffsmooth.errors import InputError
-from diffsmooth.results import ResultsStore, part_path, part_paths
-from diffsmooth.runner import RunReport, RunSpec, execute, prepare, run
+from diffsmooth.methods import MethodSpec
+from diffsmooth.results import ResultsStore, StoreSet, part_path, part_paths
+from diffsmooth.runner import RunReport, RunSpec, execute, grid_store, prepare, run, run_grid
 
 # Ranks finish their shares at different times and wait for the slowest at the last
 # agreement; a dead peer is not waited for, because torchrun stops the whole group
@@ -96,8 +97,10 @@ def run_maybe_distributed(
     manifest_extra: dict[str, Any] | None,
     progress: bool,
     split_samples: bool = False,
+    grid: Sequence[MethodSpec] | None = None,
 ) -> RunReport | None:
-    """``runner.run`` in one process, or this rank's part of it under torchrun.
+    """``runner.run`` (or ``runner.run_grid`` when ``grid`` lists configurations; ``out`` is then
+    the output folder) in one process, or this rank's part of it under torchrun.
 
     Returns the run's report on rank 0 and None on the other ranks.  A single
     process that finds part files of an interrupted torchrun run resumes and
@@ -105,19 +108,61 @@ def run_maybe_distributed(
     """
     out = Path(out)
     ctx = context()
-    if ctx.world_size == 1 and not part_paths(out):
+    spec.validate()
+    store = (ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite) if grid is None
+             else grid_store(spec, grid, out, resume=resume, overwrite=overwrite))
+    if ctx.world_size == 1 and not _parts(store):
+        if grid is not None:
+            return run_grid(spec, grid, images, indices, out, num_classes=num_classes, device=device, resume=resume,
+                            overwrite=overwrite, manifest_extra=manifest_extra, progress=progress)
         return run(spec, images, indices, out, num_classes=num_classes, device=device, resume=resume,
                    overwrite=overwrite, manifest_extra=manifest_extra, progress=progress)
     if ctx.world_size > 1:
         device = pin_device(torch.device(device), ctx.local_rank)
-    spec.validate()
-    store = ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite)
+    job = _Job(spec, images, grid, num_classes, device, manifest_extra or {}, progress and ctx.rank == 0)
     with _process_group(ctx, device):
         if split_samples and ctx.world_size > 1:
-            return _run_split_samples(spec, images, indices, store, ctx, num_classes, device, manifest_extra or {},
-                                      progress and ctx.rank == 0)
-        return _run_split_images(spec, images, indices, store, ctx, num_classes, device, manifest_extra or {},
-                                 progress and ctx.rank == 0)
+            return _run_split_samples(job, indices, store, ctx)
+        return _run_split_images(job, indices, store, ctx)
+
+
+@dataclass
+class _Job:
+    """What every rank runs: the spec, the images, the grid (if any) and where."""
+
+    spec: RunSpec
+    images: Images
+    grid: Sequence[MethodSpec] | None
+    num_classes: int
+    device: torch.device
+    extra: dict[str, Any]
+    progress: bool
+
+    def prepare(self, probe: int | None, distributed: dict[str, Any]):
+        return prepare(self.spec, self.images, probe, num_classes=self.num_classes, device=self.device,
+                       manifest_extra={**self.extra, "distributed": distributed}, grid=self.grid)
+
+
+Store = ResultsStore | StoreSet
+
+
+def _files(store: Store) -> list[ResultsStore]:
+    return list(store.stores.values()) if isinstance(store, StoreSet) else [store]
+
+
+def _parts(store: Store) -> list[Path]:
+    return [p for one in _files(store) for p in part_paths(one.out)]
+
+
+def _stale_parts(store: Store, world_size: int) -> Any:
+    """Part files of an earlier run with more processes, which no rank of this one writes."""
+    def stale(one: ResultsStore) -> list[Path]:
+        current = [part_path(one.out, r) for r in range(world_size)]
+        return [p for p in part_paths(one.out) if p not in current]
+
+    if isinstance(store, StoreSet):
+        return {label: stale(one) for label, one in store.stores.items()}
+    return stale(store)
 
 
 @contextmanager
@@ -172,37 +217,38 @@ class _Agreement:
         self.step(failed=True)
 
 
-def _run_split_images(spec: RunSpec, images: Images, indices: Sequence[int], store: ResultsStore, ctx: Context,
-                      num_classes: int, device: torch.device, extra: dict[str, Any], progress: bool) -> RunReport | None:
+def _run_split_images(job: _Job, indices: Sequence[int], store: Store, ctx: Context) -> RunReport | None:
     agreement = _Agreement(ctx, steps=2)
     try:
         done = store.check()  # reads OUT and the part files of any earlier world size
         todo = [i for i in indices if i not in done]
         share = todo[ctx.rank :: ctx.world_size]
-        prepared = prepare(spec, images, share[0] if share else (todo[0] if todo else None), num_classes=num_classes,
-                           device=device, manifest_extra={**extra, "distributed": {
-                               "split": "images", "rank": ctx.rank, "world_size": ctx.world_size}})
+        prepared = job.prepare(share[0] if share else (todo[0] if todo else None),
+                               {"split": "images", "rank": ctx.rank, "world_size": ctx.world_size})
     except BaseException:
         agreement.fail()
         raise
     agreement.step()  # every rank has passed its checks: only now are files written
     started = time.perf_counter()
-    current = [part_path(store.out, r) for r in range(ctx.world_size)]
-    stale = [p for p in part_paths(store.out) if p not in current] if ctx.rank == 0 and store.overwrite else []
+    stale = _stale_parts(store, ctx.world_size) if ctx.rank == 0 and store.overwrite else None
     try:
-        with store.writing(prepared.manifest, rank=ctx.rank, clear_parts=stale) as sink:
-            execute(prepared, share, sink, progress)
+        with store.writing(prepared.manifest, rank=ctx.rank, clear_parts=stale or None) as sink:
+            execute(prepared, share, sink, job.progress)
     except BaseException:
         agreement.fail()
         raise
     agreement.step()  # every rank has finished its share and closed its part file
     if ctx.rank != 0:
         return None
-    rows = store.merge(indices, ctx.world_size, time.perf_counter() - started)
+    merged = store.merge(indices, ctx.world_size, time.perf_counter() - started)
     fresh = set(todo)
-    new_rows = [row for row in rows if row.idx in fresh]
-    return RunReport(rows=new_rows, skipped=len(indices) - len(todo), seconds=time.perf_counter() - started,
-                     noise_samples=len(new_rows) * spec.samples_per_image)
+    report = RunReport(skipped=len(indices) - len(todo), seconds=time.perf_counter() - started,
+                       noise_samples=len(todo) * job.spec.samples_per_image)
+    if isinstance(merged, dict):
+        report.by_configuration = {k: [r for r in rows if r.idx in fresh] for k, rows in merged.items()}
+    else:
+        report.rows = [row for row in merged if row.idx in fresh]
+    return report
 
 
 def _sum_over_ranks(counts: torch.Tensor) -> torch.Tensor:
@@ -210,14 +256,12 @@ def _sum_over_ranks(counts: torch.Tensor) -> torch.Tensor:
     return counts
 
 
-def _run_split_samples(spec: RunSpec, images: Images, indices: Sequence[int], store: ResultsStore, ctx: Context,
-                       num_classes: int, device: torch.device, extra: dict[str, Any],
-                       progress: bool) -> RunReport | None:
+def _run_split_samples(job: _Job, indices: Sequence[int], store: Store, ctx: Context) -> RunReport | None:
     # One agreement only: once sampling starts, count all-reduces are in flight and a
     # failing rank simply exits (torchrun then stops the others).
     agreement = _Agreement(ctx, steps=1)
     try:
-        parts = part_paths(store.out)
+        parts = _parts(store)
         if parts and not store.overwrite:
             raise InputError(
                 f"{store.out} has part files of an unfinished run that split images ({parts[0].name} ...); finish it "
@@ -225,8 +269,7 @@ def _run_split_samples(spec: RunSpec, images: Images, indices: Sequence[int], st
             )
         done = store.check(parts=False)
         todo = [i for i in indices if i not in done]
-        prepared = prepare(spec, images, todo[0] if todo else None, num_classes=num_classes, device=device,
-                           manifest_extra={**extra, "distributed": {"split": "samples", "world_size": ctx.world_size}})
+        prepared = job.prepare(todo[0] if todo else None, {"split": "samples", "world_size": ctx.world_size})
         prepared.smoothed = prepared.smoothed.sharded(ctx.rank, ctx.world_size, _sum_over_ranks)
         prepared.rank = ctx.rank
     except BaseException:
@@ -236,7 +279,9 @@ def _run_split_samples(spec: RunSpec, images: Images, indices: Sequence[int], st
     if ctx.rank != 0:
         execute(prepared, todo, None, progress=False)
         return None
-    with store.writing(prepared.manifest, clear_parts=parts) as sink:
-        report = execute(prepared, todo, sink, progress)
+    clear = ({label: part_paths(one.out) for label, one in store.stores.items()} if isinstance(store, StoreSet)
+             else parts)
+    with store.writing(prepared.manifest, clear_parts=clear or None) as sink:
+        report = execute(prepared, todo, sink, job.progress)
     report.skipped = len(indices) - len(todo)
     return report

@@ -173,6 +173,11 @@ class FastBase(nn.Module):
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     @property
+    def num_configurations(self) -> int | None:
+        """A grid base's configuration count (scores (B, configurations, K)), else None."""
+        return getattr(self.base, "num_configurations", None)
+
+    @property
     def static_batch(self) -> int | None:
         """The batch size calls are padded to (None until the first call fixes it, or if unpadded)."""
         return self._static

@@ -10,7 +10,7 @@ and the Gaussian classifier for ``local_sigma`` (DiffSmooth).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,22 +89,37 @@ def _choice(flag: str, value: object, known: Any) -> None:
         raise InputError(f"unknown {flag} {value!r}; choose one of: {', '.join(known)}")
 
 
-def _classifier(spec: MethodSpec, shipped_for: Callable[[], str]) -> nn.Module:
-    from diffsmooth.classifiers import load_classifier
+class _Models:
+    """Loads each model file once: the configurations of a grid share denoiser and classifiers."""
 
-    source = spec.classifier or shipped_for()
-    return load_classifier(_resolve(source, "classifier"))
+    def __init__(self) -> None:
+        self._cache: dict[tuple, nn.Module] = {}
+
+    def classifier(self, spec: MethodSpec, shipped_for: Callable[[], str]) -> nn.Module:
+        from diffsmooth.classifiers import load_classifier
+
+        path = _resolve(spec.classifier or shipped_for(), "classifier")
+        key = ("classifier", str(path.resolve()))
+        if key not in self._cache:
+            self._cache[key] = load_classifier(path)
+        return self._cache[key]
+
+    def denoiser(self, spec: MethodSpec) -> nn.Module:
+        from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
+
+        source = spec.denoiser
+        if source is None:
+            source = _shipped(spec, "denoiser", lambda s: s.shipped_diffusion())
+        path = _resolve(source, "denoiser")
+        key = ("denoiser", str(path.resolve()), spec.denoiser_preset, spec.sigma)
+        if key not in self._cache:
+            self._cache[key] = OneShotDenoiser(load_diffusion_model(path, preset=spec.denoiser_preset), spec.sigma)
+        return self._cache[key]
 
 
 def build_denoiser(spec: MethodSpec) -> nn.Module:
     """The one-shot purifier of ``spec`` for its sigma: noisy [0,1] images -> purified [0,1]."""
-    from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
-
-    source = spec.denoiser
-    if source is None:
-        source = _shipped(spec, "denoiser", lambda s: s.shipped_diffusion())
-    model = load_diffusion_model(_resolve(source, "denoiser"), preset=spec.denoiser_preset)
-    return OneShotDenoiser(model, spec.sigma)
+    return _Models().denoiser(spec)
 
 
 def _resolve(source: str, what: str) -> Path:
@@ -130,27 +145,28 @@ def _shipped(spec: MethodSpec, what: str, pick: Callable[[Any], Any]) -> str:
     return str(pick(shipped))
 
 
-def _build_rs(spec: MethodSpec) -> nn.Module:
+def _build_rs(spec: MethodSpec, models: _Models) -> nn.Module:
     from diffsmooth.defenses import Gaussian
 
-    return Gaussian(_classifier(spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("gaussian", spec.sigma))))
+    return Gaussian(models.classifier(
+        spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("gaussian", spec.sigma))))
 
 
-def _build_dds(spec: MethodSpec) -> nn.Module:
+def _build_dds(spec: MethodSpec, models: _Models) -> nn.Module:
     from diffsmooth.defenses import DenoisedSmoothing
 
-    clean = _classifier(spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("clean", 0.0)))
-    return DenoisedSmoothing(build_denoiser(spec), clean)
+    clean = models.classifier(spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("clean", 0.0)))
+    return DenoisedSmoothing(models.denoiser(spec), clean)
 
 
-def _build_diffsmooth(spec: MethodSpec) -> nn.Module:
+def _build_diffsmooth(spec: MethodSpec, models: _Models) -> nn.Module:
     from diffsmooth.defenses import DiffSmooth
 
-    local = _classifier(
+    local = models.classifier(
         spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("gaussian", spec.local_sigma))
     )
     return DiffSmooth(
-        build_denoiser(spec),
+        models.denoiser(spec),
         local,
         m=spec.m,
         local_sigma=spec.local_sigma,
@@ -160,7 +176,7 @@ def _build_diffsmooth(spec: MethodSpec) -> nn.Module:
     )
 
 
-METHODS: dict[str, Callable[[MethodSpec], nn.Module]] = {
+METHODS: dict[str, Callable[[MethodSpec, _Models], nn.Module]] = {
     "rs": _build_rs,
     "dds": _build_dds,
     "diffsmooth": _build_diffsmooth,
@@ -175,7 +191,28 @@ def build_base(spec: MethodSpec, device: torch.device | str = "cpu", static_batc
     ``diffsmooth.fast.accelerate``, whose ``describe()`` records the settings; ``static_batch``
     is the batch size it compiles for (a run's ``batch_size``), so it compiles once."""
     spec.validate()
-    base = METHODS[spec.method](spec).eval().to(device)
+    return _fast(METHODS[spec.method](spec, _Models()).eval().to(device), spec, static_batch)
+
+
+def build_grid(specs: Sequence[MethodSpec], device: torch.device | str = "cpu", static_batch: int | None = None):
+    """One ``defenses.Grid`` base for several configurations that share sigma, dataset, denoiser and
+    fast-path settings: each model file is loaded once and purification runs once per batch.
+    Its scores are ``(B, len(specs), num_classes)``; configuration k's equal ``build_base(specs[k])``'s."""
+    from diffsmooth.defenses import Grid
+
+    for spec in specs:
+        spec.validate()
+    shared = ("dataset", "sigma", "denoiser", "denoiser_preset", "precision", "channels_last", "compile", "cuda_graphs")
+    for name in shared:
+        values = {getattr(spec, name) for spec in specs}
+        if len(values) > 1:
+            raise InputError(f"the configurations of one run must share --{name.replace('_', '-')}, got {sorted(map(str, values))}")
+    models = _Models()
+    grid = Grid([METHODS[spec.method](spec, models) for spec in specs]).eval().to(device)
+    return _fast(grid, specs[0], static_batch)
+
+
+def _fast(base: nn.Module, spec: MethodSpec, static_batch: int | None) -> nn.Module:
     if spec.precision == "float32" and not (spec.channels_last or spec.compile or spec.cuda_graphs):
         return base
     from diffsmooth.fast import accelerate

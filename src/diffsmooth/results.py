@@ -367,11 +367,12 @@ class Sink:
     mode: str
     columns: tuple[str, ...]
     rows: list[Row] = field(default_factory=list)
+    skip: frozenset[int] = frozenset()  # indices this file holds already (a resumed grid re-runs them)
     _file: Any = None
 
     def write(self, rows: Iterable[Row]) -> None:
         """Append rows, flushed and fsynced together."""
-        rows = list(rows)
+        rows = [row for row in rows if row.idx not in self.skip]
         for row in rows:
             _check_row(row)
         self._file.write("".join("\t".join(row.to_fields(self.mode)) + "\n" for row in rows))
@@ -397,6 +398,7 @@ class ResultsStore:
 
     def __init__(self, out: Path, spec: dict[str, Any], *, resume: bool = False, overwrite: bool = False,
                  columns: Sequence[str] = ()) -> None:
+        self.done: set[int] = set()
         self.out = Path(out)
         self.spec = spec
         self.mode = str(spec["mode"])
@@ -436,7 +438,16 @@ class ResultsStore:
             for path in ([out] if exists else []) + found:
                 done |= self._resumable(path)
         self._checked = True
+        self.done = done
         return done
+
+    def expect_new(self) -> None:
+        """Accept, without looking, that ``out`` is new: its folder does not exist yet (a grid's
+        ``--out-dir``) and is created just before writing."""
+        if self.resume and self.overwrite:
+            raise InputError("--resume and --overwrite exclude each other; pick one")
+        self.done = set()
+        self._checked = True
 
     def _resumable(self, path: Path) -> set[int]:
         results = read_results(path, writer_file=True)
@@ -457,7 +468,7 @@ class ResultsStore:
 
     @contextmanager
     def writing(self, manifest: dict[str, Any], rank: int | None = None,
-                clear_parts: Sequence[Path] = ()) -> Iterator[Sink]:
+                clear_parts: Sequence[Path] | None = None) -> Iterator[Sink]:
         """Lock, write the manifest ("running"), open the TSV, yield a ``Sink``; at the end write the
         manifest "finished" with the throughput of the rows written now.
 
@@ -472,7 +483,7 @@ class ResultsStore:
         try:
             resuming = self.resume and path.exists()
             if self.overwrite:
-                for old in ([self.out] if rank in (None, 0) else []) + [path, *clear_parts]:
+                for old in ([self.out] if rank in (None, 0) else []) + [path, *(clear_parts or ())]:
                     _remove_results(old)
             manifest = {**manifest, "spec": self.spec}
             write_manifest(manifest_path(path), {**manifest, "status": "running"})
@@ -483,7 +494,7 @@ class ResultsStore:
                 handle = path.open("x")
                 handle.write(_header(self.mode, self.columns))
                 handle.flush()
-            sink = Sink(path, self.mode, self.columns, _file=handle)
+            sink = Sink(path, self.mode, self.columns, skip=frozenset(self.done), _file=handle)
             try:
                 yield sink
             finally:
@@ -551,3 +562,90 @@ def _remove_results(path: Path) -> None:
     for p in (path, manifest_path(path)):
         if p.is_symlink() or p.exists():
             p.unlink()
+
+
+# ---- several results files of one run -----------------------------------------------------------
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "diffsmooth-index"
+
+
+def read_index(folder: Path) -> list[dict[str, Any]]:
+    """The entries (``label``, ``file``, ``spec``) of a folder's ``index.json``, files as paths."""
+    path = Path(folder) / INDEX_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{folder} has no {INDEX_NAME}; give results TSVs or a folder written by "
+                         "`diffsmooth certify --out-dir`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is not valid JSON ({err}); rerun the grid with --overwrite") from None
+    if not (isinstance(doc, dict) and doc.get("format") == INDEX_FORMAT and isinstance(doc.get("runs"), list)):
+        raise InputError(f"{path} is not a diffsmooth results index; give results TSVs instead")
+    return [{**entry, "path": Path(folder) / entry["file"]} for entry in doc["runs"]]
+
+
+class StoreSet:
+    """The files of a run that writes one results file per configuration into ``out_dir``, plus
+    ``index.json`` listing them (label, file name, settings).
+
+    Each file is a ``ResultsStore`` of its own, with the manifest a single run of that
+    configuration writes, so a file of a grid can be resumed or analysed alone.  An image is
+    done when every file holds it; a file that already has it skips its row on resume.
+    """
+
+    def __init__(self, out_dir: Path, entries: dict[str, tuple[str, dict[str, Any]]], *, resume: bool = False,
+                 overwrite: bool = False, columns: Sequence[str] = ()) -> None:
+        self.out = Path(out_dir)
+        self.entries = entries
+        self.resume, self.overwrite = resume, overwrite
+        self.stores = {label: ResultsStore(self.out / name, spec, resume=resume, overwrite=overwrite, columns=columns)
+                       for label, (name, spec) in entries.items()}
+        names = [name for name, _ in entries.values()]
+        if len(set(names)) != len(names):
+            raise InputError("two configurations of the grid would write the same file; give each setting once")
+
+    def check(self, parts: bool = True) -> set[int]:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out-dir {out} is a file; give a folder (it is created if missing)")
+        if not out.exists():
+            if not out.parent.is_dir():
+                raise InputError(f"the parent folder of --out-dir {out} does not exist; create it first")
+            for store in self.stores.values():
+                store.expect_new()
+            return set()
+        index = out / INDEX_NAME
+        if index.exists():
+            try:
+                ours = json.loads(index.read_text()).get("format") == INDEX_FORMAT
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                ours = False
+            if not ours:
+                raise InputError(f"{index} exists and is not a diffsmooth results index; it is left alone: "
+                                 "choose another --out-dir")
+        done_sets = [store.check(parts) for store in self.stores.values()]
+        return set.intersection(*done_sets) if done_sets else set()
+
+    @contextmanager
+    def writing(self, manifest: dict[str, Any], rank: int | None = None,
+                clear_parts: dict[str, Sequence[Path]] | None = None) -> Iterator[dict[str, Sink]]:
+        """Create the folder, write the index, and yield one ``Sink`` per configuration."""
+        from contextlib import ExitStack
+
+        self.out.mkdir(exist_ok=True)
+        if rank in (None, 0):
+            write_manifest(self.out / INDEX_NAME, {
+                "format": INDEX_FORMAT,
+                "runs": [{"label": label, "file": name, "spec": spec} for label, (name, spec) in self.entries.items()],
+            })
+        with ExitStack() as stack:
+            sinks = {label: stack.enter_context(store.writing(
+                {**manifest, "base": manifest.get("base", {}).get("configurations", {}).get(label, manifest.get("base")),
+                 "grid": {"index": INDEX_NAME, "label": label}},
+                rank, (clear_parts or {}).get(label, ())))
+                for label, store in self.stores.items()}
+            yield sinks
+
+    def merge(self, indices: Sequence[int], world_size: int, wall_seconds: float) -> dict[str, list[Row]]:
+        return {label: store.merge(indices, world_size, wall_seconds) for label, store in self.stores.items()}

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from diffsmooth.errors import InputError
-from diffsmooth.methods import MethodSpec, build_base
-from diffsmooth.results import ResultsStore, Row, Sink, environment, manifest_path, read_manifest
+from diffsmooth.methods import MethodSpec, build_base, build_grid
+from diffsmooth.results import ResultsStore, Row, Sink, StoreSet, environment, manifest_path, read_manifest
 from diffsmooth.smoothing import SmoothedClassifier
 
 Images = Callable[[int], tuple[torch.Tensor, int]]
@@ -87,6 +87,7 @@ class RunReport:
     skipped: int = 0
     seconds: float = 0.0
     noise_samples: int = 0
+    by_configuration: dict[str, list[Row]] = field(default_factory=dict)  # a grid's rows per configuration
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Prepared:
     device: torch.device
     manifest: dict[str, Any]
     rank: int | None = None  # the noise stream's rank when processes share each image's samples
+    labels: list[str] | None = None  # a grid's configurations, in the order of its scores
 
 
 def generator_for(seed: int, idx: int, device: torch.device | str, rank: int | None = None) -> torch.Generator:
@@ -157,13 +159,17 @@ def prepare(
     device: torch.device | str = "cpu",
     base: torch.nn.Module | None = None,
     manifest_extra: dict[str, Any] | None = None,
+    grid: Sequence[MethodSpec] | None = None,
 ) -> Prepared:
-    """Validate, build the base (from ``spec.method`` unless given) and run it once on image
-    ``probe_idx``, so that models that do not fit the data fail before any file is written."""
+    """Validate, build the base (from ``spec.method``, or a ``defenses.Grid`` of the ``grid``
+    configurations, unless given) and run it once on image ``probe_idx``, so that models that do
+    not fit the data fail before any file is written."""
     spec.validate()
     device = torch.device(device)
+    labels = None if grid is None else [configuration_label(m) for m in grid]
     if base is None:
-        base = build_base(spec.method, device, static_batch=spec.batch_size)
+        base = (build_base(spec.method, device, static_batch=spec.batch_size) if grid is None
+                else build_grid(grid, device, static_batch=spec.batch_size))
     if probe_idx is not None:
         from diffsmooth.fast import FastBase
 
@@ -171,31 +177,99 @@ def prepare(
         _probe(base.base if isinstance(base, FastBase) else base, images(probe_idx)[0].to(device), num_classes)
     smoothed = SmoothedClassifier(base, num_classes, spec.method.sigma)
     describe = base.describe() if hasattr(base, "describe") else {"type": type(base).__name__}
+    if labels is not None:
+        members = describe.pop("configurations")
+        describe = {**describe, "configurations": dict(zip(labels, members))}
     manifest = {"base": describe, "environment": environment(device), **(manifest_extra or {})}
-    return Prepared(spec, smoothed, images, device, manifest)
+    return Prepared(spec, smoothed, images, device, manifest, labels=labels)
 
 
-def execute(prepared: Prepared, indices: Sequence[int], sink: Sink | None, progress: bool = True) -> RunReport:
-    """Certify (or predict) ``indices`` in groups; each group's rows go to ``sink`` as it completes."""
+def configuration_label(method: MethodSpec) -> str:
+    """A file-name-safe name that says a configuration's settings, e.g. ``diffsmooth_sigma0.5_m5_ls0.25_soft``."""
+    label = f"{method.method}_sigma{method.sigma:g}"
+    if method.method == "diffsmooth":
+        label += f"_m{method.m}_ls{method.local_sigma:g}_{method.vote}"
+        if method.local_noise != "fixed" or method.local_noise_seed != 42:
+            label += f"_{method.local_noise}{method.local_noise_seed}"
+    if method.classifier is not None:
+        label += "_" + Path(method.classifier).name.split(".")[0]
+    return label
+
+
+def execute(prepared: Prepared, indices: Sequence[int], sink: Sink | dict[str, Sink] | None,
+            progress: bool = True) -> RunReport:
+    """Certify (or predict) ``indices`` in groups; each group's rows go to ``sink`` (a grid: one
+    sink per configuration) as the group completes."""
     spec = prepared.spec
     report = RunReport()
     group = _group_size(spec)
     bar = _progress(len(indices), progress, spec.mode)
     try:
         for start in range(0, len(indices), group):
-            rows = _run_group(prepared, indices[start : start + group])
-            if sink is not None:
-                sink.write(rows)
-            report.rows += rows
-            report.seconds += sum(r.seconds for r in rows)
-            report.noise_samples += len(rows) * spec.samples_per_image
+            chunk = indices[start : start + group]
+            by_key = _run_group(prepared, chunk)
+            for key, rows in by_key.items():
+                if isinstance(sink, dict):
+                    sink[key].write(rows)
+                elif sink is not None:
+                    sink.write(rows)
+                if key is None:
+                    report.rows += rows
+                else:
+                    report.by_configuration.setdefault(key, []).extend(rows)
+            first = next(iter(by_key.values()))
+            report.seconds += sum(r.seconds for r in first)
+            report.noise_samples += len(chunk) * spec.samples_per_image
             if bar is not None:
-                bar.update(len(rows))
+                bar.update(len(chunk))
                 bar.set_postfix(samples_per_s=f"{report.noise_samples / max(report.seconds, 1e-9):.0f}")
     finally:
         if bar is not None:
             bar.close()
     return report
+
+
+def run_grid(
+    spec: RunSpec,
+    methods: Sequence[MethodSpec],
+    images: Images,
+    indices: Sequence[int],
+    out_dir: Path,
+    *,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    resume: bool = False,
+    overwrite: bool = False,
+    manifest_extra: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> RunReport:
+    """Certify ``indices`` under every configuration of ``methods`` from one noise stream into
+    ``out_dir``: one results file + manifest per configuration (the ones a separate run with
+    ``replace(spec, method=m)`` writes, row for row) and ``index.json``."""
+    store = grid_store(spec, methods, out_dir, resume=resume, overwrite=overwrite)
+    done = store.check()
+    todo = [i for i in indices if i not in done]
+    prepared = prepare(spec, images, todo[0] if todo else None, num_classes=num_classes, device=device,
+                       manifest_extra=manifest_extra, grid=methods)
+    with store.writing(prepared.manifest) as sinks:
+        report = execute(prepared, todo, sinks, progress)
+    report.skipped = len(indices) - len(todo)
+    return report
+
+
+def grid_store(spec: RunSpec, methods: Sequence[MethodSpec], out_dir: Path, *, resume: bool,
+               overwrite: bool) -> StoreSet:
+    """The files of a grid run: per configuration, the spec a separate run would record."""
+    if spec.mode != "certify":
+        raise InputError("several configurations in one run are supported for certify only")
+    specs = [replace(spec, method=m) for m in methods]
+    for one in specs:
+        one.validate()
+    entries = {configuration_label(one.method): (configuration_label(one.method) + ".tsv", one.to_dict())
+               for one in specs}
+    if len(entries) != len(specs):
+        raise InputError("two configurations of the grid are the same; give each setting once")
+    return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite)
 
 
 def run(
@@ -241,7 +315,7 @@ def _probe(base: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_cl
             f"the models do not fit the dataset's images {tuple(x.shape)}: {first}; "
             "check that the denoiser and classifier were trained for this dataset"
         ) from None
-    if out.shape not in ((1, num_classes), (1,)):
+    if out.shape not in ((1, num_classes), (1,)) and not (out.dim() == 3 and out.shape[::2] == (1, num_classes)):
         raise InputError(
             f"the base classifier gives {tuple(out.shape[1:])} scores per image but the dataset has "
             f"{num_classes} classes; use a classifier trained on this dataset"
@@ -257,17 +331,26 @@ def _group_size(spec: RunSpec) -> int:
     return max(1, spec.batch_size // per_image)
 
 
-def _run_group(prepared: Prepared, indices: Sequence[int]) -> list[Row]:
+def _run_group(prepared: Prepared, indices: Sequence[int]) -> dict[str | None, list[Row]]:
     spec, device = prepared.spec, prepared.device
     loaded = [prepared.images(i) for i in indices]
     xs = torch.stack([x for x, _ in loaded]).to(device)
     gens = [generator_for(spec.seed, i, device, prepared.rank) for i in indices]
     start = time.perf_counter()
+    if prepared.labels is not None:
+        grid = prepared.smoothed.certify_grid_batch(xs, spec.n0, spec.n, spec.alpha, spec.batch_size, gens)
+        seconds = (time.perf_counter() - start) / len(indices)
+        return {label: _rows(indices, loaded, [per_image[k] for per_image in grid], seconds)
+                for k, label in enumerate(prepared.labels)}
     if spec.mode == "certify":
         results = prepared.smoothed.certify_batch(xs, spec.n0, spec.n, spec.alpha, spec.batch_size, gens)
     else:
         results = prepared.smoothed.predict_batch(xs, spec.n, spec.alpha, spec.batch_size, gens)
-    seconds = (time.perf_counter() - start) / len(indices)
+    return {None: _rows(indices, loaded, results, (time.perf_counter() - start) / len(indices))}
+
+
+def _rows(indices: Sequence[int], loaded: Sequence[tuple[torch.Tensor, int]], results: Sequence[Any],
+          seconds: float) -> list[Row]:
     rows = []
     for idx, (_, label), res in zip(indices, loaded, results):
         predict = -1 if res.prediction is None else res.prediction

@@ -213,32 +213,64 @@ class SmoothedClassifier:
 
         # Selection: guess the top class from n0 samples.
         selection = self.sample_counts(xs, n0, batch_size, gens).cpu()
-        selected = selection.argmax(dim=1)
         # Estimation: a fresh, independent draw of n samples bounds its probability.
         estimation = self.sample_counts(xs, n, batch_size, gens).cpu()
+        if selection.dim() != 2:
+            raise InputError("this base scores several configurations; use certify_grid_batch")
 
-        certificates = []
-        for i in range(xs.shape[0]):
-            c_a = int(selected[i])
-            n_a = int(estimation[i, c_a])
-            p_lower = clopper_pearson_lower(n_a, n, alpha)
-            abstain = p_lower < 0.5
-            certificates.append(
-                Certificate(
-                    prediction=None if abstain else c_a,
-                    radius=0.0 if abstain else certified_radius(p_lower, self.sigma),
-                    p_lower=p_lower,
-                    selected_class=c_a,
-                    n_a=n_a,
-                    n0=n0,
-                    n=n,
-                    alpha=alpha,
-                    sigma=self.sigma,
-                    counts=tuple(int(c) for c in estimation[i]),
-                    selection_counts=tuple(int(c) for c in selection[i]),
-                )
-            )
-        return certificates
+        return [self._certificate(selection[i], estimation[i], n0, n, alpha) for i in range(xs.shape[0])]
+
+    def certify_grid_batch(
+        self,
+        xs: Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        generators: Generators = None,
+    ) -> list[list[Certificate]]:
+        """CERTIFY each of ``xs`` under every configuration of a grid base (``defenses.Grid``, whose
+        scores are ``(B, configurations, num_classes)``), from one noise stream.
+
+        Each configuration keeps its own counts: its class is selected on its n0 selection counts
+        and bounded on its n estimation counts, so its certificate is exactly the one a separate
+        run with the same generators gives, and a (1 - alpha) statement on its own.  Choosing the
+        best configuration per image afterwards is not covered by that guarantee.
+        Returns ``certificates[i][k]`` for image i, configuration k.
+        """
+        check_images(xs, "xs")
+        n0 = _check_whole("n0", n0)
+        n = _check_whole("n", n)
+        alpha = _check_alpha(alpha)
+        batch_size = _check_whole("batch_size", batch_size)
+        gens = self._generators(generators, xs.shape[0])
+        # Selection, then a fresh, independent estimation draw; counts (K, configurations, classes).
+        selection = self.sample_counts(xs, n0, batch_size, gens).cpu()
+        estimation = self.sample_counts(xs, n, batch_size, gens).cpu()
+        if selection.dim() != 3:
+            raise InputError("certify_grid_batch needs a grid base returning (B, configurations, num_classes) scores")
+        return [[self._certificate(selection[i, k], estimation[i, k], n0, n, alpha) for k in range(selection.shape[1])]
+                for i in range(xs.shape[0])]
+
+    def _certificate(self, selection: Tensor, estimation: Tensor, n0: int, n: int, alpha: float) -> Certificate:
+        """CERTIFY's decision from one image's selection and estimation counts (num_classes,)."""
+        c_a = int(selection.argmax())
+        n_a = int(estimation[c_a])
+        p_lower = clopper_pearson_lower(n_a, n, alpha)
+        abstain = p_lower < 0.5
+        return Certificate(
+            prediction=None if abstain else c_a,
+            radius=0.0 if abstain else certified_radius(p_lower, self.sigma),
+            p_lower=p_lower,
+            selected_class=c_a,
+            n_a=n_a,
+            n0=n0,
+            n=n,
+            alpha=alpha,
+            sigma=self.sigma,
+            counts=tuple(int(c) for c in estimation),
+            selection_counts=tuple(int(c) for c in selection),
+        )
 
     # -- PREDICT --------------------------------------------------------------
 
@@ -310,7 +342,9 @@ class SmoothedClassifier:
             ``(K, num_classes)`` int64 counts on ``xs.device`` (after ``reduce_counts``).
         """
         k = xs.shape[0]
-        counts = torch.zeros(k, self.num_classes, dtype=torch.long, device=xs.device)
+        configurations = getattr(self.base, "num_configurations", None)
+        shape = (k, self.num_classes) if configurations is None else (k, configurations, self.num_classes)
+        counts = torch.zeros(shape, dtype=torch.long, device=xs.device)
         if self.shard is not None:
             num = shard_share(num, *self.shard)
         # Each image's noise comes in chunks that depend only on (num, batch_size) ...
@@ -360,17 +394,23 @@ class SmoothedClassifier:
         labels = self._labels(self.base(noisy), noisy.shape[0])
         owners = torch.cat([torch.full((size,), i, dtype=torch.long, device=xs.device) for i, size in pending])
         # Counting stays on the device: no host synchronisation per batch.
-        counts.index_put_((owners, labels), torch.ones_like(labels), accumulate=True)
+        if labels.dim() == 1:
+            counts.index_put_((owners, labels), torch.ones_like(labels), accumulate=True)
+        else:  # a grid: labels (B, configurations)
+            configs = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+            counts.index_put_((owners[:, None].expand_as(labels), configs, labels), torch.ones_like(labels),
+                              accumulate=True)
 
     def _labels(self, out: Tensor, batch: int) -> Tensor:
         if not isinstance(out, Tensor):
             raise InputError(f"base must return a torch.Tensor, got {type(out).__name__}")
-        if out.shape == (batch, self.num_classes):
+        if out.shape == (batch, self.num_classes) or (out.dim() == 3 and out.shape[0] == batch
+                                                       and out.shape[2] == self.num_classes):
             if out.is_floating_point():
                 # Stays on the device: checked once per phase by _raise_if_nonfinite.
                 bad = ~torch.isfinite(out).all()
                 self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-            return out.argmax(dim=1)
+            return out.argmax(dim=-1)
         if out.shape == (batch,) and not out.is_floating_point():
             return out.long()
         raise InputError(

@@ -20,7 +20,8 @@ def register(sub, formatter) -> None:
         "over all images, abstentions counted as wrong), the average certified radius, the abstention rate and "
         "the clean accuracy of the smoothed classifier. Reads the Cohen et al. TSV format.",
     )
-    p.add_argument("results", nargs="+", type=Path, help="results TSV files")
+    p.add_argument("results", nargs="+", type=Path,
+                   help="results TSV files, or folders written by `certify --out-dir` (their index.json lists them)")
     p.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII), help="radii of the table")
     p.add_argument("--labels", nargs="+", default=None, help="one name per results file (default: file names)")
     p.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown", help="table format")
@@ -34,7 +35,19 @@ def _analyze(args: argparse.Namespace) -> int:
     from diffsmooth.analysis import plot, summarize, table
     from diffsmooth.visualize import check_figure_path
 
-    labels = args.labels or [p.stem for p in args.results]
+    from diffsmooth.results import read_index
+
+    paths, names = [], []
+    for path in args.results:
+        if path.is_dir():
+            for entry in read_index(path):
+                paths.append(entry["path"])
+                names.append(entry["label"])
+        else:
+            paths.append(path)
+            names.append(path.stem)
+    args.results = paths
+    labels = args.labels or names
     if len(labels) != len(args.results):
         raise InputError(f"--labels gives {len(labels)} names for {len(args.results)} results files; give one each")
     if any(not (r >= 0) for r in args.radii) or any(r == float("inf") for r in args.radii):

@@ -7,14 +7,21 @@ import sys
 from pathlib import Path
 
 
-def add_method_arguments(p: argparse.ArgumentParser) -> None:
-    """Options that pick the base classifier; shared by certify, predict, purify and demo."""
+def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    """Options that pick the base classifier; shared by certify, predict, purify and demo.
+    With ``grid`` the method and DiffSmooth options take lists: every combination is certified
+    from one noise stream (``--out-dir``)."""
+    many = "+" if grid else None
+
+    def default(value):
+        return [value] if grid else value
+
     g = p.add_argument_group("method")
     from diffsmooth.defenses import LOCAL_NOISES, VOTES
     from diffsmooth.fast import PRECISIONS
     from diffsmooth.methods import METHODS
 
-    g.add_argument("--method", choices=list(METHODS), default="diffsmooth",
+    g.add_argument("--method", choices=list(METHODS), default=default("diffsmooth"), nargs=many,
                    help="rs: Gaussian randomized smoothing; dds: diffusion denoised smoothing; "
                    "diffsmooth: purification + local smoothing")
     g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, imagenet, digits")
@@ -31,13 +38,20 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
                    "default for fashion-mnist: the shipped model for the method and sigma")
     # The long aliases (also of --n and --max) exist because torchrun's parser rejects --m,
     # --n and --max as ambiguous abbreviations of its own options, even after the module name.
-    g.add_argument("--m", "--local-m", type=int, default=5,
+    g.add_argument("--m", "--local-m", type=int, default=default(5), nargs=many,
                    help="diffsmooth: local noise samples per purified image (--local-m under torchrun)")
-    g.add_argument("--local-sigma", type=float, default=0.25, help="diffsmooth: std of the local noise")
-    g.add_argument("--vote", choices=VOTES, default="soft",
+    g.add_argument("--local-sigma", type=float, default=default(0.25), nargs=many,
+                   help="diffsmooth: std of the local noise")
+    g.add_argument("--vote", choices=VOTES, default=default("soft"), nargs=many,
                    help="diffsmooth: average softmax (reference code) or majority of labels (paper)")
-    g.add_argument("--local-noise", choices=LOCAL_NOISES, default="fixed",
+    g.add_argument("--local-noise", choices=LOCAL_NOISES, default=default("fixed"), nargs=many,
                    help="diffsmooth: local noises drawn once from --local-noise-seed, or fresh per call")
+    if grid:
+        g.add_argument("--local-classifier", nargs="+", default=None, metavar="PATH",
+                       help="diffsmooth: one classifier per --local-sigma (default: --classifier, else the shipped "
+                       "Gaussian classifier for each local sigma)")
+        g.add_argument("--dds-classifier", default=None, metavar="PATH",
+                       help="dds: the clean classifier (default: --classifier, else the shipped clean one)")
     g.add_argument("--local-noise-seed", type=int, default=42, help="diffsmooth: seed of the local noise")
     g.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                    help="autocast precision of the models (float32 is exact; bf16 is fast on GPUs)")
@@ -58,6 +72,35 @@ def method_spec(args: argparse.Namespace):
         local_noise_seed=args.local_noise_seed, precision=args.precision, channels_last=args.channels_last,
         compile=args.compile, cuda_graphs=args.cuda_graphs,
     )
+
+
+def method_specs(args: argparse.Namespace) -> list:
+    """Every configuration the list options ask for: each method once, DiffSmooth for every
+    combination of --m, --local-sigma (with its classifier), --vote and --local-noise."""
+    from itertools import product
+
+    from diffsmooth.errors import InputError
+    from diffsmooth.methods import MethodSpec
+
+    local = args.local_classifier
+    if local is not None and len(local) != len(args.local_sigma):
+        raise InputError(f"--local-classifier gives {len(local)} classifiers for {len(args.local_sigma)} local sigmas; "
+                         "give one per --local-sigma")
+    common = dict(dataset=args.dataset, sigma=args.sigma, denoiser=args.denoiser, denoiser_preset=args.denoiser_preset,
+                  local_noise_seed=args.local_noise_seed, precision=args.precision, channels_last=args.channels_last,
+                  compile=args.compile, cuda_graphs=args.cuda_graphs)
+    specs = []
+    for method in dict.fromkeys(args.method):
+        if method == "diffsmooth":
+            for m, (j, local_sigma), vote, noise in product(dict.fromkeys(args.m), enumerate(args.local_sigma),
+                                                            dict.fromkeys(args.vote), dict.fromkeys(args.local_noise)):
+                classifier = local[j] if local is not None else args.classifier
+                specs.append(MethodSpec("diffsmooth", classifier=classifier, m=m, local_sigma=local_sigma, vote=vote,
+                                        local_noise=noise, **common))
+        else:
+            classifier = (args.dds_classifier or args.classifier) if method == "dds" else args.classifier
+            specs.append(MethodSpec(method, classifier=classifier, **common))
+    return specs
 
 
 def pick_device(name: str | None):
@@ -81,7 +124,7 @@ def _add_run(sub, formatter, mode: str) -> None:
         ) + " Rows are flushed as each image completes; --resume continues an interrupted run. Under "
         "`torchrun --nproc-per-node K -m diffsmooth " + mode + " ...` each process takes a share of the images.",
     )
-    add_method_arguments(p)
+    add_method_arguments(p, grid=True)
     g = p.add_argument_group("sampling")
     if certify:
         g.add_argument("--n0", type=int, default=100, help="selection samples")
@@ -100,7 +143,13 @@ def _add_run(sub, formatter, mode: str) -> None:
                    "the --max of Cohen et al.'s scripts, which bounds the dataset index")
     g.add_argument("--indices", type=int, nargs="+", default=None, help="explicit dataset indices instead")
     g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, required=True, help="results TSV; its manifest is written to OUT.json")
+    where = g.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="results TSV of one configuration; its manifest is written to OUT.json")
+    where.add_argument("--out-dir", type=Path,
+                       help="folder for several configurations (lists in the method options): one TSV + manifest "
+                       "per configuration, named after its settings, and index.json (read by `diffsmooth analyze DIR`). "
+                       "Every row is a (1 - alpha) certificate of its configuration on its own; picking the best "
+                       "configuration per image afterwards is not")
     mode_group = g.add_mutually_exclusive_group()
     mode_group.add_argument("--resume", action="store_true", help="continue an existing results file")
     mode_group.add_argument("--overwrite", action="store_true", help="replace an existing results file")
@@ -130,31 +179,45 @@ def _run(args: argparse.Namespace) -> int:
 
     from diffsmooth import distributed
     from diffsmooth.data import load_dataset
+    from diffsmooth.errors import InputError
     from diffsmooth.runner import RunSpec, resolve_batch_size, select_indices
 
-    method = method_spec(args)
+    methods = method_specs(args)
+    grid = args.out_dir is not None
+    if len(methods) > 1 and not grid:
+        raise InputError(f"the options ask for {len(methods)} configurations; write them with --out-dir DIR "
+                         "(one file each), or give one value per option with --out")
+    if grid and args.mode != "certify":
+        raise InputError("--out-dir (several configurations) is for certify; predict writes one --out file")
     spec = RunSpec(
-        mode=args.mode, method=method, n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
+        mode=args.mode, method=methods[0], n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
         batch_size=1 if args.batch == "auto" else args.batch, seed=args.seed, split=args.split,
     )
     spec.validate()
+    for method in methods[1:]:
+        method.validate()
+    out = args.out_dir if grid else args.out
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
     info = dataset.info
     if args.batch == "auto":
-        batch = resolve_batch_size("auto", method, device, (info.channels, info.image_size, info.image_size),
-                                   resume_from=args.out if args.resume else None)
+        from diffsmooth.results import read_index
+
+        recorded = (read_index(out)[0]["path"] if grid and (out / "index.json").is_file() else out) if args.resume else None
+        batch = resolve_batch_size("auto", methods[0], device, (info.channels, info.image_size, info.image_size),
+                                   resume_from=recorded)
         spec = replace(spec, batch_size=batch)
     indices = select_indices(len(dataset), args.skip, args.max, args.indices)
     extra = {"dataset": {"name": args.dataset, "split": args.split, "size": len(dataset)},
              "argv": sys.argv[1:], "indices": {"skip": args.skip, "max": args.max, "explicit": args.indices}}
     report = distributed.run_maybe_distributed(
-        spec, dataset.__getitem__, indices, args.out, num_classes=info.num_classes, device=device,
+        spec, dataset.__getitem__, indices, out, num_classes=info.num_classes, device=device,
         resume=args.resume, overwrite=args.overwrite, manifest_extra=extra, progress=not args.quiet,
-        split_samples=args.split_samples,
+        split_samples=args.split_samples, grid=methods if grid else None,
     )
     if report is not None and not args.quiet:
-        done = len(report.rows)
+        done = len(report.rows) or max((len(r) for r in report.by_configuration.values()), default=0)
         verb = {"certify": "certified", "predict": "predicted"}[args.mode]
-        print(f"{done} image(s) {verb}, {report.skipped} already done; results in {args.out}", file=sys.stderr)
+        where = f"{len(methods)} configuration(s) in {out}" if grid else str(out)
+        print(f"{done} image(s) {verb}, {report.skipped} already done; results in {where}", file=sys.stderr)
     return 0

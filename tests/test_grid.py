@@ -1,0 +1,153 @@
+"""One purification, many certificates: a grid run's rows equal the separate runs' rows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from diffsmooth.cli import main
+from diffsmooth.data import load_dataset
+from diffsmooth.defenses import DiffSmooth, Grid
+from diffsmooth.methods import MethodSpec, build_grid
+from diffsmooth.results import read_index, read_rows
+from diffsmooth.runner import RunSpec, configuration_label, run, run_grid
+
+
+@pytest.fixture(scope="module")
+def second_classifier(tmp_path_factory):
+    from diffsmooth.classifiers import create_classifier, save_classifier
+
+    torch.manual_seed(1)
+    model = create_classifier("fmnist_cnn", 10).eval()
+    return save_classifier(tmp_path_factory.mktemp("clf2") / "other_cnn", model, {"note": "random weights"})
+
+
+def grid_methods(classifier_path, second_classifier, denoiser_path):
+    common = dict(dataset="fashion-mnist", sigma=0.25, denoiser=str(denoiser_path))
+    methods = [MethodSpec("rs", classifier=str(classifier_path), **common),
+               MethodSpec("dds", classifier=str(second_classifier), **common)]
+    for local_sigma, clf in ((0.12, classifier_path), (0.25, second_classifier)):
+        for m in (1, 3):
+            for vote in ("soft", "hard"):
+                methods.append(MethodSpec("diffsmooth", classifier=str(clf), m=m, local_sigma=local_sigma, vote=vote,
+                                          **common))
+    methods.append(MethodSpec("diffsmooth", classifier=str(classifier_path), m=3, local_sigma=0.12,
+                              local_noise="fresh", **common))
+    return methods
+
+
+def strip(rows):
+    return [(r.idx, r.label, r.predict, r.radius, r.correct) for r in rows]
+
+
+def test_grid_rows_equal_the_separate_runs(tmp_path, fmnist_dir, classifier_path, second_classifier, denoiser_path):
+    methods = grid_methods(classifier_path, second_classifier, denoiser_path)
+    dataset = load_dataset("fashion-mnist", data_dir=fmnist_dir)
+    spec = RunSpec("certify", methods[0], n0=12, n=40, alpha=0.01, batch_size=32, seed=5)
+    indices = [0, 1, 2, 3]
+    report = run_grid(spec, methods, dataset.__getitem__, indices, tmp_path / "grid", num_classes=10, progress=False)
+    assert len(report.by_configuration) == len(methods) == 11
+    index = read_index(tmp_path / "grid")
+    assert [e["label"] for e in index] == [configuration_label(m) for m in methods]
+    for method, entry in zip(methods, index):
+        alone = tmp_path / f"{entry['label']}.tsv"
+        run(replace(spec, method=method), dataset.__getitem__, indices, alone, num_classes=10, progress=False)
+        assert strip(read_rows(entry["path"])[1]) == strip(read_rows(alone)[1]), entry["label"]
+        # The grid's file carries the manifest a separate run writes: same spec, same base.
+        grid_manifest = json.loads((tmp_path / "grid" / f"{entry['label']}.tsv.json").read_text())
+        alone_manifest = json.loads((tmp_path / f"{entry['label']}.tsv.json").read_text())
+        assert grid_manifest["spec"] == alone_manifest["spec"]
+        assert grid_manifest["base"] == alone_manifest["base"]
+
+
+def test_the_purifier_runs_once_per_batch_and_shared_copies_once(classifier_path, second_classifier, denoiser_path):
+    methods = grid_methods(classifier_path, second_classifier, denoiser_path)
+    grid = build_grid(methods)
+    assert isinstance(grid, Grid) and grid.num_configurations == 11
+    calls = {"denoiser": 0, "classifier": 0}
+    denoiser = grid.members[1].denoiser
+    denoiser.register_forward_hook(lambda *a: calls.__setitem__("denoiser", calls["denoiser"] + 1))
+    classifiers = {id(member.classifier): member.classifier for member in grid.members}
+    assert len(classifiers) == 2  # two files, each loaded once
+    for classifier in classifiers.values():
+        classifier.register_forward_hook(lambda *a: calls.__setitem__("classifier", calls["classifier"] + 1))
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        scores = grid(x)
+    assert scores.shape == (4, 11, 10)
+    assert calls["denoiser"] == 1
+    # rs 1 + dds 1 + fixed copies (3 at local sigma 0.12, 3 at 0.25) + fresh 3: the hooks of the two shared
+    # classifier objects fire once per call each.
+    assert calls["classifier"] == 1 + 1 + 3 + 3 + 3
+    with torch.inference_mode():  # each fixed-noise member alone gives its grid row bit for bit
+        for k, member in enumerate(grid.members):
+            if not (isinstance(member, DiffSmooth) and member.local_noise == "fresh"):
+                assert torch.equal(scores[:, k], member(x).float()), k
+
+
+def test_grid_cli_writes_an_index_that_analyze_reads(tmp_path, fmnist_dir, classifier_path, denoiser_path, capsys):
+    out_dir = tmp_path / "sweep"
+    args = ["certify", "--method", "dds", "diffsmooth", "--data-dir", str(fmnist_dir), "--sigma", "0.25",
+            "--denoiser", str(denoiser_path), "--classifier", str(classifier_path), "--m", "1", "3",
+            "--vote", "soft", "hard", "--n0", "8", "--n", "30", "--batch", "32", "--max", "3", "--device", "cpu",
+            "--quiet", "--out-dir", str(out_dir)]
+    assert main(args) == 0
+    labels = [e["label"] for e in read_index(out_dir)]
+    assert len(labels) == 5 and labels[0].startswith("dds_sigma0.25")
+    assert main(["analyze", str(out_dir), "--format", "csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in out[1:]] == labels
+    # Resuming the finished grid does nothing; a bigger --max certifies only the new image.
+    assert main([*args, "--resume", "--max", "4"]) == 0
+    assert all(len(read_rows(e["path"])[1]) == 4 for e in read_index(out_dir))
+
+
+def grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir, *extra):
+    return ["certify", "--method", "rs", "dds", "diffsmooth", "--data-dir", str(fmnist_dir), "--sigma", "0.25",
+            "--denoiser", str(denoiser_path), "--classifier", str(classifier_path), "--local-m", "1", "2",
+            "--n0", "8", "--num-samples", "40", "--batch", "40", "--max-images", "4", "--device", "cpu", "--quiet",
+            "--out-dir", str(out_dir), *extra]
+
+
+def grid_rows(out_dir):
+    return {e["label"]: strip(read_rows(e["path"])[1]) for e in read_index(out_dir)}
+
+
+@pytest.fixture(scope="module")
+def full_grid(tmp_path_factory, fmnist_dir, classifier_path, denoiser_path):
+    out_dir = tmp_path_factory.mktemp("grid") / "full"
+    assert main(grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir)) == 0
+    return grid_rows(out_dir)
+
+
+def test_killed_grid_resumes_to_the_uninterrupted_files(tmp_path, fmnist_dir, classifier_path, denoiser_path,
+                                                       full_grid):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out_dir = tmp_path / "g"
+    crash = Path(__file__).parent / "crash_after_rows.py"
+    # Four configurations write one sink each per image: dying after write 7 leaves image 1 half written.
+    died = subprocess.run([sys.executable, str(crash), "7", "--",
+                           *grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert died.returncode == 1, died.stderr
+    counts = sorted(len(rows) for rows in grid_rows(out_dir).values())
+    assert counts == [1, 2, 2, 2]
+    assert main(grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir, "--resume")) == 0
+    assert grid_rows(out_dir) == full_grid
+
+
+@pytest.mark.slow  # one torchrun launch takes 5-15 s on 2 CPU cores
+def test_grid_under_torchrun_equals_one_process(tmp_path, fmnist_dir, classifier_path, denoiser_path, full_grid):
+    from test_distributed import torchrun
+
+    out_dir = tmp_path / "g"
+    done = torchrun(grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert grid_rows(out_dir) == full_grid
+    assert sorted(p.name for p in out_dir.iterdir() if ".part" in p.name) == []
