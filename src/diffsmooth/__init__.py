@@ -11,39 +11,34 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "SmoothedClassifier": "diffsmooth.smoothing",
-    "Certificate": "diffsmooth.smoothing",
-    "Prediction": "diffsmooth.smoothing",
-    "InputError": "diffsmooth.errors",
-    "Gaussian": "diffsmooth.defenses",
-    "DenoisedSmoothing": "diffsmooth.defenses",
-    "DiffSmooth": "diffsmooth.defenses",
-    "OneShotDenoiser": "diffsmooth.diffusion",
-    "load_diffusion_model": "diffsmooth.diffusion",
-    "adm_unet": "diffsmooth.diffusion",
-    "create_classifier": "diffsmooth.classifiers",
-    "load_classifier": "diffsmooth.classifiers",
-    "save_classifier": "diffsmooth.classifiers",
-    "load_dataset": "diffsmooth.data",
-    "MultiStepDenoiser": "diffsmooth.diffusion",
-    "save_diffusion_model": "diffsmooth.diffusion",
-    "NoiseSchedule": "diffsmooth.diffusion",
-    "train_classifier": "diffsmooth.training",
-    "train_diffusion": "diffsmooth.training",
-    "ClassifierTrainConfig": "diffsmooth.training",
-    "DiffusionTrainConfig": "diffsmooth.training",
-    "shipped_classifier": "diffsmooth.shipped",
-    "shipped_diffusion": "diffsmooth.shipped",
-    "accelerate": "diffsmooth.fast",
-    "auto_batch_size": "diffsmooth.fast",
-    "MethodSpec": "diffsmooth.methods",
-    "build_base": "diffsmooth.methods",
-    "AttackConfig": "diffsmooth.attacks",
-    "attack": "diffsmooth.attacks",
-    "empirical_accuracy": "diffsmooth.attacks",
-    "audit": "diffsmooth.attacks",
+_GROUPS: dict[str, dict[str, str]] = {
+    # Certification: the smoothed classifier and its typed results.
+    "certify": {"SmoothedClassifier": "diffsmooth.smoothing", "Certificate": "diffsmooth.smoothing",
+                "Prediction": "diffsmooth.smoothing"},
+    # Methods: one spec builds a base classifier h, a grid of them, or the smoothed classifier g.
+    "methods": {"MethodSpec": "diffsmooth.methods", "build_base": "diffsmooth.methods",
+                "build_grid": "diffsmooth.methods", "build_smoothed": "diffsmooth.methods",
+                "Gaussian": "diffsmooth.defenses", "DenoisedSmoothing": "diffsmooth.defenses",
+                "DiffSmooth": "diffsmooth.defenses", "Grid": "diffsmooth.defenses"},
+    # Models: diffusion purifiers and classifiers, their files, the shipped ones.
+    "models": {"load_diffusion_model": "diffsmooth.diffusion", "save_diffusion_model": "diffsmooth.diffusion",
+               "OneShotDenoiser": "diffsmooth.diffusion", "MultiStepDenoiser": "diffsmooth.diffusion",
+               "NoiseSchedule": "diffsmooth.diffusion", "adm_unet": "diffsmooth.diffusion",
+               "create_classifier": "diffsmooth.classifiers", "load_classifier": "diffsmooth.classifiers",
+               "save_classifier": "diffsmooth.classifiers", "shipped_classifier": "diffsmooth.shipped",
+               "shipped_diffusion": "diffsmooth.shipped", "accelerate": "diffsmooth.fast"},
+    # Data and runs: datasets, run specs, the purification picture.
+    "runs": {"load_dataset": "diffsmooth.data", "RunSpec": "diffsmooth.runner",
+             "purification_grid": "diffsmooth.purification"},
+    # Training.
+    "training": {"train_classifier": "diffsmooth.training", "train_diffusion": "diffsmooth.training",
+                 "ClassifierTrainConfig": "diffsmooth.training", "DiffusionTrainConfig": "diffsmooth.training"},
+    # Attacks and audits.
+    "attacks": {"AttackConfig": "diffsmooth.attacks", "attack": "diffsmooth.attacks",
+                "empirical_accuracy": "diffsmooth.attacks", "audit": "diffsmooth.attacks"},
+    "errors": {"InputError": "diffsmooth.errors"},
 }
+_EXPORTS = {name: module for group in _GROUPS.values() for name, module in group.items()}
 
 __all__ = sorted(_EXPORTS)
 

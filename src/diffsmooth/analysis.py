@@ -86,6 +86,33 @@ def table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str = "mark
     return "\n".join([line(head), rule, *[line(row) for row in body]]) + "\n"
 
 
+def robustness_table(attacks: dict[str, dict[float, Path]], certified: Sequence[tuple[str, Path]],
+                     fmt: str = "markdown") -> str:
+    """Empirical robust accuracy (PREDICT correct at the attacked point: an upper bound on the true
+    robust accuracy) per eps, beside certified accuracy at radius eps (a lower bound), in percent."""
+    radii = sorted({eps for runs in attacks.values() for eps in runs})
+    summaries = []
+    for label, runs in attacks.items():
+        values = {eps: summarize(path, ()).clean_accuracy for eps, path in runs.items()}
+        summaries.append(Summary(f"empirical: {label}", "attack", max(summarize(p, ()).images for p in runs.values()),
+                                 0.0, 0.0, {float(e): values.get(e, float("nan")) for e in radii}, None, 0.0))
+    for label, path in certified:
+        s = summarize(path, radii, label)
+        summaries.append(Summary(f"certified: {label}", "certify", s.images, 0.0, 0.0, s.certified, None, 0.0))
+    return _short_table(summaries, radii, fmt)
+
+
+def _short_table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str) -> str:
+    full = table(summaries, radii, fmt)
+    keep = 2 + len(radii)  # run, images, one column per radius
+    if fmt == "csv":
+        return "\n".join(",".join(line.split(",")[:keep]) for line in full.splitlines()) + "\n"
+    if fmt == "latex":
+        return full  # the extra columns read "-" there; a paper table is edited by hand anyway
+    lines = full.splitlines()
+    return "\n".join("|".join(line.split("|")[: keep + 1]) + "|" for line in lines) + "\n"
+
+
 def _tex(text: str) -> str:
     return text.replace("_", r"\_").replace("%", r"\%")
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from diffsmooth.errors import InputError
 from diffsmooth.methods import MethodSpec
 from diffsmooth.results import ResultsStore, StoreSet, part_path, part_paths
-from diffsmooth.runner import RunReport, RunSpec, execute, grid_store, prepare, run, run_grid
+from diffsmooth.runner import RunReport, RunSpec, execute, make_store, prepare, run_into
 
 # Ranks finish their shares at different times and wait for the slowest at the last
 # agreement; a dead peer is not waited for, because torchrun stops the whole group
@@ -109,14 +109,10 @@ def run_maybe_distributed(
     out = Path(out)
     ctx = context()
     spec.validate()
-    store = (ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite) if grid is None
-             else grid_store(spec, grid, out, resume=resume, overwrite=overwrite))
+    store = make_store(spec, out, grid=grid, resume=resume, overwrite=overwrite)
     if ctx.world_size == 1 and not _parts(store):
-        if grid is not None:
-            return run_grid(spec, grid, images, indices, out, num_classes=num_classes, device=device, resume=resume,
-                            overwrite=overwrite, manifest_extra=manifest_extra, progress=progress)
-        return run(spec, images, indices, out, num_classes=num_classes, device=device, resume=resume,
-                   overwrite=overwrite, manifest_extra=manifest_extra, progress=progress)
+        return run_into(store, spec, images, indices, num_classes=num_classes, device=device,
+                        manifest_extra=manifest_extra, progress=progress, grid=grid)
     if ctx.world_size > 1:
         device = pin_device(torch.device(device), ctx.local_rank)
     job = _Job(spec, images, grid, num_classes, device, manifest_extra or {}, progress and ctx.rank == 0)
@@ -261,6 +257,9 @@ def _run_split_samples(job: _Job, indices: Sequence[int], store: Store, ctx: Con
     # failing rank simply exits (torchrun then stops the others).
     agreement = _Agreement(ctx, steps=1)
     try:
+        if job.spec.attack is not None:
+            raise InputError("--split-samples cannot share an attack's images across processes; "
+                             "drop it (the processes then share the images)")
         parts = _parts(store)
         if parts and not store.overwrite:
             raise InputError(

@@ -54,9 +54,14 @@ class RunSpec:
     batch_size: int = 1000
     seed: int = 0
     split: str = "test"
+    eps: tuple[float, ...] | None = None
+    attack: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "method": self.method.to_dict()}
+        out = {**asdict(self), "method": self.method.to_dict()}
+        if self.eps is not None:
+            out["eps"] = list(self.eps)
+        return out
 
     def validate(self) -> None:
         self.method.validate()
@@ -68,6 +73,16 @@ class RunSpec:
         _whole("--seed", self.seed, 0)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise InputError(f"--alpha must lie strictly between 0 and 1 (e.g. 0.001), got {self.alpha}")
+        if (self.attack is None) != (self.eps is None):
+            raise InputError("an attack run needs both eps and the attack settings")
+        if self.attack is not None:
+            from diffsmooth.attacks import AttackConfig
+            from diffsmooth.attacks.empirical import check_eps_list
+
+            if self.mode != "predict":
+                raise InputError("an attack run predicts at the attacked points: mode must be 'predict'")
+            check_eps_list(list(self.eps))
+            AttackConfig(**self.attack)
 
     @property
     def samples_per_image(self) -> int:
@@ -229,6 +244,29 @@ def execute(prepared: Prepared, indices: Sequence[int], sink: Sink | dict[str, S
     return report
 
 
+def run_into(
+    store: ResultsStore | StoreSet,
+    spec: RunSpec,
+    images: Images,
+    indices: Sequence[int],
+    *,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    manifest_extra: dict[str, Any] | None = None,
+    progress: bool = True,
+    grid: Sequence[MethodSpec] | None = None,
+) -> RunReport:
+    """The whole run in this process: check the store, prepare, execute into it."""
+    done = store.check()
+    todo = [i for i in indices if i not in done]
+    prepared = prepare(spec, images, todo[0] if todo else None, num_classes=num_classes, device=device,
+                       manifest_extra=manifest_extra, grid=grid)
+    with store.writing(prepared.manifest) as sinks:
+        report = execute(prepared, todo, sinks, progress)
+    report.skipped = len(indices) - len(todo)
+    return report
+
+
 def run_grid(
     spec: RunSpec,
     methods: Sequence[MethodSpec],
@@ -247,14 +285,18 @@ def run_grid(
     ``out_dir``: one results file + manifest per configuration (the ones a separate run with
     ``replace(spec, method=m)`` writes, row for row) and ``index.json``."""
     store = grid_store(spec, methods, out_dir, resume=resume, overwrite=overwrite)
-    done = store.check()
-    todo = [i for i in indices if i not in done]
-    prepared = prepare(spec, images, todo[0] if todo else None, num_classes=num_classes, device=device,
-                       manifest_extra=manifest_extra, grid=methods)
-    with store.writing(prepared.manifest) as sinks:
-        report = execute(prepared, todo, sinks, progress)
-    report.skipped = len(indices) - len(todo)
-    return report
+    return run_into(store, spec, images, indices, num_classes=num_classes, device=device,
+                    manifest_extra=manifest_extra, progress=progress, grid=methods)
+
+
+def make_store(spec: RunSpec, out: Path, *, grid: Sequence[MethodSpec] | None = None, resume: bool = False,
+               overwrite: bool = False) -> ResultsStore | StoreSet:
+    """The files a run writes: one TSV, a grid's folder, or an attack's folder (one TSV per eps)."""
+    if spec.attack is not None:
+        return attack_store(spec, out, resume=resume, overwrite=overwrite)
+    if grid is not None:
+        return grid_store(spec, grid, out, resume=resume, overwrite=overwrite)
+    return ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite)
 
 
 def grid_store(spec: RunSpec, methods: Sequence[MethodSpec], out_dir: Path, *, resume: bool,
@@ -272,6 +314,23 @@ def grid_store(spec: RunSpec, methods: Sequence[MethodSpec], out_dir: Path, *, r
     return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite)
 
 
+ATTACK_COLUMNS = ("norm", "loss")
+"""Extra columns of an attack's TSVs: the perturbation's l2 norm and the attack's final loss."""
+
+
+def attack_label(eps: float) -> str:
+    return f"eps{eps:g}"
+
+
+def attack_store(spec: RunSpec, out_dir: Path, *, resume: bool, overwrite: bool) -> StoreSet:
+    """An attack run's files: per eps, a PREDICT TSV (``idx label predict correct time norm loss``)
+    of the attacked points; the spec records all radii (an image's radii share its generator)."""
+    spec.validate()
+    entries = {attack_label(e): (f"attack_{attack_label(e)}.tsv", {**spec.to_dict(), "file_eps": e})
+               for e in spec.eps}
+    return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite, columns=ATTACK_COLUMNS)
+
+
 def run(
     spec: RunSpec,
     images: Images,
@@ -286,10 +345,10 @@ def run(
     manifest_extra: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> RunReport:
-    """Certify (or predict) ``images(idx)`` for each of ``indices`` into the results file ``out``
-    (its manifest is ``out`` + ".json"); indices already there are skipped when resuming."""
+    """Certify (or predict, or attack) ``images(idx)`` for each of ``indices`` into ``out`` (a
+    results file, or a folder for an attack); indices already there are skipped when resuming."""
     spec.validate()
-    store = ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite)
+    store = make_store(spec, out, resume=resume, overwrite=overwrite)
     done = store.check()
     todo = [i for i in indices if i not in done]
     prepared = prepare(spec, images, todo[0] if todo else None, num_classes=num_classes, device=device, base=base,
@@ -337,6 +396,8 @@ def _run_group(prepared: Prepared, indices: Sequence[int]) -> dict[str | None, l
     xs = torch.stack([x for x, _ in loaded]).to(device)
     gens = [generator_for(spec.seed, i, device, prepared.rank) for i in indices]
     start = time.perf_counter()
+    if spec.attack is not None:
+        return _attack_rows(prepared, indices, loaded, xs, gens)
     if prepared.labels is not None:
         grid = prepared.smoothed.certify_grid_batch(xs, spec.n0, spec.n, spec.alpha, spec.batch_size, gens)
         seconds = (time.perf_counter() - start) / len(indices)
@@ -356,6 +417,22 @@ def _rows(indices: Sequence[int], loaded: Sequence[tuple[torch.Tensor, int]], re
         predict = -1 if res.prediction is None else res.prediction
         radius = getattr(res, "radius", None)
         rows.append(Row(idx, int(label), predict, int(predict == int(label)), seconds, radius))
+    return rows
+
+
+def _attack_rows(prepared: Prepared, indices: Sequence[int], loaded: Sequence[tuple[torch.Tensor, int]],
+                 xs: torch.Tensor, gens: list[torch.Generator]) -> dict[str | None, list[Row]]:
+    from diffsmooth.attacks import AttackConfig, empirical_accuracy
+
+    spec = prepared.spec
+    records = empirical_accuracy(prepared.smoothed, xs, [int(y) for _, y in loaded], list(spec.eps),
+                                 AttackConfig(**spec.attack), n=spec.n, alpha=spec.alpha, batch_size=spec.batch_size,
+                                 generators=gens, indices=list(indices))
+    rows: dict[str | None, list[Row]] = {attack_label(e): [] for e in spec.eps}
+    for r in records:
+        predict = -1 if r.predict is None else int(r.predict)
+        rows[attack_label(r.eps)].append(Row(r.idx, r.label, predict, int(predict == r.label), r.seconds, None,
+                                             (("norm", f"{r.perturbation_norm:.6g}"), ("loss", f"{r.loss:.6g}"))))
     return rows
 
 

@@ -37,12 +37,14 @@ def _analyze(args: argparse.Namespace) -> int:
 
     from diffsmooth.results import read_index
 
-    paths, names = [], []
+    paths, names, attacks = [], [], {}
     for path in args.results:
         if path.is_dir():
             for entry in read_index(path):
                 paths.append(entry["path"])
-                names.append(entry["label"])
+                names.append(entry["label"] if "file_eps" not in entry["spec"] else f"{path.name}:{entry['label']}")
+                if "file_eps" in entry["spec"]:
+                    attacks.setdefault(path.name, {})[float(entry["spec"]["file_eps"])] = entry["path"]
         else:
             paths.append(path)
             names.append(path.stem)
@@ -62,6 +64,11 @@ def _analyze(args: argparse.Namespace) -> int:
             print(f"note: dropped the unfinished last line of {path} (a run still writing, or one that was killed)",
                   file=sys.stderr)
     sys.stdout.write(table(summaries, args.radii, args.format))
+    if attacks:
+        from diffsmooth.analysis import robustness_table
+
+        certified = [(s.label, path) for s, path in zip(summaries, args.results) if s.mode == "certify"]
+        sys.stdout.write("\n" + robustness_table(attacks, certified, args.format))
     if args.plot is not None:
         plot(args.results, labels, args.plot, args.title)
         print(f"plot written to {args.plot}", file=sys.stderr)

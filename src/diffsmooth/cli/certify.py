@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False) -> None:
+def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_required: bool = True) -> None:
     """Options that pick the base classifier; shared by certify, predict, purify and demo.
     With ``grid`` the method and DiffSmooth options take lists: every combination is certified
     from one noise stream (``--out-dir``)."""
@@ -26,7 +26,8 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False) -> None
                    "diffsmooth: purification + local smoothing")
     g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, imagenet, digits")
     g.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the usual places)")
-    g.add_argument("--sigma", type=float, required=True, help="smoothing noise std in [0,1] pixel units")
+    g.add_argument("--sigma", type=float, required=sigma_required, default=None,
+                   help="smoothing noise std in [0,1] pixel units")
     g.add_argument("--denoiser", default=None,
                    help="diffusion checkpoint (OpenAI .pt, diffusers folder, our folder) or shipped model name; "
                    "default for fashion-mnist: the shipped model")
