@@ -9,11 +9,15 @@ is used by the certifier, the trainers' bookkeeping and the analysis alike.
   bound ``p_lower > 1/2`` on the top-class probability certifies.
 - ``binomial_test_pvalue``: the two-sided exact binomial test used by PREDICT.
   (``scipy.stats.binom_test`` was removed in SciPy 1.12; ``binomtest`` replaces it.)
+- ``separate_pb_bounds`` / ``certified_radius_separate``: the "separate p_B" certificate,
+  ``sigma/2 (Phi^-1(p_lower) - Phi^-1(p_b_upper))`` with a Bonferroni upper bound valid for
+  every class other than A at once (``clopper_pearson_upper`` per class).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from scipy.stats import beta, binomtest, norm
 
@@ -67,3 +71,60 @@ def binomial_test_pvalue(k: int, n: int, p: float = 0.5) -> float:
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must lie strictly between 0 and 1, got {p!r}")
     return float(binomtest(int(k), int(n), p, alternative="two-sided").pvalue)
+
+
+# -- The separate p_B bound (Cohen et al., Theorem 1 in full; DensePure's certify_noapproximate) --
+
+
+def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) upper confidence bound on p from k successes in n trials.
+
+    The mirror of ``clopper_pearson_lower``: ``1 - clopper_pearson_lower(n - k, n, alpha)``
+    = ``Beta.ppf(1 - alpha, k + 1, n - k)``, and 1 when ``k == n``.
+    """
+    _check_counts(k, n)
+    return 1.0 - clopper_pearson_lower(n - k, n, alpha)
+
+
+def separate_pb_bounds(counts: Sequence[int], top: int, alpha: float) -> tuple[float, float]:
+    """``(p_lower, p_b_upper)``: a lower bound on p_A and one upper bound valid for every other class.
+
+    ``counts`` are the class counts of the n estimation samples (n = their sum) and ``top`` is
+    the class A chosen on the separate selection draw.  The two bounds share ``alpha``:
+
+    - ``p_lower``: Clopper-Pearson lower bound on p_A at level ``alpha / 2``;
+    - ``p_b_upper``: Bonferroni (union) bound over the K - 1 other classes: each class's
+      Clopper-Pearson upper bound at level ``alpha / (2 (K - 1))``, the largest of them, capped
+      at ``1 - p_lower`` (valid whenever the p_A bound holds, since p_B <= 1 - p_A).
+
+    With probability at least 1 - alpha over the estimation draw, ``p_A >= p_lower`` and
+    ``p_c <= p_b_upper`` for every class c other than A, simultaneously.
+    """
+    _check_alpha(alpha)
+    k = len(counts)
+    if k < 2:
+        raise ValueError(f"counts must hold at least 2 classes, got {k}")
+    if int(top) != top or not 0 <= top < k:
+        raise ValueError(f"top must be a class index in [0, {k}), got {top!r}")
+    n = int(sum(counts))
+    p_lower = clopper_pearson_lower(int(counts[top]), n, alpha / 2)
+    per_class = alpha / (2 * (k - 1))
+    p_b_upper = max(clopper_pearson_upper(int(c), n, per_class) for i, c in enumerate(counts) if i != top)
+    return p_lower, min(p_b_upper, 1.0 - p_lower)
+
+
+def certified_radius_separate(p_lower: float, p_b_upper: float, sigma: float) -> float:
+    """l2 radius ``sigma / 2 * (Phi^-1(p_lower) - Phi^-1(p_b_upper))`` (Cohen et al., Theorem 1).
+
+    ``p_lower`` bounds the top class's probability from below and ``p_b_upper`` every other
+    class's from above; 0 when ``p_lower <= p_b_upper`` (abstain).  With ``p_b_upper =
+    1 - p_lower`` it equals ``certified_radius(p_lower, sigma)``.
+    """
+    if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    for name, p in (("p_lower", p_lower), ("p_b_upper", p_b_upper)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {p!r}")
+    if p_lower <= p_b_upper:
+        return 0.0
+    return float(sigma / 2 * (norm.ppf(p_lower) - norm.ppf(p_b_upper)))
