@@ -140,3 +140,53 @@ def test_every_method_certifies_end_to_end(method, classifier_path, denoiser_pat
     assert info["method"] == method
     if method != "rs":
         assert info["denoiser"]["t_star"] > 0 and info["denoiser"]["sigma"] == 0.25
+
+
+# -- DensePure ----------------------------------------------------------------------------
+
+from diffsmooth.defenses import DensePure  # noqa: E402
+from diffsmooth.diffusion import MultiStepDenoiser, OneShotDenoiser, load_diffusion_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_ddpm(denoiser_path):
+    return load_diffusion_model(denoiser_path)
+
+
+def test_densepure_with_one_run_of_one_step_is_one_shot_dds(tiny_ddpm):
+    f = Linear(channels=1, size=28, classes=10, seed=3)
+    x = noisy(b=16, size=28, seed=4)
+    with torch.no_grad():
+        dds = DenoisedSmoothing(OneShotDenoiser(tiny_ddpm, 0.25), f)(x)
+        dense = DensePure(MultiStepDenoiser(tiny_ddpm, 0.25, steps=1), f, runs=1)(x)
+    assert dds.argmax(1).unique().numel() > 1  # the labels vary, so the comparison says something
+    assert torch.equal(dense, nn.functional.one_hot(dds.argmax(1), 10).float())
+
+
+def test_densepure_votes_over_runs_with_their_own_noise(tiny_ddpm):
+    f = Linear(channels=1, size=28, classes=10, seed=3)
+    x = noisy(b=4, size=28, seed=5)
+    denoiser = MultiStepDenoiser(tiny_ddpm, 0.5, steps=3, method="ddpm")
+    with torch.no_grad():
+        votes = DensePure(denoiser, f, runs=5, seed=7)(x)
+        # By hand: the 5 runs of image i are rows k * 4 + i of one batched reverse chain.
+        runs = denoiser(x.repeat(5, 1, 1, 1), generator=torch.Generator().manual_seed(7))
+        labels = f(runs).argmax(1).view(5, 4)
+    want = torch.stack([torch.bincount(labels[:, i], minlength=10) for i in range(4)]).float() / 5
+    assert torch.equal(votes, want)
+    assert not torch.equal(runs[:4], runs[4:8])  # different runs draw different noise
+    assert torch.allclose(votes.sum(1), torch.ones(4))
+    assert float(votes.max(1).values.min()) < 1  # some image's runs disagree: a real vote
+    assert f.calls[-2:] == [(20, 1, 28, 28)] * 2  # one classifier call for all runs
+
+
+def test_densepure_checks_and_describe(tiny_ddpm):
+    f = Linear(channels=1, size=28, classes=10)
+    with pytest.raises(InputError, match="^runs "):
+        DensePure(MultiStepDenoiser(tiny_ddpm, 0.25, steps=2, method="ddpm"), f, runs=0)
+    with pytest.raises(InputError, match="deterministic reverse chain"):
+        DensePure(MultiStepDenoiser(tiny_ddpm, 0.25, steps=4, method="ddim"), f, runs=3)
+    info = DensePure(MultiStepDenoiser(tiny_ddpm, 0.25, steps=4, method="ddpm"), f, runs=3, seed=2).describe()
+    assert (info["method"], info["runs"], info["steps"], info["reverse_chain"], info["seed"]) == (
+        "densepure", 3, 4, "ddpm", 2)
+    assert info["denoiser"]["mode"] == "multi-step-ddpm"
