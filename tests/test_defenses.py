@@ -190,3 +190,41 @@ def test_densepure_checks_and_describe(tiny_ddpm):
     assert (info["method"], info["runs"], info["steps"], info["reverse_chain"], info["seed"]) == (
         "densepure", 3, 4, "ddpm", 2)
     assert info["denoiser"]["mode"] == "multi-step-ddpm"
+
+
+@pytest.mark.parametrize("method", ["denoised", "densepure"])
+def test_new_baselines_certify_end_to_end_with_the_separate_bound(method, classifier_path, denoiser_path, tmp_path):
+    """Tiny random checkpoints through build_base and the certifier with the separate-pb bound."""
+    from diffsmooth import MethodSpec, SmoothedClassifier, build_base
+    from diffsmooth.denoisers import create_dncnn, save_denoiser
+
+    if method == "denoised":
+        dncnn = create_dncnn("dncnn", 1, generator=torch.Generator().manual_seed(0), depth=4, width=8, sigma=0.25)
+        source = str(save_denoiser(tmp_path / "dncnn", dncnn.eval()))
+    else:
+        source = str(denoiser_path)
+    spec = MethodSpec(method, "fashion-mnist", sigma=0.25, denoiser=source, classifier=str(classifier_path),
+                      runs=2, steps=2)
+    base = build_base(spec)
+    xs = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    certs = SmoothedClassifier(base, 10, 0.25, bound="separate-pb").certify_batch(
+        xs, n0=4, n=12, alpha=0.01, batch_size=16, generators=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert [sum(c.counts) for c in certs] == [12, 12]
+    assert all(c.bound == "separate-pb" and 0 < c.p_b_upper < 1 for c in certs)
+    info = base.describe()
+    assert info["method"] == method
+    if method == "denoised":
+        assert info["denoiser"]["type"] == "DnCNN" and len(info["denoiser"]["sha256"]) == 64
+    else:
+        assert (info["runs"], info["steps"], info["reverse_chain"]) == (2, 2, "ddpm")
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(runs=0), "--runs and --steps must be at least 1"),
+    (dict(reverse_chain="euler"), "unknown reverse chain 'euler'"),
+])
+def test_densepure_spec_validation(change, message):
+    from diffsmooth import MethodSpec, build_base
+
+    with pytest.raises(InputError, match=message):
+        build_base(MethodSpec("densepure", "fashion-mnist", sigma=0.25, **change))

@@ -39,6 +39,12 @@ _EXPORTS = {
     "auto_batch_size": "diffsmooth.fast",
     "MethodSpec": "diffsmooth.methods",
     "build_base": "diffsmooth.methods",
+    "DensePure": "diffsmooth.defenses",
+    "create_dncnn": "diffsmooth.denoisers",
+    "load_denoiser": "diffsmooth.denoisers",
+    "save_denoiser": "diffsmooth.denoisers",
+    "train_denoiser": "diffsmooth.training",
+    "DenoiserTrainConfig": "diffsmooth.training",
 }
 
 __all__ = sorted(_EXPORTS)
