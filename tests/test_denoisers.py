@@ -196,3 +196,24 @@ def test_train_mse_then_stability_end_to_end_and_resume(tmp_path):
 def test_bad_configs(tmp_path, change, message):
     with pytest.raises(InputError, match=message):
         train_denoiser(DenoiserTrainConfig(dataset="digits", **change), tmp_path / "x", quiet=True)
+
+
+def test_cli_train_denoiser_and_smoothmix(tmp_path, capsys):
+    from diffsmooth.classifiers import load_classifier
+    from diffsmooth.cli import main
+
+    clf = save_classifier(tmp_path / "clf", _tiny_classifier())
+    assert main(["train-denoiser", "--dataset", "digits", "--sigma", "0.5", "--objective", "mse+stability",
+                 "--classifier", str(clf), "--depth", "3", "--width", "8", "--epochs", "2", "--batch-size", "32",
+                 "--train-limit", "32", "--eval-limit", "16", "--out", str(tmp_path / "dn"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "test MSE" in out and "classifier accuracy on denoised noisy images" in out
+    assert load_denoiser(tmp_path / "dn").training_info["config"]["mse_epochs"] is None
+    assert main(["train-classifier", "--dataset", "digits", "--method", "smoothmix", "--sigma", "0.25",
+                 "--num-steps", "1", "--step-scale", "1.5", "--epochs", "1", "--batch-size", "32",
+                 "--train-limit", "32", "--eval-limit", "16", "--out", str(tmp_path / "sm"), "--quiet"]) == 0
+    info = load_classifier(tmp_path / "sm").training_info
+    assert info["method"] == "smoothmix" and info["hparams"]["step_scale"] == 1.5 and info["hparams"]["eta"] == 5.0
+    assert main(["train-denoiser", "--dataset", "digits", "--sigma", "0.5", "--objective", "l1",
+                 "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "unknown denoiser objective 'l1'" in capsys.readouterr().err
