@@ -269,8 +269,8 @@ def test_separate_pb_certificate_by_hand():
     from diffsmooth.stats import clopper_pearson_lower as lower
 
     n_a = cert.counts[0]
-    p_lower = lower(n_a, 500, alpha / 2)
-    p_b = max(1 - lower(500 - c, 500, alpha / 4) for c in cert.counts[1:])
+    p_lower = lower(n_a, 500, 0.9 * alpha)  # 0.9 of alpha on p_A, 0.1 shared by the 2 others
+    p_b = max(1 - lower(500 - c, 500, 0.05 * alpha) for c in cert.counts[1:])
     assert cert.prediction == 0 and cert.selected_class == 0
     assert cert.p_lower == pytest.approx(p_lower, abs=1e-12)
     assert cert.p_b_upper == pytest.approx(min(p_b, 1 - p_lower), abs=1e-12)

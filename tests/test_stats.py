@@ -108,19 +108,23 @@ def test_clopper_pearson_upper_matches_statsmodels(k, n, alpha):
 
 
 def test_separate_pb_by_hand():
-    # alpha = 0.01 shared: p_A at 0.005, each of the K - 1 = 2 others at 0.0025.
+    # alpha = 0.01 shared: p_A at 0.009, each of the K - 1 = 2 others at 0.001 / 2 = 0.0005.
     counts, alpha, sigma = (80, 12, 8), 0.01, 0.5
     p_lower, p_b_upper = separate_pb_bounds(counts, 0, alpha)
-    assert p_lower == pytest.approx(beta.ppf(0.005, 80, 21), abs=1e-12)
-    assert p_b_upper == pytest.approx(beta.ppf(1 - 0.0025, 13, 88), abs=1e-12)  # the larger count, 12
+    assert p_lower == pytest.approx(beta.ppf(0.009, 80, 21), abs=1e-12)
+    assert p_b_upper == pytest.approx(beta.ppf(1 - 0.0005, 13, 88), abs=1e-12)  # the larger count, 12
     radius = certified_radius_separate(p_lower, p_b_upper, sigma)
     assert radius == pytest.approx(0.25 * (norm.ppf(p_lower) - norm.ppf(p_b_upper)), abs=1e-12)
+    # Half of alpha each: p_A at 0.005, the others at 0.0025.
+    p_lower, p_b_upper = separate_pb_bounds(counts, 0, alpha, pb_share=0.5)
+    assert p_lower == pytest.approx(beta.ppf(0.005, 80, 21), abs=1e-12)
+    assert p_b_upper == pytest.approx(beta.ppf(1 - 0.0025, 13, 88), abs=1e-12)
 
 
 def test_separate_pb_closed_form_when_all_samples_agree():
     # P(all n on A) = p^n and P(none of n on c) = (1 - p)^n give the bounds in closed form.
     n, k, alpha = 1000, 10, 0.001
-    p_lower, p_b_upper = separate_pb_bounds([0] * 3 + [n] + [0] * 6, 3, alpha)
+    p_lower, p_b_upper = separate_pb_bounds([0] * 3 + [n] + [0] * 6, 3, alpha, pb_share=0.5)
     assert p_lower == pytest.approx((alpha / 2) ** (1 / n), abs=1e-12)
     per_class = 1 - (alpha / (2 * (k - 1))) ** (1 / n)
     assert clopper_pearson_upper(0, n, alpha / (2 * (k - 1))) == pytest.approx(per_class, abs=1e-12)
@@ -156,6 +160,7 @@ def test_separate_pb_radius_reduces_to_cohen_and_abstains():
         (lambda: separate_pb_bounds([5], 0, 0.01), "counts"),
         (lambda: separate_pb_bounds([5, 5], 2, 0.01), "top"),
         (lambda: separate_pb_bounds([5, 5], 0, 0.0), "alpha"),
+        (lambda: separate_pb_bounds([5, 5], 0, 0.01, pb_share=1.0), "pb_share"),
         (lambda: certified_radius_separate(0.9, 1.5, 0.5), "p_b_upper"),
         (lambda: certified_radius_separate(0.9, 0.1, 0.0), "sigma"),
     ],
