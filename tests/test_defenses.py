@@ -153,3 +153,91 @@ def test_every_method_certifies_end_to_end(method, classifier_path, denoiser_pat
     assert info["method"] == method
     if method != "rs":
         assert info["denoiser"]["t_star"] > 0 and info["denoiser"]["sigma"] == 0.25
+
+
+# -- DensePure ----------------------------------------------------------------------------
+
+from diffsmooth.defenses import DensePure  # noqa: E402
+from diffsmooth.diffusion import MultiStepDenoiser, OneShotDenoiser, load_diffusion_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_ddpm(denoiser_path):
+    return load_diffusion_model(denoiser_path)
+
+
+def test_densepure_with_one_run_of_one_step_is_one_shot_dds(tiny_ddpm):
+    f = Linear(channels=1, size=28, classes=10, seed=3)
+    x = noisy(b=16, size=28, seed=4)
+    with torch.no_grad():
+        dds = DenoisedSmoothing(OneShotDenoiser(tiny_ddpm, 0.25), f)(x)
+        dense = DensePure(MultiStepDenoiser(tiny_ddpm, 0.25, steps=1), f, runs=1)(x)
+    assert dds.argmax(1).unique().numel() > 1  # the labels vary, so the comparison says something
+    assert torch.equal(dense, nn.functional.one_hot(dds.argmax(1), 10).float())
+
+
+def test_densepure_votes_over_runs_with_their_own_noise(tiny_ddpm):
+    f = Linear(channels=1, size=28, classes=10, seed=3)
+    x = noisy(b=4, size=28, seed=5)
+    denoiser = MultiStepDenoiser(tiny_ddpm, 0.5, steps=3, method="ddpm")
+    with torch.no_grad():
+        votes = DensePure(denoiser, f, runs=5, seed=7)(x)
+        # By hand: the 5 runs of image i are rows k * 4 + i of one batched reverse chain.
+        runs = denoiser(x.repeat(5, 1, 1, 1), generator=torch.Generator().manual_seed(7))
+        labels = f(runs).argmax(1).view(5, 4)
+    want = torch.stack([torch.bincount(labels[:, i], minlength=10) for i in range(4)]).float() / 5
+    assert torch.equal(votes, want)
+    assert not torch.equal(runs[:4], runs[4:8])  # different runs draw different noise
+    assert torch.allclose(votes.sum(1), torch.ones(4))
+    assert float(votes.max(1).values.min()) < 1  # some image's runs disagree: a real vote
+    assert f.calls[-2:] == [(20, 1, 28, 28)] * 2  # one classifier call for all runs
+
+
+def test_densepure_checks_and_describe(tiny_ddpm):
+    f = Linear(channels=1, size=28, classes=10)
+    with pytest.raises(InputError, match="^runs "):
+        DensePure(MultiStepDenoiser(tiny_ddpm, 0.25, steps=2, method="ddpm"), f, runs=0)
+    with pytest.raises(InputError, match="deterministic reverse chain"):
+        DensePure(MultiStepDenoiser(tiny_ddpm, 0.25, steps=4, method="ddim"), f, runs=3)
+    info = DensePure(MultiStepDenoiser(tiny_ddpm, 0.25, steps=4, method="ddpm"), f, runs=3, seed=2).describe()
+    assert (info["method"], info["runs"], info["steps"], info["reverse_chain"], info["seed"]) == (
+        "densepure", 3, 4, "ddpm", 2)
+    assert info["denoiser"]["mode"] == "multi-step-ddpm"
+
+
+@pytest.mark.parametrize("method", ["denoised", "densepure"])
+def test_new_baselines_certify_end_to_end_with_the_separate_bound(method, classifier_path, denoiser_path, tmp_path):
+    """Tiny random checkpoints through build_base and the certifier with the separate-pb bound."""
+    from diffsmooth import MethodSpec, SmoothedClassifier, build_base
+    from diffsmooth.denoisers import create_dncnn, save_denoiser
+
+    if method == "denoised":
+        dncnn = create_dncnn("dncnn", 1, generator=torch.Generator().manual_seed(0), depth=4, width=8, sigma=0.25)
+        source = str(save_denoiser(tmp_path / "dncnn", dncnn.eval()))
+    else:
+        source = str(denoiser_path)
+    spec = MethodSpec(method, "fashion-mnist", sigma=0.25, denoiser=source, classifier=str(classifier_path),
+                      runs=2, steps=2)
+    base = build_base(spec)
+    xs = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    certs = SmoothedClassifier(base, 10, 0.25, bound="separate-pb").certify_batch(
+        xs, n0=4, n=12, alpha=0.01, batch_size=16, generators=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert [sum(c.counts) for c in certs] == [12, 12]
+    assert all(c.bound == "separate-pb" and 0 < c.p_b_upper < 1 for c in certs)
+    info = base.describe()
+    assert info["method"] == method
+    if method == "denoised":
+        assert info["denoiser"]["type"] == "DnCNN" and len(info["denoiser"]["sha256"]) == 64
+    else:
+        assert (info["runs"], info["steps"], info["reverse_chain"]) == (2, 2, "ddpm")
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(runs=0), "--runs and --steps must be at least 1"),
+    (dict(reverse_chain="euler"), "unknown reverse chain 'euler'"),
+])
+def test_densepure_spec_validation(change, message):
+    from diffsmooth import MethodSpec, build_base
+
+    with pytest.raises(InputError, match=message):
+        build_base(MethodSpec("densepure", "fashion-mnist", sigma=0.25, **change))

@@ -184,3 +184,99 @@ def test_certificate_is_a_typed_result():
     cert = SmoothedClassifier(lambda x: torch.ones(x.shape[0], dtype=torch.long), 2, 0.5).certify(torch.zeros(1, 2, 2), **GOOD)
     assert isinstance(cert, Certificate)
     assert cert.prediction == 1 and cert.n == 10 and cert.n_a == 10 and cert.sigma == 0.5
+
+
+# -- the separate p_B bound -------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+from scipy.optimize import brentq  # noqa: E402
+
+
+class ThreeBands(torch.nn.Module):
+    """h(x) = 0, 1 or 2 as u = w.x + b (||w|| = 1) lies below T1, between T1 and T2, or above T2.
+
+    Under N(0, sigma^2 I) noise u moves by sigma z, so the class probabilities are closed
+    forms in u: p0 = Phi((T1 - u)/sigma), p2 = 1 - Phi((T2 - u)/sigma), p1 = the rest, and the
+    true radius of g at x is the distance in u to the nearest point where their argmax changes.
+    The middle class's missing mass is split over two classes: the case the separate p_B bound is for.
+    """
+
+    T1, T2 = -0.3, 0.3
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.full((4,), 0.5, dtype=torch.float64)
+        self.b = -1.0
+
+    def u(self, x):
+        return x.reshape(x.shape[0], -1).double() @ self.w + self.b
+
+    def forward(self, x):
+        u = self.u(x)
+        return (u >= self.T1).long() + (u >= self.T2).long()
+
+    def probabilities(self, u, sigma):
+        p0 = norm.cdf((self.T1 - u) / sigma)
+        p2 = 1 - norm.cdf((self.T2 - u) / sigma)
+        return p0, 1 - p0 - p2, p2
+
+    def true_certificates(self, us, sigma):
+        """(class of g, true l2 radius) at each u; boundaries where p1 meets p0 and p2."""
+        lo = brentq(lambda u: self.probabilities(u, sigma)[0] - self.probabilities(u, sigma)[1], -3, 0)
+        hi = brentq(lambda u: self.probabilities(u, sigma)[2] - self.probabilities(u, sigma)[1], 0, 3)
+        grid = torch.linspace(-3, 3, 6001, dtype=torch.float64).numpy()
+        labels = torch.from_numpy(np.stack(self.probabilities(grid, sigma))).argmax(0)
+        assert labels.diff().count_nonzero() == 2  # the argmax changes exactly at lo and hi
+        out = []
+        for u in us:
+            cls = 0 if u < lo else (1 if u < hi else 2)
+            out.append((cls, min(abs(u - lo), abs(u - hi))))
+        return out
+
+
+def test_separate_pb_is_sound_on_three_bands():
+    """alpha = 0.01 over 1200 certifications: wrong or overclaiming certificates stay within
+    the binomial bound, and the bound gives larger radii than Cohen's on the middle class."""
+    base, sigma, alpha, k = ThreeBands(), 0.25, 0.01, 1200
+    xs = torch.rand(k, 1, 2, 2, generator=seeded(11))
+    truth = base.true_certificates(base.u(xs).tolist(), sigma)
+    gens = lambda: [seeded(5000 + i) for i in range(k)]  # noqa: E731
+    separate = SmoothedClassifier(base, 3, sigma, bound="separate-pb").certify_batch(
+        xs, n0=50, n=400, alpha=alpha, batch_size=8192, generators=gens())
+    cohen = SmoothedClassifier(base, 3, sigma).certify_batch(
+        xs, n0=50, n=400, alpha=alpha, batch_size=8192, generators=gens())
+    wrong = sum(not c.abstained and (c.prediction != cls or c.radius > r) for c, (cls, r) in zip(separate, truth))
+    assert wrong / k <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / k)
+    assert sum(not c.abstained for c in separate) > k / 2
+    assert all(c.bound == "separate-pb" and c.p_b_upper is not None for c in separate)
+    # Same noise, same counts: only the bound differs.
+    assert [c.counts for c in separate] == [c.counts for c in cohen]
+    middle = [i for i, (cls, _) in enumerate(truth) if cls == 1]
+    assert len(middle) > k / 3
+    acr = lambda certs: sum(certs[i].radius for i in middle) / len(middle)  # noqa: E731
+    assert acr(separate) > 1.1 * acr(cohen)
+
+
+def test_separate_pb_certificate_by_hand():
+    # A base whose label depends on the first pixel only: counts are exact functions of the noise.
+    def base(x):
+        v = x[:, 0, 0, 0]
+        return (v > 0.6).long() + 2 * (v < 0.1).long()  # 0 in the middle, 1 right, 2 left
+
+    sigma, alpha = 0.25, 0.001
+    x = torch.full((1, 2, 2), 0.35)
+    cert = SmoothedClassifier(base, 3, sigma, bound="separate-pb").certify(x, 20, 500, alpha, 256, seeded(3))
+    from diffsmooth.stats import clopper_pearson_lower as lower
+
+    n_a = cert.counts[0]
+    p_lower = lower(n_a, 500, 0.9 * alpha)  # 0.9 of alpha on p_A, 0.1 shared by the 2 others
+    p_b = max(1 - lower(500 - c, 500, 0.05 * alpha) for c in cert.counts[1:])
+    assert cert.prediction == 0 and cert.selected_class == 0
+    assert cert.p_lower == pytest.approx(p_lower, abs=1e-12)
+    assert cert.p_b_upper == pytest.approx(min(p_b, 1 - p_lower), abs=1e-12)
+    assert cert.radius == pytest.approx(sigma / 2 * (norm.ppf(p_lower) - norm.ppf(cert.p_b_upper)), abs=1e-12)
+
+
+def test_unknown_bound():
+    with pytest.raises(InputError, match="^unknown bound 'pb'; choose one of: cohen, separate-pb"):
+        SmoothedClassifier(lambda x: x, 2, 0.5, bound="pb")

@@ -130,6 +130,70 @@ def test_probability_lower_at_distance_closed_forms():
     assert probability_lower_at_distance(0.9, 0.3, 0.5) == pytest.approx(norm.cdf(norm.ppf(0.9) - 0.6), abs=1e-15)
 
 
+# -- the separate p_B bound -------------------------------------------------------------
+
+from scipy.stats import beta  # noqa: E402
+
+from diffsmooth.stats import (  # noqa: E402
+    certified_radius_separate,
+    clopper_pearson_upper,
+    separate_pb_bounds,
+)
+
+
+@pytest.mark.parametrize("k,n,alpha", [g for g in GRID if g[1] > 1])
+def test_clopper_pearson_upper_matches_statsmodels(k, n, alpha):
+    expected = proportion_confint(k, n, alpha=2 * alpha, method="beta")[1]
+    assert clopper_pearson_upper(k, n, alpha) == pytest.approx(expected, abs=1e-12, rel=0)
+
+
+def test_separate_pb_by_hand():
+    # alpha = 0.01 shared: p_A at 0.009, each of the K - 1 = 2 others at 0.001 / 2 = 0.0005.
+    counts, alpha, sigma = (80, 12, 8), 0.01, 0.5
+    p_lower, p_b_upper = separate_pb_bounds(counts, 0, alpha)
+    assert p_lower == pytest.approx(beta.ppf(0.009, 80, 21), abs=1e-12)
+    assert p_b_upper == pytest.approx(beta.ppf(1 - 0.0005, 13, 88), abs=1e-12)  # the larger count, 12
+    radius = certified_radius_separate(p_lower, p_b_upper, sigma)
+    assert radius == pytest.approx(0.25 * (norm.ppf(p_lower) - norm.ppf(p_b_upper)), abs=1e-12)
+    # Half of alpha each: p_A at 0.005, the others at 0.0025.
+    p_lower, p_b_upper = separate_pb_bounds(counts, 0, alpha, pb_share=0.5)
+    assert p_lower == pytest.approx(beta.ppf(0.005, 80, 21), abs=1e-12)
+    assert p_b_upper == pytest.approx(beta.ppf(1 - 0.0025, 13, 88), abs=1e-12)
+
+
+def test_separate_pb_closed_form_when_all_samples_agree():
+    # P(all n on A) = p^n and P(none of n on c) = (1 - p)^n give the bounds in closed form.
+    n, k, alpha = 1000, 10, 0.001
+    p_lower, p_b_upper = separate_pb_bounds([0] * 3 + [n] + [0] * 6, 3, alpha, pb_share=0.5)
+    assert p_lower == pytest.approx((alpha / 2) ** (1 / n), abs=1e-12)
+    per_class = 1 - (alpha / (2 * (k - 1))) ** (1 / n)
+    assert clopper_pearson_upper(0, n, alpha / (2 * (k - 1))) == pytest.approx(per_class, abs=1e-12)
+    # Here 1 - p_lower (0.0076) is below the per-class bound (0.0098): the cap decides.
+    assert p_b_upper == pytest.approx(min(per_class, 1 - p_lower), abs=1e-12) == 1 - p_lower
+
+
+def test_separate_pb_wins_when_the_rest_is_spread_and_never_falls_below_p_a_alone():
+    sigma, alpha = 0.25, 0.001
+    spread = [700] + [33] * 9 + [3]
+    p_lower, p_b_upper = separate_pb_bounds(spread, 0, alpha)
+    separate = certified_radius_separate(p_lower, p_b_upper, sigma)
+    cohen = certified_radius(clopper_pearson_lower(700, 1000, alpha), sigma)
+    assert separate > 1.5 * cohen > 0
+    # Two classes share everything: the cap p_b_upper <= 1 - p_lower keeps the p_A-only radius.
+    for counts in ([550, 450], [520, 480, 0], [990, 10, 0, 0], [600, 400, 0, 0, 0]):
+        p_lower, p_b_upper = separate_pb_bounds(counts, 0, alpha)
+        assert p_b_upper <= 1 - p_lower
+        assert certified_radius_separate(p_lower, p_b_upper, sigma) >= certified_radius(p_lower, sigma) - 1e-12
+
+
+def test_separate_pb_radius_reduces_to_cohen_and_abstains():
+    assert certified_radius_separate(0.9, 0.1, 0.5) == pytest.approx(certified_radius(0.9, 0.5), abs=1e-12)
+    assert certified_radius_separate(0.3, 0.3, 0.5) == 0.0
+    assert certified_radius_separate(0.2, 0.4, 0.5) == 0.0
+    # Certifiable below 1/2: p_A >= 0.4 beats every other class at <= 0.2.
+    assert certified_radius_separate(0.4, 0.2, 0.5) == pytest.approx(0.25 * (norm.ppf(0.4) - norm.ppf(0.2)))
+
+
 @pytest.mark.parametrize(
     "call,word",
     [
@@ -142,5 +206,16 @@ def test_probability_lower_at_distance_closed_forms():
     ],
 )
 def test_new_bounds_name_the_bad_argument(call, word):
+
+
+        (lambda: separate_pb_bounds([5], 0, 0.01), "counts"),
+        (lambda: separate_pb_bounds([5, 5], 2, 0.01), "top"),
+        (lambda: separate_pb_bounds([5, 5], 0, 0.0), "alpha"),
+        (lambda: separate_pb_bounds([5, 5], 0, 0.01, pb_share=1.0), "pb_share"),
+        (lambda: certified_radius_separate(0.9, 1.5, 0.5), "p_b_upper"),
+        (lambda: certified_radius_separate(0.9, 0.1, 0.0), "sigma"),
+    ],
+)
+def test_separate_pb_bad_arguments(call, word):
     with pytest.raises(ValueError, match=rf"^{word} "):
         call()

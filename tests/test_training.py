@@ -37,9 +37,9 @@ SMALL = {"gaussian": {}, "consistency": {"m_train": 2}, "macer": {"m_train": 4, 
 
 
 def test_registry_lists_all_methods_and_rejects_unknown():
-    assert list_losses() == ["consistency", "gaussian", "macer", "smoothadv"]
+    assert list_losses() == ["consistency", "gaussian", "macer", "smoothadv", "smoothmix"]
     assert loss_defaults("macer") == {"m_train": 16, "lbd": 12.0, "gamma": 8.0, "beta": 16.0}
-    with pytest.raises(InputError, match="consistency, gaussian, macer, smoothadv"):
+    with pytest.raises(InputError, match="consistency, gaussian, macer, smoothadv, smoothmix"):
         get_loss("mixup")
 
 

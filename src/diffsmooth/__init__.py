@@ -19,20 +19,24 @@ _GROUPS: dict[str, dict[str, str]] = {
     "methods": {"MethodSpec": "diffsmooth.methods", "build_base": "diffsmooth.methods",
                 "build_grid": "diffsmooth.methods", "build_smoothed": "diffsmooth.methods",
                 "Gaussian": "diffsmooth.defenses", "DenoisedSmoothing": "diffsmooth.defenses",
-                "DiffSmooth": "diffsmooth.defenses", "Grid": "diffsmooth.defenses"},
+                "DiffSmooth": "diffsmooth.defenses", "DensePure": "diffsmooth.defenses",
+                "Grid": "diffsmooth.defenses"},
     # Models: diffusion purifiers and classifiers, their files, the shipped ones.
     "models": {"load_diffusion_model": "diffsmooth.diffusion", "save_diffusion_model": "diffsmooth.diffusion",
                "OneShotDenoiser": "diffsmooth.diffusion", "MultiStepDenoiser": "diffsmooth.diffusion",
                "NoiseSchedule": "diffsmooth.diffusion", "adm_unet": "diffsmooth.diffusion",
                "create_classifier": "diffsmooth.classifiers", "load_classifier": "diffsmooth.classifiers",
                "save_classifier": "diffsmooth.classifiers", "shipped_classifier": "diffsmooth.shipped",
-               "shipped_diffusion": "diffsmooth.shipped", "accelerate": "diffsmooth.fast"},
+               "shipped_diffusion": "diffsmooth.shipped", "accelerate": "diffsmooth.fast",
+               "create_dncnn": "diffsmooth.denoisers", "load_denoiser": "diffsmooth.denoisers",
+               "save_denoiser": "diffsmooth.denoisers"},
     # Data and runs: datasets, run specs, the purification picture.
     "runs": {"load_dataset": "diffsmooth.data", "RunSpec": "diffsmooth.runner",
              "purification_grid": "diffsmooth.purification"},
     # Training.
     "training": {"train_classifier": "diffsmooth.training", "train_diffusion": "diffsmooth.training",
-                 "ClassifierTrainConfig": "diffsmooth.training", "DiffusionTrainConfig": "diffsmooth.training"},
+                 "ClassifierTrainConfig": "diffsmooth.training", "DiffusionTrainConfig": "diffsmooth.training",
+                 "train_denoiser": "diffsmooth.training", "DenoiserTrainConfig": "diffsmooth.training"},
     # Attacks and audits.
     "attacks": {"AttackConfig": "diffsmooth.attacks", "attack": "diffsmooth.attacks",
                 "empirical_accuracy": "diffsmooth.attacks", "audit": "diffsmooth.attacks"},

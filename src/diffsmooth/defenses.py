@@ -9,6 +9,10 @@ results manifest.
 - ``DenoisedSmoothing``: ``h = f(D(x))`` with a purifier ``D`` (DDS, Carlini et al. 2023).
 - ``DiffSmooth``: ``h = vote_j f(D(x) + e_j)`` with ``m`` local noises
   ``e_j ~ N(0, local_sigma^2 I)`` (Zhang et al. 2023).
+- ``DensePure``: ``h = vote_k f(D_k(x))`` over K stochastic reverse-diffusion runs (Xiao et al. 2023).
+
+Denoised Smoothing with a trained DnCNN (Salman et al. 2020) is ``DenoisedSmoothing`` with a
+``diffsmooth.denoisers.DnCNN`` as the denoiser.
 """
 
 from __future__ import annotations
@@ -91,13 +95,16 @@ class Gaussian(nn.Module):
 
 
 class DenoisedSmoothing(nn.Module):
-    """Diffusion denoised smoothing: ``h(x) = f(D(x))`` with ``D`` a purifier
-    from noisy images in [0,1] to purified images in [0,1] (e.g. ``OneShotDenoiser``)."""
+    """Denoised smoothing: ``h(x) = f(D(x))`` with ``D`` a purifier from noisy images in [0,1]
+    to purified images in [0,1]: a diffusion model in one shot (``OneShotDenoiser``; DDS,
+    ``method="dds"``) or a trained DnCNN (Salman et al. 2020, ``method="denoised"``).
+    ``method`` is the name recorded by ``describe()``."""
 
-    def __init__(self, denoiser: nn.Module, classifier: nn.Module) -> None:
+    def __init__(self, denoiser: nn.Module, classifier: nn.Module, method: str = "dds") -> None:
         super().__init__()
         self.denoiser = denoiser
         self.classifier = classifier
+        self.method = method
 
     def forward(self, x: Tensor) -> Tensor:
         _check_noisy(x)
@@ -105,7 +112,7 @@ class DenoisedSmoothing(nn.Module):
         return self.classifier(_fit_classifier_input(purified, self.classifier, "denoiser"))
 
     def describe(self) -> dict[str, Any]:
-        return {"method": "dds", "denoiser": _info(self.denoiser), "classifier": _info(self.classifier)}
+        return {"method": self.method, "denoiser": _info(self.denoiser), "classifier": _info(self.classifier)}
 
 
 class DiffSmooth(nn.Module):
@@ -270,3 +277,58 @@ class Grid(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return {"method": "grid", "configurations": [m.describe() for m in self.members]}
+
+
+class DensePure(nn.Module):
+    """DensePure (Xiao et al., ICLR 2023): a majority vote over several reverse-diffusion runs.
+
+    ``h(x) = vote_k f(D_k(x))``, ``k = 1..runs``: each run is the reverse chain of ``denoiser``
+    (a ``MultiStepDenoiser``) from t* down to 0 with its own noise, classified by ``f``. The
+    base classifier is random; the certifier's guarantee holds for it as for any base (its
+    randomness is part of each noise sample's draw). All runs go through the denoiser and the
+    classifier in one batched call each.
+
+    Args:
+        denoiser: ``MultiStepDenoiser`` (``forward(x, generator)``; noisy [0,1] -> purified [0,1]).
+        classifier: ``f``, images in [0,1] -> logits (a clean classifier, as for DDS).
+        runs: number K of reverse runs voting.
+        seed: seed of the generator the runs' reverse-step noise is drawn from, fresh on every
+            call (created on the input's device at first use).
+    Output: ``(B, num_classes)`` vote fractions over the K runs; ties go to the lower class index.
+    """
+
+    def __init__(self, denoiser: nn.Module, classifier: nn.Module, runs: int = 5, seed: int = 0) -> None:
+        super().__init__()
+        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+            raise InputError(f"runs (the number of reverse-diffusion runs voting) must be a whole number >= 1, got {runs!r}")
+        deterministic = getattr(denoiser, "method", "ddpm") == "ddim" or getattr(denoiser, "steps", 2) == 1
+        if runs > 1 and deterministic:
+            raise InputError(f"runs={runs} with a deterministic reverse chain (ddim or one step) repeats one run "
+                             f"{runs} times; use method 'ddpm' with steps > 1, or runs=1")
+        self.denoiser = denoiser
+        self.classifier = classifier
+        self.runs = runs
+        self.seed = int(seed)
+        self._generator: torch.Generator | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_noisy(x)
+        b = x.shape[0]
+        if self._generator is None or self._generator.device != x.device:
+            self._generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        # Run k of image i sits at row k * B + i: the K runs differ only in their reverse-step noise.
+        purified = self.denoiser(x.repeat(self.runs, 1, 1, 1), generator=self._generator)
+        logits = self.classifier(_fit_classifier_input(purified, self.classifier, "denoiser"))
+        votes = F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).view(self.runs, b, -1)
+        return votes.float().mean(dim=0)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": "densepure",
+            "runs": self.runs,
+            "steps": getattr(self.denoiser, "steps", None),
+            "reverse_chain": getattr(self.denoiser, "method", None),
+            "seed": self.seed,
+            "denoiser": _info(self.denoiser),
+            "classifier": _info(self.classifier),
+        }

@@ -3,8 +3,9 @@
 ``MethodSpec`` is the data that says which ``h`` a run certifies; ``build_base``
 turns it into a ready ``nn.Module`` in eval mode on the requested device.  Where
 a dataset ships models (Fashion-MNIST), the denoiser and classifier default to
-them: the Gaussian classifier for the smoothing sigma (RS), the clean one (DDS),
-and the Gaussian classifier for ``local_sigma`` (DiffSmooth).
+them: the Gaussian classifier for the smoothing sigma (RS), the clean one (DDS,
+Denoised Smoothing, DensePure), the Gaussian classifier for ``local_sigma``
+(DiffSmooth), and the DnCNN trained at sigma (Denoised Smoothing).
 """
 
 from __future__ import annotations
@@ -26,16 +27,20 @@ class MethodSpec:
     """What base classifier a run certifies.
 
     Attributes:
-        method: "rs", "dds" or "diffsmooth".
+        method: "rs", "dds", "diffsmooth", "denoised" (a trained DnCNN, Salman et al. 2020) or
+            "densepure" (a vote over reverse-diffusion runs, Xiao et al. 2023).
         dataset: dataset name (for defaults and input checks).
         sigma: outer smoothing noise in [0,1] pixel units (sets t* of the denoiser).
-        denoiser: diffusion checkpoint path or shipped model name (dds, diffsmooth).
+        denoiser: diffusion checkpoint path or shipped model name (dds, diffsmooth, densepure),
+            or a DnCNN checkpoint (denoised: ours or Salman et al.'s torch file).
         denoiser_preset: preset for a bare OpenAI checkpoint (inferred when None).
         classifier: classifier checkpoint path or shipped model name.
         m, local_sigma, vote, local_noise, local_noise_seed: DiffSmooth's local smoothing.
         precision: "float32" (default), or "bfloat16"/"float16" autocast.
         channels_last, compile, cuda_graphs: the fast path of ``diffsmooth.fast.accelerate``
             (NHWC layout; a ``torch.compile`` mode or None; CUDA graph replay). Off by default.
+        runs, steps, reverse_chain, run_seed: DensePure's K runs of ``steps`` respaced reverse
+            steps from t* (``"ddpm"`` stochastic or ``"ddim"``), their noise seeded by ``run_seed``.
     """
 
     method: str
@@ -53,6 +58,10 @@ class MethodSpec:
     channels_last: bool = False
     compile: str | None = None
     cuda_graphs: bool = False
+    runs: int = 5
+    steps: int = 10
+    reverse_chain: str = "ddpm"
+    run_seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +71,7 @@ class MethodSpec:
         the choices come from the registries (``METHODS``, ``VOTES``, ``LOCAL_NOISES``,
         ``fast.PRECISIONS``, ``fast.COMPILE_MODES``)."""
         from diffsmooth.defenses import LOCAL_NOISES, VOTES
+        from diffsmooth.diffusion.denoiser import REVERSE_CHAINS
         from diffsmooth.fast import COMPILE_MODES, PRECISIONS
 
         _choice("--method", self.method, METHODS)
@@ -75,6 +85,10 @@ class MethodSpec:
         _choice("--local-noise", self.local_noise, LOCAL_NOISES)
         if isinstance(self.local_noise_seed, bool) or not isinstance(self.local_noise_seed, int) or self.local_noise_seed < 0:
             raise InputError(f"--local-noise-seed must be a whole number >= 0, got {self.local_noise_seed}")
+        for flag, value in (("--runs", self.runs), ("--steps", self.steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{flag} must be a whole number >= 1, got {value}")
+        _choice("--reverse-chain", self.reverse_chain, REVERSE_CHAINS)
         _choice("--precision", self.precision, PRECISIONS)
         if self.compile is not None:
             _choice("--compile", self.compile, COMPILE_MODES)
@@ -176,10 +190,32 @@ def _build_diffsmooth(spec: MethodSpec, models: _Models) -> nn.Module:
     )
 
 
+def _build_denoised(spec: MethodSpec, models: _Models) -> nn.Module:
+    from diffsmooth.defenses import DenoisedSmoothing
+    from diffsmooth.denoisers import load_denoiser
+
+    source = spec.denoiser or _shipped(spec, "denoiser", lambda s: s.shipped_denoiser(spec.sigma))
+    clean = models.classifier(spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("clean", 0.0)))
+    return DenoisedSmoothing(load_denoiser(_resolve(source, "denoiser")), clean, method="denoised")
+
+
+def _build_densepure(spec: MethodSpec, models: _Models) -> nn.Module:
+    from diffsmooth.defenses import DensePure
+    from diffsmooth.diffusion import MultiStepDenoiser, load_diffusion_model
+
+    source = spec.denoiser or _shipped(spec, "denoiser", lambda s: s.shipped_diffusion())
+    model = load_diffusion_model(_resolve(source, "denoiser"), preset=spec.denoiser_preset)
+    clean = models.classifier(spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("clean", 0.0)))
+    chain = MultiStepDenoiser(model, spec.sigma, steps=spec.steps, method=spec.reverse_chain)
+    return DensePure(chain, clean, runs=spec.runs, seed=spec.run_seed)
+
+
 METHODS: dict[str, Callable[[MethodSpec, _Models], nn.Module]] = {
     "rs": _build_rs,
     "dds": _build_dds,
     "diffsmooth": _build_diffsmooth,
+    "denoised": _build_denoised,
+    "densepure": _build_densepure,
 }
 
 

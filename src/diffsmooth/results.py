@@ -346,15 +346,18 @@ def throughput(rows: Sequence[Row], samples_per_image: int, wall_seconds: float 
     return out
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Names of the settings that differ.  A setting absent from an older manifest was
-    added later, switched off (False/None), so it matches a new run that leaves it off."""
+def _diff(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None,
+          prefix: str = "") -> list[str]:
+    """Names of the settings that differ.  A setting absent from an older manifest was added
+    later with its default behaviour, so it matches a new run that keeps it off (False/None) or at
+    its default (``defaults``: the same nesting as the specs)."""
+    defaults = defaults or {}
     out = []
     for key in set(old) | set(new):
-        a, b = old.get(key), new.get(key)
+        a, b, d = old.get(key), new.get(key), defaults.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
-        elif a != b and not (key not in old and b in (False, None)):
+            out += _diff(a, b, d if isinstance(d, dict) else {}, f"{prefix}{key}.")
+        elif a != b and not (key not in old and (b in (False, None) or (key in defaults and b == d))):
             out.append(f"{prefix}{key}")
     return out
 
@@ -397,7 +400,8 @@ class ResultsStore:
     """
 
     def __init__(self, out: Path, spec: dict[str, Any], *, resume: bool = False, overwrite: bool = False,
-                 columns: Sequence[str] = ()) -> None:
+                 columns: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = defaults or {}
         self.done: set[int] = set()
         self.out = Path(out)
         self.spec = spec
@@ -452,7 +456,7 @@ class ResultsStore:
     def _resumable(self, path: Path) -> set[int]:
         results = read_results(path, writer_file=True)
         old = read_manifest(manifest_path(path)).get("spec", {})
-        differ = sorted(_diff(old, self.spec))
+        differ = sorted(_diff(old, self.spec, self.defaults))
         if results.mode != self.mode or differ or results.columns != self.columns:
             raise InputError(
                 f"cannot resume {path}: it was written with different settings ({', '.join(differ) or 'mode'}); "
@@ -595,11 +599,12 @@ class StoreSet:
     """
 
     def __init__(self, out_dir: Path, entries: dict[str, tuple[str, dict[str, Any]]], *, resume: bool = False,
-                 overwrite: bool = False, columns: Sequence[str] = ()) -> None:
+                 overwrite: bool = False, columns: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> None:
         self.out = Path(out_dir)
         self.entries = entries
         self.resume, self.overwrite = resume, overwrite
-        self.stores = {label: ResultsStore(self.out / name, spec, resume=resume, overwrite=overwrite, columns=columns)
+        self.stores = {label: ResultsStore(self.out / name, spec, resume=resume, overwrite=overwrite, columns=columns,
+                                           defaults=defaults)
                        for label, (name, spec) in entries.items()}
         names = [name for name, _ in entries.values()]
         if len(set(names)) != len(names):

@@ -56,6 +56,15 @@ class RunSpec:
     split: str = "test"
     eps: tuple[float, ...] | None = None
     attack: dict[str, Any] | None = None
+    bound: str = "cohen"
+
+    def defaults(self) -> dict[str, Any]:
+        """The settings' defaults, nested like ``to_dict``: a setting missing from a manifest written
+        before it existed counts as its default when resuming."""
+        from diffsmooth.methods import MethodSpec
+
+        method = MethodSpec(self.method.method, self.method.dataset, self.method.sigma)
+        return RunSpec(self.mode, method).to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         out = {**asdict(self), "method": self.method.to_dict()}
@@ -73,6 +82,10 @@ class RunSpec:
         _whole("--seed", self.seed, 0)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise InputError(f"--alpha must lie strictly between 0 and 1 (e.g. 0.001), got {self.alpha}")
+        from diffsmooth.smoothing import BOUNDS
+
+        if self.bound not in BOUNDS:
+            raise InputError(f"unknown --bound {self.bound!r}; choose one of: {', '.join(BOUNDS)}")
         if (self.attack is None) != (self.eps is None):
             raise InputError("an attack run needs both eps and the attack settings")
         if self.attack is not None:
@@ -190,7 +203,7 @@ def prepare(
 
         # The probe runs eagerly: a compiled base would specialise to its batch of one.
         _probe(base.base if isinstance(base, FastBase) else base, images(probe_idx)[0].to(device), num_classes)
-    smoothed = SmoothedClassifier(base, num_classes, spec.method.sigma)
+    smoothed = SmoothedClassifier(base, num_classes, spec.method.sigma, bound=spec.bound)
     describe = base.describe() if hasattr(base, "describe") else {"type": type(base).__name__}
     if labels is not None:
         members = describe.pop("configurations")
@@ -296,7 +309,7 @@ def make_store(spec: RunSpec, out: Path, *, grid: Sequence[MethodSpec] | None = 
         return attack_store(spec, out, resume=resume, overwrite=overwrite)
     if grid is not None:
         return grid_store(spec, grid, out, resume=resume, overwrite=overwrite)
-    return ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite)
+    return ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite, defaults=spec.defaults())
 
 
 def grid_store(spec: RunSpec, methods: Sequence[MethodSpec], out_dir: Path, *, resume: bool,
@@ -311,7 +324,7 @@ def grid_store(spec: RunSpec, methods: Sequence[MethodSpec], out_dir: Path, *, r
                for one in specs}
     if len(entries) != len(specs):
         raise InputError("two configurations of the grid are the same; give each setting once")
-    return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite)
+    return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite, defaults=spec.defaults())
 
 
 ATTACK_COLUMNS = ("norm", "loss")
@@ -328,7 +341,8 @@ def attack_store(spec: RunSpec, out_dir: Path, *, resume: bool, overwrite: bool)
     spec.validate()
     entries = {attack_label(e): (f"attack_{attack_label(e)}.tsv", {**spec.to_dict(), "file_eps": e})
                for e in spec.eps}
-    return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite, columns=ATTACK_COLUMNS)
+    return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite, columns=ATTACK_COLUMNS,
+                    defaults=spec.defaults())
 
 
 def run(

@@ -2,7 +2,8 @@
 
 The files are data, trained by ``scripts/train_shipped.sh`` (see MODEL_CARD.md):
 ``fmnist_ddpm/`` (config.json + model.safetensors, read by ``load_diffusion_model``) and
-``fmnist_cnn_<method>[_<sigma>]`` (.safetensors + .json, read by ``load_classifier``).
+``fmnist_cnn_<method>[_<sigma>]`` (.safetensors + .json, read by ``load_classifier``) and
+``fmnist_dncnn_<sigma>`` (.safetensors + .json, read by ``load_denoiser``).
 These helpers only return paths; loading stays with the loaders.
 """
 
@@ -53,3 +54,8 @@ def shipped_classifier(method: str = "clean", sigma: float = 0.0, arch: str = "f
 def shipped_diffusion(name: str = "fmnist_ddpm") -> Path:
     """Directory of the shipped diffusion model (pass it to ``load_diffusion_model``)."""
     return shipped_path(name)
+
+
+def shipped_denoiser(sigma: float, arch: str = "fmnist_dncnn") -> Path:
+    """Path of the shipped DnCNN denoiser trained at noise ``sigma`` (read by ``load_denoiser``)."""
+    return shipped_path(f"{arch}_{float(sigma):.2f}")

@@ -28,12 +28,23 @@ import torch
 from torch import Tensor
 
 from diffsmooth.errors import InputError
-from diffsmooth.stats import binomial_test_pvalue, certified_radius, clopper_pearson_lower
+from diffsmooth.stats import (
+    binomial_test_pvalue,
+    certified_radius,
+    certified_radius_separate,
+    clopper_pearson_lower,
+    separate_pb_bounds,
+)
 
 Base = Callable[[Tensor], Tensor]
 """Maps noisy images ``(B, C, H, W)`` to scores ``(B, num_classes)`` or labels ``(B,)``."""
 
 Generators = torch.Generator | Sequence[torch.Generator | None] | None
+
+BOUNDS = ("cohen", "separate-pb")
+"""Certificates CERTIFY can issue: ``"cohen"`` bounds p_A alone (radius ``sigma Phi^-1(p_lower)``);
+``"separate-pb"`` also bounds every other class (radius ``sigma/2 (Phi^-1(p_lower) - Phi^-1(p_b_upper))``,
+see ``stats.separate_pb_bounds`` for how the two share alpha)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,9 @@ class Certificate:
     ``prediction`` is the certified class, or ``None`` when the smoothed
     classifier abstains (then ``radius`` is 0).  ``selected_class`` is the class
     chosen on the selection draw either way; ``n_a`` counts it among the ``n``
-    estimation samples and ``p_lower`` is its (1 - alpha) lower bound.
+    estimation samples and ``p_lower`` is its lower bound.  ``bound`` says which
+    certificate was issued (``BOUNDS``); with ``"separate-pb"``, ``p_b_upper`` is the
+    upper bound on every other class's probability (None with ``"cohen"``).
     """
 
     prediction: int | None
@@ -57,6 +70,8 @@ class Certificate:
     sigma: float
     counts: tuple[int, ...]
     selection_counts: tuple[int, ...]
+    p_b_upper: float | None = None
+    bound: str = "cohen"
 
     @property
     def abstained(self) -> bool:
@@ -144,6 +159,9 @@ class SmoothedClassifier:
             image's samples: this one draws ``shard_share(num, rank, world_size)``
             of every ``num`` (from its own generators) and ``reduce_counts``
             must sum the shards, so that decisions see all ``n0``/``n`` samples.
+        bound: the certificate CERTIFY issues, one of ``BOUNDS``: ``"cohen"`` (default)
+            or ``"separate-pb"`` (larger radii when the mass not on the top class is
+            spread over several classes).
     """
 
     def __init__(
@@ -153,6 +171,7 @@ class SmoothedClassifier:
         sigma: float,
         reduce_counts: Callable[[Tensor], Tensor] | None = None,
         shard: tuple[int, int] | None = None,
+        bound: str = "cohen",
     ) -> None:
         if not callable(base):
             raise InputError("base must be callable: a function or nn.Module from images to scores or labels")
@@ -166,12 +185,16 @@ class SmoothedClassifier:
         self.sigma = float(sigma)
         self.reduce_counts = reduce_counts
         self.shard = _check_shard(shard, reduce_counts)
+        if bound not in BOUNDS:
+            raise InputError(f"unknown bound {bound!r}; choose one of: {', '.join(BOUNDS)}")
+        self.bound = bound
         self._nonfinite: Tensor | None = None  # on-device flag: did the base return NaN/inf scores?
 
     def sharded(self, rank: int, world_size: int, reduce_counts: Callable[[Tensor], Tensor]) -> SmoothedClassifier:
         """The same smoothed classifier as one of ``world_size`` processes that share each image's
         samples: this one draws its share, and ``reduce_counts`` sums the counts of all shares."""
-        return SmoothedClassifier(self.base, self.num_classes, self.sigma, reduce_counts, (rank, world_size))
+        return SmoothedClassifier(self.base, self.num_classes, self.sigma, reduce_counts, (rank, world_size),
+                                  bound=self.bound)
 
     # -- CERTIFY --------------------------------------------------------------
 
@@ -256,11 +279,19 @@ class SmoothedClassifier:
         """CERTIFY's decision from one image's selection and estimation counts (num_classes,)."""
         c_a = int(selection.argmax())
         n_a = int(estimation[c_a])
-        p_lower = clopper_pearson_lower(n_a, n, alpha)
-        abstain = p_lower < 0.5
+        p_b_upper = None
+        if self.bound == "separate-pb":
+            # p_A and every other class bounded together at a shared alpha.
+            p_lower, p_b_upper = separate_pb_bounds(estimation.tolist(), c_a, alpha)
+            radius = certified_radius_separate(p_lower, p_b_upper, self.sigma)
+            abstain = p_lower <= p_b_upper
+        else:
+            p_lower = clopper_pearson_lower(n_a, n, alpha)
+            abstain = p_lower < 0.5
+            radius = 0.0 if abstain else certified_radius(p_lower, self.sigma)
         return Certificate(
             prediction=None if abstain else c_a,
-            radius=0.0 if abstain else certified_radius(p_lower, self.sigma),
+            radius=0.0 if abstain else radius,
             p_lower=p_lower,
             selected_class=c_a,
             n_a=n_a,
@@ -270,6 +301,8 @@ class SmoothedClassifier:
             sigma=self.sigma,
             counts=tuple(int(c) for c in estimation),
             selection_counts=tuple(int(c) for c in selection),
+            p_b_upper=p_b_upper,
+            bound=self.bound,
         )
 
     # -- PREDICT --------------------------------------------------------------

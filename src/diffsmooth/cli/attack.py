@@ -26,10 +26,11 @@ def register(sub, formatter) -> None:
         "With --audit RESULTS.tsv it attacks every certified-correct row inside 0.95 x its radius instead and "
         "counts certificates that the attack breaks.",
     )
-    add_method_arguments(p, sigma_required=False)  # an audit reads sigma from the manifest
+    # An audit reads sigma from the manifest; --steps is PGD's here, DensePure's chain takes --reverse-steps.
+    add_method_arguments(p, sigma_required=False, steps_flag="--reverse-steps")
     g = p.add_argument_group("attack")
     g.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="l2 radii in [0,1] pixel units")
-    g.add_argument("--steps", type=int, default=20, help="PGD steps per restart")
+    g.add_argument("--steps", dest="attack_steps", type=int, default=20, help="PGD steps per restart")
     g.add_argument("--eot", type=int, default=8, help="noise draws averaged per step")
     g.add_argument("--restarts", type=int, default=1, help="random restarts (the first starts at the clean image)")
     g.add_argument("--step-scale", type=float, default=2.0, help="step size as a multiple of eps / steps")
@@ -63,7 +64,7 @@ def register(sub, formatter) -> None:
 def _config(args: argparse.Namespace):
     from diffsmooth.attacks import AttackConfig
 
-    return AttackConfig(steps=args.steps, eot=args.eot, restarts=args.restarts, step_scale=args.step_scale,
+    return AttackConfig(steps=args.attack_steps, eot=args.eot, restarts=args.restarts, step_scale=args.step_scale,
                         target=args.target, purifier_gradient=args.purifier_gradient, batch_size=args.batch)
 
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 
-def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_required: bool = True) -> None:
+def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_required: bool = True,
+                         steps_flag: str = "--steps") -> None:
     """Options that pick the base classifier; shared by certify, predict, purify and demo.
     With ``grid`` the method and DiffSmooth options take lists: every combination is certified
     from one noise stream (``--out-dir``)."""
@@ -23,7 +24,8 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
 
     g.add_argument("--method", choices=list(METHODS), default=default("diffsmooth"), nargs=many,
                    help="rs: Gaussian randomized smoothing; dds: diffusion denoised smoothing; "
-                   "diffsmooth: purification + local smoothing")
+                   "diffsmooth: purification + local smoothing; denoised: a trained DnCNN denoiser before a clean "
+                   "classifier (Salman et al. 2020); densepure: majority vote over reverse-diffusion runs")
     g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, imagenet, digits")
     g.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the usual places)")
     g.add_argument("--sigma", type=float, required=sigma_required, default=None,
@@ -54,6 +56,13 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
         g.add_argument("--dds-classifier", default=None, metavar="PATH",
                        help="dds: the clean classifier (default: --classifier, else the shipped clean one)")
     g.add_argument("--local-noise-seed", type=int, default=42, help="diffsmooth: seed of the local noise")
+    from diffsmooth.diffusion.denoiser import REVERSE_CHAINS
+
+    g.add_argument("--runs", type=int, default=5, help="densepure: reverse-diffusion runs that vote")
+    g.add_argument(steps_flag, dest="steps", type=int, default=10, help="densepure: respaced reverse steps from t* per run")
+    g.add_argument("--reverse-chain", choices=REVERSE_CHAINS, default="ddpm",
+                   help="densepure: stochastic DDPM steps (runs differ) or deterministic DDIM")
+    g.add_argument("--run-seed", type=int, default=0, help="densepure: seed of the runs' reverse-step noise")
     g.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                    help="autocast precision of the models (float32 is exact; bf16 is fast on GPUs)")
     g.add_argument("--channels-last", action="store_true", help="NHWC layout for the models (faster convolutions on GPUs)")
@@ -71,7 +80,8 @@ def method_spec(args: argparse.Namespace):
         denoiser_preset=args.denoiser_preset, classifier=args.classifier, m=args.m,
         local_sigma=args.local_sigma, vote=args.vote, local_noise=args.local_noise,
         local_noise_seed=args.local_noise_seed, precision=args.precision, channels_last=args.channels_last,
-        compile=args.compile, cuda_graphs=args.cuda_graphs,
+        compile=args.compile, cuda_graphs=args.cuda_graphs, runs=args.runs, steps=args.steps,
+        reverse_chain=args.reverse_chain, run_seed=args.run_seed,
     )
 
 
@@ -89,7 +99,8 @@ def method_specs(args: argparse.Namespace) -> list:
                          "give one per --local-sigma")
     common = dict(dataset=args.dataset, sigma=args.sigma, denoiser=args.denoiser, denoiser_preset=args.denoiser_preset,
                   local_noise_seed=args.local_noise_seed, precision=args.precision, channels_last=args.channels_last,
-                  compile=args.compile, cuda_graphs=args.cuda_graphs)
+                  compile=args.compile, cuda_graphs=args.cuda_graphs, runs=args.runs, steps=args.steps,
+                  reverse_chain=args.reverse_chain, run_seed=args.run_seed)
     specs = []
     for method in dict.fromkeys(args.method):
         if method == "diffsmooth":
@@ -132,6 +143,13 @@ def _add_run(sub, formatter, mode: str) -> None:
     g.add_argument("--n", "--num-samples", type=int, default=100_000,
                    help="estimation samples per image (--num-samples under torchrun)")
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate")
+    if certify:
+        from diffsmooth.smoothing import BOUNDS
+
+        g.add_argument("--bound", choices=BOUNDS, default="cohen",
+                       help="cohen: radius sigma Phi^-1(pA_lower); separate-pb: sigma/2 (Phi^-1(pA_lower) - "
+                       "Phi^-1(pB_upper)) with pB_upper bounding every other class at once (Bonferroni), the two "
+                       "sharing alpha (stats.PB_ALPHA_SHARE to pB); larger radii when the rest is spread")
     g.add_argument("--batch", type=_batch, default=1000,
                    help="noisy images per forward pass, or 'auto' for the largest that fits the free GPU memory "
                    "(fixed at the start and recorded, since it decides how each image's noise is drawn)")
@@ -193,6 +211,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = RunSpec(
         mode=args.mode, method=methods[0], n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
         batch_size=1 if args.batch == "auto" else args.batch, seed=args.seed, split=args.split,
+        bound=getattr(args, "bound", "cohen"),
     )
     spec.validate()
     for method in methods[1:]:

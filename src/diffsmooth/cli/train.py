@@ -1,4 +1,4 @@
-"""``diffsmooth train-diffusion`` and ``diffsmooth train-classifier``: parse, validate, call training."""
+"""``diffsmooth train-diffusion``, ``train-classifier`` and ``train-denoiser``: parse, validate, call training."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ from diffsmooth.errors import InputError
 # Method hyper-parameters as CLI options: (flag, dest, type, help). Defaults come from
 # diffsmooth.training.losses so that the library and the command line agree.
 _HPARAMS = (
-    ("--m-train", "m_train", int, "noise samples per image during training (consistency, macer, smoothadv)"),
+    ("--m-train", "m_train", int, "noise samples per image during training (consistency, macer, smoothadv, smoothmix)"),
     ("--lbd", "lbd", float, "weight of the consistency KL term / of the MACER radius hinge"),
-    ("--eta", "eta", float, "consistency: weight of the entropy of the mean prediction"),
+    ("--eta", "eta", float, "consistency: weight of the entropy of the mean prediction; smoothmix: weight of "
+     "the mixup KL"),
     ("--gamma", "gamma", float, "macer: hinge margin on Phi^-1(pA) - Phi^-1(pB)"),
     ("--beta", "beta", float, "macer: inverse temperature of the softmax in the radius term"),
     ("--epsilon", "epsilon", float, "smoothadv: l2 attack radius in [0,1] pixel units"),
-    ("--num-steps", "num_steps", int, "smoothadv: PGD steps (step size 2*epsilon/num_steps)"),
-    ("--warmup", "warmup", int, "smoothadv: epochs over which epsilon ramps up linearly"),
+    ("--num-steps", "num_steps", int, "smoothadv: PGD steps (step size 2*epsilon/num_steps); smoothmix: PGD steps"),
+    ("--warmup", "warmup", int, "smoothadv: epochs over which epsilon ramps up linearly; smoothmix: eta's ramp"),
+    ("--step-scale", "step_scale", float, "smoothmix: PGD step size in units of sigma (2: the paper's 0.5/1.0/2.0 "
+     "at sigma 0.25/0.5/1.0)"),
 )
 
 
@@ -69,7 +72,7 @@ def register(sub, formatter) -> None:
         "train-classifier", formatter_class=formatter,
         help="train a base classifier for randomized smoothing",
         description="Train a classifier with Gaussian augmentation (Cohen et al.), SmoothAdv (Salman et al.), "
-        "Consistency (Jeong & Shin) or MACER (Zhai et al.); noise is drawn fresh every batch. Writes OUT.safetensors "
+        "Consistency (Jeong & Shin), MACER (Zhai et al.) or SmoothMix (Jeong et al.); noise is drawn fresh every batch. Writes OUT.safetensors "
         "+ OUT.json (read by load_classifier) and a resumable state after every epoch. Method defaults: "
         + "; ".join(f"{m}: " + (", ".join(f"{k}={v:g}" for k, v in loss_defaults(m).items()) or "none")
                     for m in list_losses()),
@@ -93,6 +96,54 @@ def register(sub, formatter) -> None:
     c.add_argument("--eval-limit", type=int, default=None, help="test images for the recorded accuracies (default all)")
     _common(c)
     c.set_defaults(func=_train_classifier)
+
+    n = sub.add_parser(
+        "train-denoiser", formatter_class=formatter,
+        help="train a DnCNN denoiser for denoised smoothing (Salman et al.)",
+        description="Train a DnCNN (depth 17, width 64) or DnCNN-wide (width 128) to remove N(0, sigma^2) noise "
+        "in [0,1] pixels, with the MSE objective, the stability objective (cross-entropy of a frozen classifier on "
+        "the denoised image against its clean prediction) or MSE then stability. Adam, cosine learning rate. Writes "
+        "OUT.safetensors + OUT.json (read by load_denoiser and `certify --method denoised`) and a resumable state "
+        "after every epoch.",
+    )
+    n.add_argument("--out", type=Path, required=True, help="output path stem: writes OUT.safetensors and OUT.json")
+    n.add_argument("--arch", default="dncnn", help="dncnn or dncnn-wide")
+    n.add_argument("--objective", default="mse", help="mse, stability or mse+stability")
+    n.add_argument("--sigma", type=float, required=True, help="training noise std in [0,1] pixel units")
+    n.add_argument("--classifier", default=None,
+                   help="frozen classifier for the stability objective (default on fashion-mnist: the shipped clean one)")
+    n.add_argument("--mse-epochs", type=int, default=None,
+                   help="mse+stability: epochs of MSE before stability (default: half of --epochs)")
+    n.add_argument("--init", type=Path, default=None, help="start from this denoiser checkpoint (ours or Salman et al.'s)")
+    n.add_argument("--depth", type=int, default=None, help="convolutions (default: the arch's 17)")
+    n.add_argument("--width", type=int, default=None, help="hidden channels (default: the arch's 64 or 128)")
+    n.add_argument("--epochs", type=int, default=5, help="training epochs")
+    n.add_argument("--batch-size", type=int, default=128, help="images per step")
+    n.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay to 0)")
+    n.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
+    n.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    n.add_argument("--eval-limit", type=int, default=None, help="test images for the recorded numbers (default all)")
+    _common(n)
+    n.set_defaults(func=_train_denoiser)
+
+
+def _train_denoiser(args: argparse.Namespace) -> int:
+    from diffsmooth.training import DenoiserTrainConfig, train_denoiser
+
+    config = DenoiserTrainConfig(
+        arch=args.arch, dataset=args.dataset, objective=args.objective, sigma=args.sigma,
+        classifier=args.classifier, mse_epochs=args.mse_epochs, init=str(args.init) if args.init else None,
+        depth=args.depth, width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, data_dir=str(args.data_dir) if args.data_dir else None,
+        train_limit=args.train_limit,
+    )
+    result = train_denoiser(config, args.out, checkpoint_dir=args.checkpoint_dir, device=args.device,
+                            resume=args.resume, quiet=args.quiet, eval_limit=args.eval_limit)
+    info = result.info
+    accuracy = info.get("denoised_noisy_test_accuracy")
+    print(f"wrote {result.path}; test MSE {info['test_mse']:.5f} (noisy input {info['test_mse_noisy_input']:.5f})"
+          + (f", classifier accuracy on denoised noisy images {accuracy:.4f}" if accuracy is not None else ""))
+    return 0
 
 
 def _check_out(text: str, files: list[Path], overwrite: bool, what: str) -> None:

@@ -102,7 +102,8 @@ class OneShotDenoiser(nn.Module):
         return f"name={self.model.name!r}, sigma={self._sigma}, t_star={self._t_star}"
 
 
-_METHODS = ("ddim", "ddpm")
+REVERSE_CHAINS = ("ddim", "ddpm")
+_METHODS = REVERSE_CHAINS
 
 
 class MultiStepDenoiser(OneShotDenoiser):

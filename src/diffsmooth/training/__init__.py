@@ -1,11 +1,14 @@
 """Training: DDPM denoisers and base classifiers for randomized smoothing.
 
 ``train_classifier(ClassifierTrainConfig(...), out)`` with the methods of ``losses``
-(gaussian, smoothadv, consistency, macer) and ``train_diffusion(DiffusionTrainConfig(...), out)``;
-both write resumable safetensors + JSON states and final artifacts that the loaders read.
+(gaussian, smoothadv, consistency, macer, smoothmix), ``train_denoiser(DenoiserTrainConfig(...), out)``
+(DnCNN for Denoised Smoothing) and ``train_diffusion(DiffusionTrainConfig(...), out)``;
+all write resumable safetensors + JSON states and final artifacts that the loaders read.
 """
 
 from diffsmooth.training.classifier import ClassifierTrainConfig, TrainResult, accuracy, train_classifier
+from diffsmooth.training.denoiser import (DenoiserTrainConfig, DenoiserTrainResult, denoiser_mse_loss,
+                                         denoiser_stability_loss, evaluate_denoiser, train_denoiser)
 from diffsmooth.training.diffusion import DiffusionTrainConfig, DiffusionTrainResult, ddpm_loss, ema_update, train_diffusion
 from diffsmooth.training.losses import (
                                           LossOutput,
@@ -17,6 +20,8 @@ from diffsmooth.training.losses import (
                                           register_loss,
                                           smoothadv_attack,
                                           smoothed_soft_loss,
+                                          smoothmix_attack,
+                                          smoothmix_mixup,
 )
 
 __all__ = [
@@ -24,5 +29,7 @@ __all__ = [
     "train_diffusion", "LossOutput", "TrainResult", "accuracy", "consistency_terms", "get_loss",
     "list_losses", "loss_defaults", "macer_radius_term", "register_loss", "smoothadv_attack",
     "smoothed_soft_loss", "train_classifier",
+    "DenoiserTrainConfig", "DenoiserTrainResult", "denoiser_mse_loss", "denoiser_stability_loss",
+    "evaluate_denoiser", "train_denoiser", "smoothmix_attack", "smoothmix_mixup",
 ]
 

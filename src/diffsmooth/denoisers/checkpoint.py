@@ -1,0 +1,141 @@
+"""Reading and writing DnCNN denoisers without executing untrusted code.
+
+Formats read by ``load_denoiser``:
+- our own: ``x.safetensors`` (keys ``dncnn.<i>.<name>``) + ``x.json`` (``"format":
+  "diffsmooth-denoiser"``, the ``DnCNNConfig``, the weights' SHA-256, training info), written by
+  ``save_denoiser``;
+- Salman et al.'s (microsoft/denoised-smoothing) ``torch.save({"epoch", "arch", "state_dict",
+  "optimizer"})`` with ``arch`` one of ``cifar_dncnn``, ``cifar_dncnn_wide``, ``imagenet_dncnn``
+  (the last wrapped in DataParallel: keys ``module.dncnn.<i>.<name>``), or a bare state dict.
+Torch files are read with ``torch.load(weights_only=True)``; keys are checked strictly and the
+depth, width and channels are read off the weights' shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffsmooth.classifiers.checkpoint import _few, _read_safetensors, _read_torch, _unwrap
+from diffsmooth.denoisers.dncnn import PRESETS, DnCNN, DnCNNConfig
+from diffsmooth.errors import InputError
+from diffsmooth.files import file_sha256, read_json_object
+
+FORMAT = "diffsmooth-denoiser"
+FORMAT_VERSION = 1
+SALMAN_ARCHS = {"cifar_dncnn": "dncnn", "cifar_dncnn_wide": "dncnn-wide", "imagenet_dncnn": "dncnn"}
+"""Salman et al.'s ``arch`` names and our presets they are."""
+
+
+def _paths(path: Path) -> tuple[Path, Path]:
+    """(weights .safetensors, config .json) for any of ``x``, ``x.safetensors``, ``x.json``."""
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_denoiser(path: str | Path, model: DnCNN, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as ``<path>.safetensors`` + ``<path>.json``; returns the weights path.
+
+    ``extra``: free-form JSON-serializable training info (objective, sigma, test MSE ...).
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, DnCNN):
+        raise InputError(f"save_denoiser takes a DnCNN, got {type(model).__name__}")
+    weights, config_path = _paths(Path(path))
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": FORMAT})
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": "dncnn", **model.config.to_dict(),
+           "weights": weights.name, "weights_sha256": file_sha256(weights), "training": dict(extra or {})}
+    try:
+        config_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    except TypeError as err:
+        raise InputError(f"save_denoiser: extra must be JSON-serializable ({err}); "
+                         "convert tensors to lists or numbers") from None
+    return weights
+
+
+def _config_from_state(state: dict[str, torch.Tensor], path: Path) -> DnCNNConfig:
+    """Depth, width and channels of the DnCNN whose weights ``state`` holds."""
+    first = state.get("dncnn.0.weight")
+    if first is None or first.ndim != 4:
+        raise InputError(f"{path} is not a DnCNN state dict (no 'dncnn.0.weight' convolution; "
+                         f"keys: {_few(sorted(state))}); pass a DnCNN checkpoint")
+    convs = [k for k, v in state.items() if k.startswith("dncnn.") and k.endswith(".weight") and v.ndim == 4]
+    return DnCNNConfig(in_channels=int(first.shape[1]), depth=len(convs), width=int(first.shape[0]))
+
+
+def _strict_load(model: DnCNN, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    # Checkpoints from old PyTorch versions lack BatchNorm's step counter; it is unused in eval.
+    for k in expected:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = expected[k]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = [f"missing {len(missing)}: {_few(missing)}" if missing else "",
+                 f"unexpected {len(unexpected)}: {_few(unexpected)}" if unexpected else "",
+                 f"wrong shape (file vs model) {len(wrong)}: {_few(wrong, 3)}" if wrong else ""]
+        raise InputError(f"{path} does not fit a DnCNN with depth {model.config.depth}, width "
+                         f"{model.config.width} (" + "; ".join(p for p in parts if p)
+                         + "); the file is not a DnCNN of Salman et al.'s layout")
+    model.load_state_dict(state, strict=True)
+
+
+def _finish(model: DnCNN, path: Path, info: dict[str, Any]) -> DnCNN:
+    model.checkpoint_sha256 = file_sha256(path)
+    model.checkpoint_path = str(path)
+    model.training_info = info
+    return model.eval()
+
+
+def _load_own(weights: Path, config_path: Path) -> DnCNN:
+    doc = read_json_object(config_path)
+    if doc.get("format") != FORMAT:
+        raise InputError(f"{config_path} is not a {FORMAT} config (no \"format\": \"{FORMAT}\"); "
+                         "save the denoiser with save_denoiser")
+    if not weights.is_file():
+        raise InputError(f"weights {weights} for {config_path} are missing; copy them next to the JSON")
+    try:
+        config = DnCNNConfig.from_dict(doc)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{config_path} lacks a valid field ({err}); re-save with save_denoiser") from None
+    model = DnCNN(config)
+    _strict_load(model, _read_safetensors(weights), weights)
+    return _finish(model, weights, dict(doc.get("training") or {}))
+
+
+def load_denoiser(path: str | Path) -> DnCNN:
+    """Load a DnCNN denoiser (our safetensors + JSON, or Salman et al.'s torch checkpoint) in eval mode.
+
+    Returns a ``DnCNN`` mapping noisy images (B, C, H, W) in [0,1] plus noise to denoised images,
+    with ``checkpoint_sha256``/``checkpoint_path`` set. Every problem raises ``InputError``.
+    """
+    path = Path(path)
+    weights, config_path = _paths(path)
+    if (path.suffix in (".safetensors", ".json") or not path.exists()) and config_path.is_file():
+        return _load_own(weights, config_path)
+    if not path.is_file():
+        raise InputError(f"denoiser checkpoint {path} not found; check the path")
+    if path.suffix == ".safetensors":
+        state, arch, meta = _read_safetensors(path), None, {}
+    else:
+        state, arch, meta = _unwrap(_read_torch(path), path)
+    if arch is not None and arch not in SALMAN_ARCHS:
+        raise InputError(f"{path} holds arch {arch!r}, not a DnCNN; known: {', '.join(SALMAN_ARCHS)}")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    config = _config_from_state(state, path)
+    if arch is not None and config.width != PRESETS[SALMAN_ARCHS[arch]]["width"]:
+        raise InputError(f"{path} says arch {arch!r} but its convolutions have width {config.width}; "
+                         "the file is inconsistent, re-save it")
+    model = DnCNN(config)
+    _strict_load(model, dict(state), path)
+    return _finish(model, path, {**meta, **({"arch": arch} if arch else {})})

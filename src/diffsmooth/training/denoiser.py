@@ -1,0 +1,250 @@
+"""Training a DnCNN denoiser for Denoised Smoothing (Salman et al., NeurIPS 2020).
+
+Objectives, on noisy images ``x + d``, ``d ~ N(0, sigma^2 I)`` in [0,1] pixels (noise drawn fresh
+every batch from a seeded generator):
+- ``mse``: ``|| D(x + d) - x ||^2`` averaged over pixels (their "denoising" objective);
+- ``stability``: cross-entropy of a frozen classifier f on ``D(x + d)`` against f's prediction
+  on the clean x (their "stability" objective; f in eval mode, no gradient to its weights);
+- ``mse+stability``: MSE for the first ``mse_epochs`` epochs, then stability (their best
+  recipe: a denoiser trained with MSE, fine-tuned with the stability objective).
+Adam with a cosine learning rate; a resumable state after every epoch; the final model with
+``save_denoiser`` (``out.safetensors`` + ``out.json``) recording the test MSE and, with a
+classifier, f's accuracy on denoised noisy test images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffsmooth.denoisers import PRESETS, DnCNN, create_dncnn, load_denoiser, save_denoiser
+from diffsmooth.errors import InputError
+from diffsmooth.training.loop import (batches, cosine_lr, global_rng_from, load_train_tensors, resolve_device,
+                                     set_lr, steps_per_epoch)
+from diffsmooth.training.state import git_commit, has_state, load_state, save_state
+
+OBJECTIVES = ("mse", "stability", "mse+stability")
+
+
+def denoiser_mse_loss(denoiser: nn.Module, x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """Mean squared error of ``D(x + d)`` against the clean ``x`` (B, C, H, W) in [0,1]."""
+    noisy = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return F.mse_loss(denoiser(noisy), x)
+
+
+def denoiser_stability_loss(denoiser: nn.Module, classifier: nn.Module, x: torch.Tensor, sigma: float,
+                            generator: torch.Generator) -> torch.Tensor:
+    """Cross-entropy of the frozen ``classifier`` on ``D(x + d)`` against its own label for the clean ``x``."""
+    with torch.no_grad():
+        target = classifier(x).argmax(dim=1)
+    noisy = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return F.cross_entropy(classifier(denoiser(noisy)), target)
+
+
+@dataclass(frozen=True)
+class DenoiserTrainConfig:
+    """Everything that defines a denoiser training run (saved in checkpoints and the model JSON).
+
+    Attributes:
+        arch: ``"dncnn"`` (depth 17, width 64) or ``"dncnn-wide"`` (width 128); ``depth``/``width``
+            override the preset (smaller denoisers for CPU budgets).
+        objective: one of ``OBJECTIVES``; ``mse_epochs``: MSE epochs before stability for
+            ``mse+stability`` (default: half of ``epochs``, at least 1).
+        sigma: training noise in [0,1] pixel units (> 0).
+        classifier: frozen classifier for the stability objective (a checkpoint path or a shipped
+            name; default on fashion-mnist: the shipped clean classifier).
+        init: a denoiser checkpoint to start from (ours or Salman et al.'s), e.g. an MSE-trained one.
+        epochs, batch_size, lr, weight_decay: Adam with cosine decay to 0 (Salman et al.: Adam, lr 1e-3).
+        seed: seeds the initialization, the data order and the noise.
+        train_limit: use only the first N training images.
+    """
+
+    arch: str = "dncnn"
+    dataset: str = "fashion-mnist"
+    objective: str = "mse"
+    sigma: float = 0.25
+    classifier: str | None = None
+    mse_epochs: int | None = None
+    init: str | None = None
+    depth: int | None = None
+    width: int | None = None
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    data_dir: str | None = None
+    train_limit: int | None = None
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"unknown denoiser objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        if self.arch not in PRESETS:
+            raise InputError(f"unknown denoiser {self.arch!r}; choose one of: {', '.join(PRESETS)}")
+        if not self.sigma > 0:
+            raise InputError(f"--sigma must be > 0 (the noise the denoiser removes), got {self.sigma}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise InputError(f"--epochs, --batch-size and --lr must be positive, got {self.epochs}, "
+                             f"{self.batch_size} and {self.lr}")
+        if self.mse_epochs is not None and not (self.objective == "mse+stability" and 0 <= self.mse_epochs <= self.epochs):
+            raise InputError(f"--mse-epochs applies to --objective mse+stability only and must lie in "
+                             f"0..--epochs ({self.epochs}), got {self.mse_epochs}")
+
+    def phase_switch(self) -> int:
+        """The first epoch trained with the stability objective (``epochs`` when there is none)."""
+        if self.objective == "mse":
+            return self.epochs
+        if self.objective == "stability":
+            return 0
+        return self.mse_epochs if self.mse_epochs is not None else max(1, self.epochs // 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DenoiserTrainResult:
+    """``path``: the saved weights; ``model``: the trained denoiser (eval); ``history``: mean loss per epoch."""
+
+    path: Path
+    model: DnCNN
+    history: list[float]
+    info: dict[str, Any]
+
+
+def _load_frozen_classifier(config: DenoiserTrainConfig, device: torch.device) -> nn.Module | None:
+    from diffsmooth import shipped
+    from diffsmooth.classifiers import load_classifier
+
+    source = config.classifier
+    if source is None:
+        if config.objective == "mse":
+            return None
+        if config.dataset != "fashion-mnist":
+            raise InputError(f"--objective {config.objective} needs --classifier for dataset {config.dataset!r}")
+        path = shipped.shipped_classifier("clean")
+    else:
+        path = Path(source).expanduser()
+        if not path.exists() and source in shipped.list_shipped():
+            path = shipped.shipped_path(source)
+    classifier = load_classifier(path).to(device).eval()
+    return classifier.requires_grad_(False)
+
+
+def _build(config: DenoiserTrainConfig, in_channels: int) -> DnCNN:
+    if config.init is not None:
+        model = load_denoiser(config.init)
+        if model.config.in_channels != in_channels:
+            raise InputError(f"--init {config.init} denoises {model.config.in_channels}-channel images, "
+                             f"{config.dataset} has {in_channels}; start from a matching denoiser")
+        return model
+    overrides = {k: v for k, v in (("depth", config.depth), ("width", config.width)) if v is not None}
+    return create_dncnn(config.arch, in_channels, generator=torch.Generator().manual_seed(config.seed),
+                        sigma=config.sigma, dataset=config.dataset, **overrides)
+
+
+@torch.no_grad()
+def evaluate_denoiser(denoiser: nn.Module, images: torch.Tensor, labels: torch.Tensor, sigma: float,
+                      classifier: nn.Module | None = None, generator: torch.Generator | None = None,
+                      batch_size: int = 500) -> dict[str, float]:
+    """Test MSE of ``D(x + d)`` and of ``x + d`` against x, and f's accuracy on ``D(x + d)`` (with f).
+
+    images (N, C, H, W) in [0,1], labels (N,); noise from ``generator`` on the denoiser's device.
+    """
+    denoiser.eval()
+    device = next(denoiser.parameters()).device
+    sq_denoised = sq_noisy = correct = 0.0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        noisy = x + sigma * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+        out = denoiser(noisy)
+        sq_denoised += float(((out - x) ** 2).sum())
+        sq_noisy += float(((noisy - x) ** 2).sum())
+        if classifier is not None:
+            correct += int((classifier(out).argmax(1).cpu() == labels[i:i + batch_size]).sum())
+    pixels = max(images.numel(), 1)
+    info = {"test_mse": sq_denoised / pixels, "test_mse_noisy_input": sq_noisy / pixels}
+    if classifier is not None:
+        info["denoised_noisy_test_accuracy"] = correct / max(len(images), 1)
+    return info
+
+
+def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_dir: str | Path | None = None,
+                   device: str | torch.device = "cpu", resume: bool = False, quiet: bool = False,
+                   eval_limit: int | None = None, stop_after: int | None = None) -> DenoiserTrainResult:
+    """Train, checkpoint every epoch, save ``out.safetensors`` + ``out.json``; see the module docstring.
+
+    ``checkpoint_dir`` defaults to ``<out>.train/``; ``resume`` continues from it (same config,
+    ``epochs`` may grow); ``eval_limit`` caps the test images of the recorded numbers;
+    ``stop_after`` ends this call after that many epochs (the saved model says ``"finished": false``).
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    dev = resolve_device(device)
+    out = Path(out)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".train")
+    images, labels, info = load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)
+    model = _build(config, info.channels).to(dev)
+    classifier = _load_frozen_classifier(config, dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    order_gen = torch.Generator().manual_seed(config.seed)
+    noise_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
+    generators = {"order": order_gen, "noise": noise_gen}
+    switch = config.phase_switch()
+    total = steps_per_epoch(len(images), config.batch_size) * config.epochs
+    step, epoch, history = 0, 0, []
+    if resume:
+        if not has_state(ckpt):
+            raise InputError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
+        step, epoch = load_state(ckpt, model=model, optimizer=optimizer, generators=generators,
+                                 config=config.to_dict())
+    started, first_epoch = time.time(), epoch
+    bar = tqdm(total=total, initial=step, disable=quiet, desc=f"{config.arch} {config.objective} sigma={config.sigma}",
+               unit="step", dynamic_ncols=True)
+    while epoch < config.epochs and (stop_after is None or epoch - first_epoch < stop_after):
+        model.train()
+        stability = epoch >= switch
+        running, count = 0.0, 0
+        with global_rng_from(order_gen, dev):
+            for idx in batches(len(images), config.batch_size, order_gen):
+                x = images[idx].to(dev)
+                set_lr(optimizer, cosine_lr(config.lr, step, total))
+                if stability:
+                    loss = denoiser_stability_loss(model, classifier, x, config.sigma, noise_gen)
+                else:
+                    loss = denoiser_mse_loss(model, x, config.sigma, noise_gen)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"loss became {float(loss)} at step {step}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                running, count = running + float(loss.detach()), count + 1
+                bar.set_postfix(epoch=epoch + 1, loss=f"{running / count:.4f}")
+                bar.update(1)
+        epoch += 1
+        history.append(running / max(count, 1))
+        save_state(ckpt, model=model, optimizer=optimizer, generators=generators, step=step, epoch=epoch,
+                   config=config.to_dict(), extra={"loss": history[-1]})
+    bar.close()
+    test_x, test_y, _ = load_train_tensors(config.dataset, config.data_dir, "test", eval_limit)
+    model.eval()
+    info_out = {
+        "task": "denoiser", "finished": epoch >= config.epochs, "objective": config.objective,
+        "sigma": config.sigma, "config": config.to_dict(), "git_commit": git_commit(), "epochs_done": epoch,
+        "steps_done": step, "train_seconds_this_run": round(time.time() - started, 1),
+        "final_epoch_loss": history[-1] if history else None, "test_images": len(test_x), "torch": torch.__version__,
+        **evaluate_denoiser(model, test_x, test_y, config.sigma, classifier,
+                            torch.Generator(device=dev).manual_seed(1234)),
+    }
+    if classifier is not None:
+        info_out["classifier_sha256"] = getattr(classifier, "checkpoint_sha256", None)
+    path = save_denoiser(out, model, info_out)
+    return DenoiserTrainResult(path, model, history, info_out)
