@@ -233,8 +233,9 @@ def test_new_baselines_certify_end_to_end_with_the_separate_bound(method, classi
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(runs=0), "--runs and --steps must be at least 1"),
-    (dict(reverse_chain="euler"), "unknown reverse chain 'euler'"),
+    (dict(runs=0), "--runs must be a whole number >= 1, got 0"),
+    (dict(steps=0), "--steps must be a whole number >= 1, got 0"),
+    (dict(reverse_chain="euler"), "unknown --reverse-chain 'euler'; choose one of: ddim, ddpm"),
 ])
 def test_densepure_spec_validation(change, message):
     from diffsmooth import MethodSpec, build_base

@@ -130,6 +130,22 @@ def test_probability_lower_at_distance_closed_forms():
     assert probability_lower_at_distance(0.9, 0.3, 0.5) == pytest.approx(norm.cdf(norm.ppf(0.9) - 0.6), abs=1e-15)
 
 
+@pytest.mark.parametrize(
+    "call,word",
+    [
+        (lambda: clopper_pearson_upper(11, 10, 0.01), "k"),
+        (lambda: clopper_pearson_interval(1, 10, 1.0), "alpha"),
+        (lambda: p_lower_for_radius(-0.1, 0.5), "radius"),
+        (lambda: p_lower_for_radius(0.1, 0.0), "sigma"),
+        (lambda: probability_lower_at_distance(1.5, 0.1, 0.5), "p_lower"),
+        (lambda: probability_lower_at_distance(0.9, float("nan"), 0.5), "distance"),
+    ],
+)
+def test_new_bounds_name_the_bad_argument(call, word):
+    with pytest.raises(ValueError, match=rf"^{word} "):
+        call()
+
+
 # -- the separate p_B bound -------------------------------------------------------------
 
 from scipy.stats import beta  # noqa: E402
@@ -197,17 +213,6 @@ def test_separate_pb_radius_reduces_to_cohen_and_abstains():
 @pytest.mark.parametrize(
     "call,word",
     [
-        (lambda: clopper_pearson_upper(11, 10, 0.01), "k"),
-        (lambda: clopper_pearson_interval(1, 10, 1.0), "alpha"),
-        (lambda: p_lower_for_radius(-0.1, 0.5), "radius"),
-        (lambda: p_lower_for_radius(0.1, 0.0), "sigma"),
-        (lambda: probability_lower_at_distance(1.5, 0.1, 0.5), "p_lower"),
-        (lambda: probability_lower_at_distance(0.9, float("nan"), 0.5), "distance"),
-    ],
-)
-def test_new_bounds_name_the_bad_argument(call, word):
-
-
         (lambda: separate_pb_bounds([5], 0, 0.01), "counts"),
         (lambda: separate_pb_bounds([5, 5], 2, 0.01), "top"),
         (lambda: separate_pb_bounds([5, 5], 0, 0.0), "alpha"),

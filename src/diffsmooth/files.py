@@ -148,6 +148,28 @@ def read_torch(path: str | Path) -> Any:
                          "checkpoint: download or save it again") from None
 
 
+def unwrap_state_dict(obj: Any, path: str | Path) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """The state dict, the ``arch`` and the scalar metadata (epoch ...) of a loaded torch object:
+    a bare dict of tensors, or a dict holding one under ``state_dict``, ``model`` or ``state_dict_ema``."""
+    import torch
+
+    if isinstance(obj, dict):
+        arch = obj.get("arch") if isinstance(obj.get("arch"), str) else None
+        meta = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, (str, int, float))}
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if isinstance(obj.get(key), dict):
+                return obj[key], arch, meta
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj, None, {}
+    raise InputError(f"{path} holds no state dict (expected a dict of tensors or a dict with "
+                     "'state_dict'); save the model's state_dict()")
+
+
+def few_names(names: list[str], k: int = 5) -> str:
+    """The first ``k`` names, and how many more: for messages about mismatched keys."""
+    return ", ".join(names[:k]) + (f" (+{len(names) - k} more)" if len(names) > k else "")
+
+
 # ---- provenance ------------------------------------------------------------------------------------
 
 _COMMIT: list[str | None] = []

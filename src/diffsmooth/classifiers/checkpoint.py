@@ -20,7 +20,8 @@ import torch
 from diffsmooth.classifiers.config import ClassifierConfig
 from diffsmooth.classifiers.registry import Classifier, create_classifier, head_key, list_classifiers
 from diffsmooth.errors import InputError
-from diffsmooth.files import check_finite, file_sha256, read_safetensors, read_torch, save_safetensors, write_json
+from diffsmooth.files import (check_finite, few_names, file_sha256, read_safetensors, read_torch, save_safetensors,
+                              unwrap_state_dict, write_json)
 
 FORMAT = "diffsmooth-classifier"
 FORMAT_VERSION = 1
@@ -65,20 +66,6 @@ def save_classifier(path: str | Path, model: Classifier, extra: dict[str, Any] |
     return weights
 
 
-def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
-    """The state dict, the ``arch`` and the scalar metadata (epoch ...) of a loaded torch object."""
-    if isinstance(obj, dict):
-        arch = obj.get("arch") if isinstance(obj.get("arch"), str) else None
-        meta = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, (str, int, float))}
-        for key in ("state_dict", "model", "state_dict_ema"):
-            if isinstance(obj.get(key), dict):
-                return obj[key], arch, meta
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj, None, {}
-    raise InputError(f"{path} holds no state dict (expected a dict of tensors or a dict with "
-                     "'state_dict'); save the model's state_dict()")
-
-
 def _to_model_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map checkpoint keys onto ``Classifier`` keys ``1.<net key>``."""
     keys = list(state)
@@ -89,10 +76,6 @@ def _to_model_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in keys):  # DataParallel(net)
         return {"1." + k[len("module."):]: v for k, v in state.items()}
     return {"1." + k: v for k, v in state.items()}  # bare timm/torchvision state dict
-
-
-def _few(names: list[str], k: int = 5) -> str:
-    return ", ".join(names[:k]) + (f" (+{len(names) - k} more)" if len(names) > k else "")
 
 
 def _load_state(model: Classifier, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -106,9 +89,9 @@ def _load_state(model: Classifier, state: dict[str, torch.Tensor], path: Path) -
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
              for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        parts = [f"missing {len(missing)}: {_few(missing)}" if missing else "",
-                 f"unexpected {len(unexpected)}: {_few(unexpected)}" if unexpected else "",
-                 f"wrong shape (file vs model) {len(wrong)}: {_few(wrong, 3)}" if wrong else ""]
+        parts = [f"missing {len(missing)}: {few_names(missing)}" if missing else "",
+                 f"unexpected {len(unexpected)}: {few_names(unexpected)}" if unexpected else "",
+                 f"wrong shape (file vs model) {len(wrong)}: {few_names(wrong, 3)}" if wrong else ""]
         raise InputError(
             f"{path} does not fit arch {model.config.arch!r} with {model.config.num_classes} classes ("
             + "; ".join(p for p in parts if p)
@@ -185,7 +168,7 @@ def load_classifier(
     if path.suffix == ".safetensors":
         state, file_arch, meta = read_safetensors(path), None, {}
     else:
-        state, file_arch, meta = _unwrap(read_torch(path), path)
+        state, file_arch, meta = unwrap_state_dict(read_torch(path), path)
         check_finite(state, path)
     arch = arch or file_arch
     if arch is None:

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from diffsmooth.classifiers.checkpoint import _few, _read_safetensors, _read_torch, _unwrap
 from diffsmooth.denoisers.dncnn import PRESETS, DnCNN, DnCNNConfig
 from diffsmooth.errors import InputError
-from diffsmooth.files import file_sha256, read_json_object
+from diffsmooth.files import (check_finite, few_names, file_sha256, read_json_object, read_safetensors, read_torch,
+                              save_safetensors, unwrap_state_dict, write_json)
 
 FORMAT = "diffsmooth-denoiser"
 FORMAT_VERSION = 1
@@ -41,21 +41,20 @@ def save_denoiser(path: str | Path, model: DnCNN, extra: dict[str, Any] | None =
 
     ``extra``: free-form JSON-serializable training info (objective, sigma, test MSE ...).
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, DnCNN):
         raise InputError(f"save_denoiser takes a DnCNN, got {type(model).__name__}")
     weights, config_path = _paths(Path(path))
     weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(weights), metadata={"format": FORMAT})
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": "dncnn", **model.config.to_dict(),
-           "weights": weights.name, "weights_sha256": file_sha256(weights), "training": dict(extra or {})}
+           "weights": weights.name, "training": dict(extra or {})}
     try:
-        config_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        json.dumps(doc)  # fails before any file is written
     except TypeError as err:
         raise InputError(f"save_denoiser: extra must be JSON-serializable ({err}); "
                          "convert tensors to lists or numbers") from None
+    check_finite(model.state_dict(), weights)
+    doc["weights_sha256"] = save_safetensors(weights, model.state_dict(), metadata={"format": FORMAT})
+    write_json(config_path, doc)
     return weights
 
 
@@ -64,7 +63,7 @@ def _config_from_state(state: dict[str, torch.Tensor], path: Path) -> DnCNNConfi
     first = state.get("dncnn.0.weight")
     if first is None or first.ndim != 4:
         raise InputError(f"{path} is not a DnCNN state dict (no 'dncnn.0.weight' convolution; "
-                         f"keys: {_few(sorted(state))}); pass a DnCNN checkpoint")
+                         f"keys: {few_names(sorted(state))}); pass a DnCNN checkpoint")
     convs = [k for k, v in state.items() if k.startswith("dncnn.") and k.endswith(".weight") and v.ndim == 4]
     return DnCNNConfig(in_channels=int(first.shape[1]), depth=len(convs), width=int(first.shape[0]))
 
@@ -80,9 +79,9 @@ def _strict_load(model: DnCNN, state: dict[str, torch.Tensor], path: Path) -> No
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
              for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        parts = [f"missing {len(missing)}: {_few(missing)}" if missing else "",
-                 f"unexpected {len(unexpected)}: {_few(unexpected)}" if unexpected else "",
-                 f"wrong shape (file vs model) {len(wrong)}: {_few(wrong, 3)}" if wrong else ""]
+        parts = [f"missing {len(missing)}: {few_names(missing)}" if missing else "",
+                 f"unexpected {len(unexpected)}: {few_names(unexpected)}" if unexpected else "",
+                 f"wrong shape (file vs model) {len(wrong)}: {few_names(wrong, 3)}" if wrong else ""]
         raise InputError(f"{path} does not fit a DnCNN with depth {model.config.depth}, width "
                          f"{model.config.width} (" + "; ".join(p for p in parts if p)
                          + "); the file is not a DnCNN of Salman et al.'s layout")
@@ -108,7 +107,7 @@ def _load_own(weights: Path, config_path: Path) -> DnCNN:
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"{config_path} lacks a valid field ({err}); re-save with save_denoiser") from None
     model = DnCNN(config)
-    _strict_load(model, _read_safetensors(weights), weights)
+    _strict_load(model, read_safetensors(weights), weights)
     return _finish(model, weights, dict(doc.get("training") or {}))
 
 
@@ -125,9 +124,10 @@ def load_denoiser(path: str | Path) -> DnCNN:
     if not path.is_file():
         raise InputError(f"denoiser checkpoint {path} not found; check the path")
     if path.suffix == ".safetensors":
-        state, arch, meta = _read_safetensors(path), None, {}
+        state, arch, meta = read_safetensors(path), None, {}
     else:
-        state, arch, meta = _unwrap(_read_torch(path), path)
+        state, arch, meta = unwrap_state_dict(read_torch(path), path)
+        check_finite(state, path)
     if arch is not None and arch not in SALMAN_ARCHS:
         raise InputError(f"{path} holds arch {arch!r}, not a DnCNN; known: {', '.join(SALMAN_ARCHS)}")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
