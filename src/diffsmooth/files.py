@@ -165,6 +165,35 @@ def unwrap_state_dict(obj: Any, path: str | Path) -> tuple[dict[str, Any], str |
                      "'state_dict'); save the model's state_dict()")
 
 
+def load_state_strictly(model: Any, state: dict[str, Any], path: str | Path, what: str, fix: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with one message naming the missing, unexpected
+    and mis-shaped keys (``what``: the network, e.g. "arch 'fmnist_cnn' with 10 classes"; ``fix``: the
+    advice).  BatchNorm step counters, which old PyTorch checkpoints lack and eval never uses, are filled in."""
+    expected = model.state_dict()
+    for k in expected:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = expected[k]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = [f"missing {len(missing)}: {few_names(missing)}" if missing else "",
+                 f"unexpected {len(unexpected)}: {few_names(unexpected)}" if unexpected else "",
+                 f"wrong shape (file vs model) {len(wrong)}: {few_names(wrong, 3)}" if wrong else ""]
+        raise InputError(f"{path} does not fit {what} (" + "; ".join(p for p in parts if p) + f"); {fix}")
+    model.load_state_dict(state, strict=True)
+
+
+def check_json(doc: dict[str, Any], what: str) -> None:
+    """Refuse, before any file is written, a document JSON cannot store."""
+    try:
+        json.dumps(doc)
+    except TypeError as err:
+        raise InputError(f"{what}: the settings and extra info must be JSON-serializable ({err}); "
+                         "convert tensors/arrays to numbers or lists") from None
+
+
 def few_names(names: list[str], k: int = 5) -> str:
     """The first ``k`` names, and how many more: for messages about mismatched keys."""
     return ", ".join(names[:k]) + (f" (+{len(names) - k} more)" if len(names) > k else "")

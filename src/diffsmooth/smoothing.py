@@ -126,6 +126,16 @@ def _check_shard(shard: object, reduce_counts: object) -> tuple[int, int] | None
     return shard
 
 
+def per_image_generators(generators: Generators, k: int) -> list[torch.Generator | None]:
+    """``k`` generators from one per image, a single one shared in order, or None (the default one)."""
+    if generators is None or isinstance(generators, torch.Generator):
+        return [generators] * k
+    gens = list(generators)
+    if len(gens) != k:
+        raise InputError(f"generators must hold one generator per image: got {len(gens)} for {k} images")
+    return gens
+
+
 def check_images(xs: Tensor, name: str = "x") -> None:
     """Raise ``InputError`` unless ``xs`` is a finite ``(K, C, H, W)`` batch in [0,1]."""
     if not isinstance(xs, Tensor) or not xs.is_floating_point():
@@ -227,21 +237,25 @@ class SmoothedClassifier:
         ``generators``: one per image (results then do not depend on which
         images are certified together), a single one shared in order, or None.
         """
+        n0, n, alpha, selection, estimation = self._draws(xs, n0, n, alpha, batch_size, generators)
+        if selection.dim() != 2:
+            raise InputError("this base scores several configurations; use certify_grid_batch")
+        return [self._certificate(selection[i], estimation[i], n0, n, alpha) for i in range(xs.shape[0])]
+
+    def _draws(self, xs: Tensor, n0: int, n: int, alpha: float, batch_size: int,
+               generators: Generators) -> tuple[int, int, float, Tensor, Tensor]:
+        """CERTIFY's two draws, checked settings first: (n0, n, alpha, selection, estimation counts)."""
         check_images(xs, "xs")
         n0 = _check_whole("n0", n0)
         n = _check_whole("n", n)
         alpha = _check_alpha(alpha)
         batch_size = _check_whole("batch_size", batch_size)
-        gens = self._generators(generators, xs.shape[0])
-
+        gens = per_image_generators(generators, xs.shape[0])
         # Selection: guess the top class from n0 samples.
         selection = self.sample_counts(xs, n0, batch_size, gens).cpu()
         # Estimation: a fresh, independent draw of n samples bounds its probability.
         estimation = self.sample_counts(xs, n, batch_size, gens).cpu()
-        if selection.dim() != 2:
-            raise InputError("this base scores several configurations; use certify_grid_batch")
-
-        return [self._certificate(selection[i], estimation[i], n0, n, alpha) for i in range(xs.shape[0])]
+        return n0, n, alpha, selection, estimation
 
     def certify_grid_batch(
         self,
@@ -261,15 +275,8 @@ class SmoothedClassifier:
         best configuration per image afterwards is not covered by that guarantee.
         Returns ``certificates[i][k]`` for image i, configuration k.
         """
-        check_images(xs, "xs")
-        n0 = _check_whole("n0", n0)
-        n = _check_whole("n", n)
-        alpha = _check_alpha(alpha)
-        batch_size = _check_whole("batch_size", batch_size)
-        gens = self._generators(generators, xs.shape[0])
         # Selection, then a fresh, independent estimation draw; counts (K, configurations, classes).
-        selection = self.sample_counts(xs, n0, batch_size, gens).cpu()
-        estimation = self.sample_counts(xs, n, batch_size, gens).cpu()
+        n0, n, alpha, selection, estimation = self._draws(xs, n0, n, alpha, batch_size, generators)
         if selection.dim() != 3:
             raise InputError("certify_grid_batch needs a grid base returning (B, configurations, num_classes) scores")
         return [[self._certificate(selection[i, k], estimation[i, k], n0, n, alpha) for k in range(selection.shape[1])]
@@ -335,7 +342,7 @@ class SmoothedClassifier:
         n = _check_whole("n", n)
         alpha = _check_alpha(alpha)
         batch_size = _check_whole("batch_size", batch_size)
-        gens = self._generators(generators, xs.shape[0])
+        gens = per_image_generators(generators, xs.shape[0])
 
         counts = self.sample_counts(xs, n, batch_size, gens).cpu()
         predictions = []
@@ -451,11 +458,3 @@ class SmoothedClassifier:
             f"({batch}, num_classes={self.num_classes}) or integer labels ({batch},)"
         )
 
-    @staticmethod
-    def _generators(generators: Generators, k: int) -> list[torch.Generator | None]:
-        if generators is None or isinstance(generators, torch.Generator):
-            return [generators] * k
-        gens = list(generators)
-        if len(gens) != k:
-            raise InputError(f"generators must hold one generator per image: got {len(gens)} for {k} images")
-        return gens

@@ -57,7 +57,7 @@ from diffsmooth.defenses import DenoisedSmoothing, DiffSmooth, Gaussian, _fit_cl
 from diffsmooth.diffusion import MultiStepDenoiser
 from diffsmooth.errors import InputError
 from diffsmooth.fast import FastBase
-from diffsmooth.smoothing import Generators, SmoothedClassifier, check_images
+from diffsmooth.smoothing import Generators, SmoothedClassifier, check_images, per_image_generators
 
 TARGETS = ("smoothed", "base")
 PURIFIER_GRADIENTS = ("full", "bpda")
@@ -275,16 +275,6 @@ def attack(
     with torch.inference_mode(False), torch.enable_grad():
         eps_t = torch.tensor(radii, device=xs.device, dtype=xs.dtype)
         return _pgd(surface, xs.detach().clone(), labels_t.clone(), eps_t, sigma, config, gens)
-
-
-def per_image_generators(generators: Generators, k: int) -> list[torch.Generator | None]:
-    """``k`` generators from one per image, one shared, or None (then the default one)."""
-    if generators is None or isinstance(generators, torch.Generator):
-        return [generators] * k
-    gens = list(generators)
-    if len(gens) != k:
-        raise InputError(f"generators must hold one generator per image: got {len(gens)} for {k} images")
-    return gens
 
 
 def _pgd(

@@ -20,8 +20,8 @@ import torch
 from diffsmooth.classifiers.config import ClassifierConfig
 from diffsmooth.classifiers.registry import Classifier, create_classifier, head_key, list_classifiers
 from diffsmooth.errors import InputError
-from diffsmooth.files import (check_finite, few_names, file_sha256, read_safetensors, read_torch, save_safetensors,
-                              unwrap_state_dict, write_json)
+from diffsmooth.files import (check_finite, check_json, file_sha256, load_state_strictly, read_safetensors, read_torch,
+                              save_safetensors, unwrap_state_dict, write_json)
 
 FORMAT = "diffsmooth-classifier"
 FORMAT_VERSION = 1
@@ -55,11 +55,7 @@ def save_classifier(path: str | Path, model: Classifier, extra: dict[str, Any] |
         "weights": weights.name,
         "training": dict(extra or {}),
     }
-    try:
-        json.dumps(doc)  # fails before any file is written when extra is not JSON-able
-    except TypeError as err:
-        raise InputError(f"save_classifier: extra must be JSON-serializable ({err}); "
-                         "convert tensors/arrays to lists or numbers") from None
+    check_json(doc, "save_classifier")
     check_finite(model.state_dict(), weights)
     doc["weights_sha256"] = save_safetensors(weights, model.state_dict(), metadata={"format": FORMAT})
     write_json(config_path, doc)
@@ -79,25 +75,9 @@ def _to_model_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _load_state(model: Classifier, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    # Checkpoints from old PyTorch versions lack BatchNorm's step counter; it is unused in eval.
-    for k in expected:
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = expected[k]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = [f"missing {len(missing)}: {few_names(missing)}" if missing else "",
-                 f"unexpected {len(unexpected)}: {few_names(unexpected)}" if unexpected else "",
-                 f"wrong shape (file vs model) {len(wrong)}: {few_names(wrong, 3)}" if wrong else ""]
-        raise InputError(
-            f"{path} does not fit arch {model.config.arch!r} with {model.config.num_classes} classes ("
-            + "; ".join(p for p in parts if p)
-            + f"); pass the arch/num_classes the checkpoint was trained with (known: {', '.join(list_classifiers())})"
-        )
-    model.load_state_dict(state, strict=True)
+    load_state_strictly(model, state, path, f"arch {model.config.arch!r} with {model.config.num_classes} classes",
+                        "pass the arch/num_classes the checkpoint was trained with "
+                        f"(known: {', '.join(list_classifiers())})")
 
 
 def _finish(model: Classifier, path: Path) -> Classifier:

@@ -13,7 +13,6 @@ depth, width and channels are read off the weights' shapes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import torch
 
 from diffsmooth.denoisers.dncnn import PRESETS, DnCNN, DnCNNConfig
 from diffsmooth.errors import InputError
-from diffsmooth.files import (check_finite, few_names, file_sha256, read_json_object, read_safetensors, read_torch,
-                              save_safetensors, unwrap_state_dict, write_json)
+from diffsmooth.files import (check_finite, check_json, few_names, file_sha256, load_state_strictly, read_json_object,
+                              read_safetensors, read_torch, save_safetensors, unwrap_state_dict, write_json)
 
 FORMAT = "diffsmooth-denoiser"
 FORMAT_VERSION = 1
@@ -47,11 +46,7 @@ def save_denoiser(path: str | Path, model: DnCNN, extra: dict[str, Any] | None =
     weights.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": "dncnn", **model.config.to_dict(),
            "weights": weights.name, "training": dict(extra or {})}
-    try:
-        json.dumps(doc)  # fails before any file is written
-    except TypeError as err:
-        raise InputError(f"save_denoiser: extra must be JSON-serializable ({err}); "
-                         "convert tensors to lists or numbers") from None
+    check_json(doc, "save_denoiser")
     check_finite(model.state_dict(), weights)
     doc["weights_sha256"] = save_safetensors(weights, model.state_dict(), metadata={"format": FORMAT})
     write_json(config_path, doc)
@@ -69,23 +64,8 @@ def _config_from_state(state: dict[str, torch.Tensor], path: Path) -> DnCNNConfi
 
 
 def _strict_load(model: DnCNN, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    # Checkpoints from old PyTorch versions lack BatchNorm's step counter; it is unused in eval.
-    for k in expected:
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = expected[k]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = [f"missing {len(missing)}: {few_names(missing)}" if missing else "",
-                 f"unexpected {len(unexpected)}: {few_names(unexpected)}" if unexpected else "",
-                 f"wrong shape (file vs model) {len(wrong)}: {few_names(wrong, 3)}" if wrong else ""]
-        raise InputError(f"{path} does not fit a DnCNN with depth {model.config.depth}, width "
-                         f"{model.config.width} (" + "; ".join(p for p in parts if p)
-                         + "); the file is not a DnCNN of Salman et al.'s layout")
-    model.load_state_dict(state, strict=True)
+    load_state_strictly(model, state, path, f"a DnCNN with depth {model.config.depth}, width {model.config.width}",
+                        "the file is not a DnCNN of Salman et al.'s layout")
 
 
 def _finish(model: DnCNN, path: Path, info: dict[str, Any]) -> DnCNN:

@@ -13,7 +13,6 @@ Every failure is an ``InputError`` naming the fix. The weights file's SHA-256 is
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ from diffsmooth.diffusion.adm import VARIANTS, adm_unet
 from diffsmooth.diffusion.presets import DiffusionModel, get_preset, list_presets, preset_state_shapes
 from diffsmooth.diffusion.schedules import NoiseSchedule
 from diffsmooth.errors import InputError
-from diffsmooth.files import check_finite, file_sha256, read_json_object, read_safetensors, read_torch, save_safetensors, write_json
+from diffsmooth.files import (check_finite, check_json, file_sha256, read_json_object, read_safetensors, read_torch,
+                              save_safetensors, write_json)
 
 FORMAT = "diffsmooth-diffusion"
 FORMAT_VERSION = 1
@@ -64,11 +64,7 @@ def save_diffusion_model(directory: str | Path, unet: nn.Module, variant: str, f
         "weights": WEIGHTS_NAME,
         "extra": dict(extra or {}),
     }
-    try:
-        json.dumps(doc)  # fails before any file is written
-    except TypeError as err:
-        raise InputError(f"save_diffusion_model: extra and flags must be JSON-serializable ({err}); "
-                         "convert tensors/arrays to numbers or lists") from None
+    check_json(doc, "save_diffusion_model")
     check_finite(unet.state_dict(), weights)
     doc["weights_sha256"] = save_safetensors(weights, unet.state_dict(), metadata={"format": FORMAT})
     write_json(directory / CONFIG_NAME, doc)

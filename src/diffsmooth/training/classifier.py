@@ -29,7 +29,7 @@ from diffsmooth.training.loop import (
     steps_per_epoch,
 )
 from diffsmooth.training.losses import get_loss, loss_defaults
-from diffsmooth.training.state import git_commit, has_state, load_state, save_state
+from diffsmooth.training.state import git_commit, resume_state, save_state
 
 
 @dataclass(frozen=True)
@@ -160,10 +160,8 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
     total = per_epoch * config.epochs
     step, epoch, history = 0, 0, []
     if resume:
-        if not has_state(ckpt):
-            raise InputError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
-        step, epoch = load_state(ckpt, model=model, optimizer=optimizer, generators=generators,
-                                 config=config.to_dict())
+        step, epoch = resume_state(ckpt, model=model, optimizer=optimizer, generators=generators,
+                                   config=config.to_dict())
     started, first_epoch = time.time(), epoch
     bar = tqdm(total=total, initial=step, disable=quiet, desc=f"{config.method} sigma={config.sigma}",
                unit="step", dynamic_ncols=True)

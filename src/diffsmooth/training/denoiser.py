@@ -27,7 +27,7 @@ from diffsmooth.denoisers import PRESETS, DnCNN, create_dncnn, load_denoiser, sa
 from diffsmooth.errors import InputError
 from diffsmooth.training.loop import (batches, cosine_lr, global_rng_from, load_train_tensors, resolve_device,
                                      set_lr, steps_per_epoch)
-from diffsmooth.training.state import git_commit, has_state, load_state, save_state
+from diffsmooth.training.state import git_commit, resume_state, save_state
 
 OBJECTIVES = ("mse", "stability", "mse+stability")
 
@@ -201,10 +201,8 @@ def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_d
     total = steps_per_epoch(len(images), config.batch_size) * config.epochs
     step, epoch, history = 0, 0, []
     if resume:
-        if not has_state(ckpt):
-            raise InputError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
-        step, epoch = load_state(ckpt, model=model, optimizer=optimizer, generators=generators,
-                                 config=config.to_dict())
+        step, epoch = resume_state(ckpt, model=model, optimizer=optimizer, generators=generators,
+                                   config=config.to_dict())
     started, first_epoch = time.time(), epoch
     bar = tqdm(total=total, initial=step, disable=quiet, desc=f"{config.arch} {config.objective} sigma={config.sigma}",
                unit="step", dynamic_ncols=True)

@@ -18,7 +18,7 @@ from torch import nn
 from diffsmooth.errors import InputError
 from diffsmooth.files import git_commit, save_safetensors, write_json
 
-__all__ = ["git_commit", "has_state", "load_state", "save_state"]
+__all__ = ["git_commit", "has_state", "load_state", "resume_state", "save_state"]
 
 STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
@@ -108,3 +108,10 @@ def load_state(directory: str | Path, *, model: nn.Module, optimizer: torch.opti
     for name, g in generators.items():
         g.set_state(tensors[f"rng.{name}"])
     return int(meta["step"]), int(meta["epoch"])
+
+
+def resume_state(directory: str | Path, **kwargs: Any) -> tuple[int, int]:
+    """``load_state`` for ``--resume``: a missing checkpoint is named with the fix."""
+    if not has_state(directory):
+        raise InputError(f"--resume: no checkpoint in {directory}; run without --resume to start fresh")
+    return load_state(directory, **kwargs)
