@@ -9,11 +9,16 @@ is used by the certifier, the trainers' bookkeeping and the analysis alike.
   bound ``p_lower > 1/2`` on the top-class probability certifies.
 - ``binomial_test_pvalue``: the two-sided exact binomial test used by PREDICT.
   (``scipy.stats.binom_test`` was removed in SciPy 1.12; ``binomtest`` replaces it.)
+- ``look_schedule`` / ``sequential_lower``: an anytime-valid lower confidence
+  sequence (Clopper-Pearson at geometric looks with alpha spending), for
+  certification that stops early; ``clopper_pearson_upper`` for futility rules.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from scipy.stats import beta, binomtest, norm
 
@@ -67,3 +72,112 @@ def binomial_test_pvalue(k: int, n: int, p: float = 0.5) -> float:
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must lie strictly between 0 and 1, got {p!r}")
     return float(binomtest(int(k), int(n), p, alternative="two-sided").pvalue)
+
+
+# -- sequential certification: an anytime-valid lower confidence sequence -------------------
+
+
+def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) upper confidence bound on p from k successes in n trials.
+
+    Equals ``Beta.ppf(1 - alpha, k + 1, n - k)``, and 1 when ``k == n``: the mirror
+    image of ``clopper_pearson_lower`` (``1 - clopper_pearson_lower(n - k, n, alpha)``).
+    """
+    _check_counts(k, n)
+    _check_alpha(alpha)
+    if k == n:
+        return 1.0
+    return float(beta.ppf(1.0 - alpha, k + 1, n - k))
+
+
+@dataclass(frozen=True)
+class LookSchedule:
+    """When a sequential test looks at its counts, and the alpha each look spends.
+
+    ``sizes`` are the cumulative sample sizes ``n_1 < ... < n_K`` (``n_K`` the
+    budget); ``alphas`` the level of the Clopper-Pearson bound at each look,
+    summing to the total ``alpha``.  Build one with ``look_schedule``.
+    """
+
+    sizes: tuple[int, ...]
+    alphas: tuple[float, ...]
+
+    @property
+    def alpha(self) -> float:
+        return math.fsum(self.alphas)
+
+    @property
+    def n_max(self) -> int:
+        return self.sizes[-1]
+
+    def lower(self, look: int, k: int) -> float:
+        """The Clopper-Pearson lower bound of look ``look`` (0-based) from ``k`` successes in
+        ``sizes[look]`` trials, at that look's level ``alphas[look]``."""
+        return clopper_pearson_lower(k, self.sizes[look], self.alphas[look])
+
+
+def look_schedule(
+    n_max: int, alpha: float, n_first: int = 64, ratio: float = 2.0, final_share: float = 0.5
+) -> LookSchedule:
+    """A geometric schedule of looks with its alpha spending.
+
+    Looks at ``n_k = ceil(n_first * ratio^k)`` samples while below ``n_max``, and
+    at ``n_max`` last.  The last look spends ``final_share * alpha`` (so a run that
+    uses its whole budget loses little against a fixed-n test at ``alpha``); the
+    earlier looks share the rest equally.  Any split with ``sum(alphas) = alpha``
+    is valid (a union bound); this one suits geometric looks, where the early
+    looks only need to settle clear cases.
+    """
+    if int(n_max) != n_max or n_max < 1:
+        raise ValueError(f"n_max must be a positive whole number of samples, got {n_max!r}")
+    if int(n_first) != n_first or n_first < 1:
+        raise ValueError(f"n_first must be a positive whole number of samples, got {n_first!r}")
+    if not (isinstance(ratio, (int, float)) and ratio > 1 and math.isfinite(ratio)):
+        raise ValueError(f"ratio must be a finite number > 1 (e.g. 2), got {ratio!r}")
+    if not (isinstance(final_share, (int, float)) and 0 < final_share <= 1):
+        raise ValueError(f"final_share must lie in (0, 1], got {final_share!r}")
+    _check_alpha(alpha)
+    sizes: list[int] = []
+    size = float(n_first)
+    while math.ceil(size) < n_max:
+        if not sizes or math.ceil(size) > sizes[-1]:
+            sizes.append(math.ceil(size))
+        size *= ratio
+    sizes.append(int(n_max))
+    early = len(sizes) - 1
+    if early == 0:
+        return LookSchedule((int(n_max),), (float(alpha),))
+    final = alpha * final_share
+    return LookSchedule(tuple(sizes), tuple([(alpha - final) / early] * early + [final]))
+
+
+def sequential_lower(successes: Sequence[int], schedule: LookSchedule) -> list[float]:
+    """The anytime-valid (1 - alpha) lower confidence sequence at each look taken so far.
+
+    ``successes[j]`` is the cumulative count after ``schedule.sizes[j]`` trials
+    (fewer entries than looks when the test stopped early).  Entry j is the
+    running maximum of the looks' Clopper-Pearson bounds at levels ``alpha_j``.
+
+    Guarantee: by the union bound, with probability at least
+    ``1 - sum(alpha_j) = 1 - alpha`` every look's bound lies below p at once, so
+    the running maximum does too: the bound read at *any* stopping time (data
+    dependent, decided from the counts) is a valid (1 - alpha) lower bound, and
+    so are all decisions taken from one sequence together (several radii need
+    no further split of alpha).  This is the staged Clopper-Pearson design of
+    Horvath et al., "Boosting randomized smoothing with variance reduced
+    classifiers" (ICLR 2022), with Bonferroni alpha spending over a geometric
+    schedule of looks in place of their equal split.
+    """
+    if len(successes) > len(schedule.sizes):
+        raise ValueError(f"successes has {len(successes)} looks but the schedule only {len(schedule.sizes)}")
+    bounds: list[float] = []
+    best = 0.0
+    previous_k, previous_n = 0, 0
+    for look, k in enumerate(successes):
+        n = schedule.sizes[look]
+        if not previous_k <= k <= previous_k + (n - previous_n):
+            raise ValueError(f"successes must be cumulative counts: look {look} has {k!r} after {previous_k}")
+        best = max(best, schedule.lower(look, k))
+        bounds.append(best)
+        previous_k, previous_n = k, n
+    return bounds
