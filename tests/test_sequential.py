@@ -11,9 +11,8 @@ from scipy.stats import beta as scipy_beta
 from scipy.stats import binom, norm
 from statsmodels.stats.proportion import proportion_confint
 
-from diffsmooth import Certificate, SmoothedClassifier
+from diffsmooth import Certificate, SequentialCertificate, SmoothedClassifier
 from diffsmooth.errors import InputError
-from diffsmooth.smoothing import SequentialCertificate
 from diffsmooth.stats import (
     LookSchedule,
     clopper_pearson_lower,
@@ -21,6 +20,8 @@ from diffsmooth.stats import (
     look_schedule,
     sequential_lower,
 )
+
+
 # -- the confidence sequence (stats) ---------------------------------------------------------
 
 
@@ -187,6 +188,7 @@ def soundness_points(rng, k, near):
     return np.concatenate([spread, centres + rng.uniform(-0.01, 0.01, k - k // 2)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [dict(tolerance=0.02), dict(max_radius=0.15, min_radius=0.05)],
@@ -194,7 +196,7 @@ def soundness_points(rng, k, near):
 )
 def test_radius_mode_is_sound_over_many_certifications(options):
     base = HalfSpace(W, B)
-    sigma, k = 0.1, 1200
+    sigma, k = 0.1, 1000
     distances = soundness_points(np.random.default_rng(1), k, near=[0.0, 0.05, -0.05, 0.15])
     xs = base.at_distances(distances)
     smoothed = SmoothedClassifier(base, 2, sigma)
@@ -209,9 +211,10 @@ def test_radius_mode_is_sound_over_many_certifications(options):
     assert np.median(ratio) > 0.6
 
 
+@pytest.mark.slow
 def test_fixed_radius_mode_is_sound_over_many_certifications():
     base = HalfSpace(W, B)
-    sigma, k, radii = 0.1, 1200, (0.05, 0.15)
+    sigma, k, radii = 0.1, 1000, (0.05, 0.15)
     distances = soundness_points(np.random.default_rng(2), k, near=[0.05, 0.15, -0.05, -0.15, 0.0])
     xs = base.at_distances(distances)
     certs = SmoothedClassifier(base, 2, sigma).certify_sequential_batch(

@@ -15,6 +15,7 @@ _EXPORTS = {
     "SmoothedClassifier": "diffsmooth.smoothing",
     "Certificate": "diffsmooth.smoothing",
     "Prediction": "diffsmooth.smoothing",
+    "SequentialCertificate": "diffsmooth.smoothing",
     "InputError": "diffsmooth.errors",
     "Gaussian": "diffsmooth.defenses",
     "DenoisedSmoothing": "diffsmooth.defenses",
