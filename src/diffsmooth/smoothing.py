@@ -36,6 +36,7 @@ from diffsmooth.stats import (
     clopper_pearson_lower,
     clopper_pearson_upper,
     look_schedule,
+    sequential_lower,
 )
 
 Base = Callable[[Tensor], Tensor]
@@ -479,9 +480,9 @@ class SmoothedClassifier:
         estimation = torch.zeros(k, self.num_classes, dtype=torch.long)
         p_lower = [0.0] * k
         stops: list[str | None] = [None] * k
-        looks = [0] * k
+        successes: list[list[int]] = [[] for _ in range(k)]
         drawn = 0
-        for look, size in enumerate(schedule.sizes):
+        for size in schedule.sizes:
             running = [i for i in range(k) if stops[i] is None]
             if not running:
                 break
@@ -490,11 +491,9 @@ class SmoothedClassifier:
             estimation[rows] += chunk.cpu()
             drawn = size
             for i in running:
-                n_a = int(estimation[i, selected[i]])
-                # The running maximum of the looks' bounds is the confidence sequence.
-                p_lower[i] = max(p_lower[i], schedule.lower(look, n_a))
-                looks[i] = look + 1
-                stops[i] = rule.stop(p_lower[i], n_a, size, schedule)
+                successes[i].append(int(estimation[i, selected[i]]))
+                p_lower[i] = sequential_lower(successes[i], schedule)[-1]
+                stops[i] = rule.stop(p_lower[i], successes[i][-1], size, schedule)
 
         certificates = []
         for i in range(k):
@@ -509,13 +508,13 @@ class SmoothedClassifier:
                     selected_class=c_a,
                     n_a=int(estimation[i, c_a]),
                     n0=n0,
-                    n=schedule.sizes[looks[i] - 1],
+                    n=schedule.sizes[len(successes[i]) - 1],
                     alpha=alpha,
                     sigma=self.sigma,
                     counts=tuple(int(c) for c in estimation[i]),
                     selection_counts=tuple(int(c) for c in selection[i]),
                     n_max=n_max,
-                    looks=looks[i],
+                    looks=len(successes[i]),
                     stop=stops[i] or "budget",
                     radii=tuple((r, not abstain and radius >= r) for r in rule.radii),
                 )
