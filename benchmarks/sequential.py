@@ -85,22 +85,6 @@ def average_certified_radius(certs: list[Certificate], labels: list[int]) -> flo
     return sum(c.radius if c.prediction == y else 0.0 for c, y in zip(certs, labels)) / len(certs)
 
 
-def run_mode(
-    certify: Callable[[torch.Tensor, list[torch.Generator]], list[Certificate]],
-    xs: torch.Tensor,
-    indices: list[int],
-    seed: int,
-    group: int,
-) -> tuple[list[Certificate], float]:
-    certs: list[Certificate] = []
-    start = time.perf_counter()
-    for lo in range(0, len(indices), group):
-        idx = indices[lo : lo + group]
-        certs += certify(xs[lo : lo + group], [generator_for(seed, i, "cpu") for i in idx])
-        print(f"  {len(certs)}/{len(indices)} images, {time.perf_counter() - start:.0f} s", flush=True)
-    return certs, time.perf_counter() - start
-
-
 def summarize(name: str, certs: list[Certificate], labels: list[int], seconds: float,
               asked: tuple[float, ...] | None, fixed_mean: float | None) -> dict[str, Any]:
     samples = [c.n0 + c.n for c in certs]
@@ -156,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=50, help="images certified together (packed batches)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write per-image results here")
+    parser.add_argument("--json", type=Path, default=None, help="also write per-image results here (after every group)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
 
@@ -178,18 +162,33 @@ def main(argv: list[str] | None = None) -> int:
     for tol in (float(t) for t in args.tolerances.split(",")):
         modes.append((f"seq radius tol={tol:g}",
                       lambda x, g, tol=tol: smoothed.certify_sequential_batch(x, *common, g, tolerance=tol), None))
-    rows, raw = [], {}
-    fixed_mean = None
-    for name, certify, asked in modes:
-        misses = memo.misses
-        certs, seconds = run_mode(certify, xs, indices, args.seed, args.group)
-        row = summarize(name, certs, labels, seconds, asked, fixed_mean)
-        row["model_calls"] = memo.misses - misses
-        fixed_mean = fixed_mean or row["mean_samples"]
-        rows.append(row)
-        raw[name] = [{"idx": i, "label": y, "prediction": c.prediction, "radius": c.radius, "n": c.n,
-                      "stop": getattr(c, "stop", None)} for i, c, y in zip(indices, certs, labels)]
-        print("\n".join(table(rows)[-1:]), flush=True)
+    # Group by group: the fixed run labels a group's noisy images, the sequential modes then
+    # look them up, and the memo is emptied (it holds one group's labels at a time).
+    certs: dict[str, list[Certificate]] = {name: [] for name, _, _ in modes}
+    seconds = dict.fromkeys(certs, 0.0)
+    model_calls = dict.fromkeys(certs, 0)
+    start = time.perf_counter()
+    for lo in range(0, len(indices), args.group):
+        idx = indices[lo : lo + args.group]
+        for name, certify, _ in modes:
+            misses, tic = memo.misses, time.perf_counter()
+            certs[name] += certify(xs[lo : lo + args.group], [generator_for(args.seed, i, "cpu") for i in idx])
+            seconds[name] += time.perf_counter() - tic
+            model_calls[name] += memo.misses - misses
+        memo.labels.clear()
+        done = len(certs[modes[0][0]])
+        print(f"{done}/{len(indices)} images, {time.perf_counter() - start:.0f} s", flush=True)
+        rows = []
+        for name, _, asked in modes:
+            row = summarize(name, certs[name], labels[:done], seconds[name], asked, rows[0]["mean_samples"] if rows else None)
+            row["model_calls"] = model_calls[name]
+            rows.append(row)
+        print("\n".join(table(rows)), flush=True)
+        if args.json:
+            raw = {name: [{"idx": i, "label": y, "prediction": c.prediction, "radius": c.radius, "n": c.n,
+                           "stop": getattr(c, "stop", None)} for i, c, y in zip(indices, certs[name], labels)]
+                   for name in certs}
+            args.json.write_text(json.dumps({"rows": rows, "certificates": raw}, indent=1, default=str))
 
     command = "python benchmarks/sequential.py " + " ".join(sys.argv[1:] if argv is None else argv)
     threads = torch.get_num_threads()
@@ -214,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     section = "\n".join(lines)
     print(section)
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "certificates": raw}, indent=1, default=str))
     if not args.no_write:
         write_results(args.results, key, section)
         print(f"results written to {args.results}")
