@@ -109,14 +109,16 @@ def _count(items) -> dict[str, int]:
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    head = ["mode", "mean samples/img", "median", "fewer than fixed"] + [f"r={r:g}" for r in RADII] + ["ACR", "new model evaluations", "s", "stops"]
+    head = ["mode", "mean samples/img", "median", "fewer than fixed", *(f"r={r:g}" for r in RADII),
+            "ACR", "new model evaluations", "s", "stops"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
     for row in rows:
         acc = ["-" if row["accuracy"][r] is None else f"{row['accuracy'][r]:.1f}" for r in RADII]
         acr = "-" if row["acr"] is None else f"{row['acr']:.3f}"
         stops = ", ".join(f"{k} {v}" for k, v in row["stops"].items())
         lines.append(f"| {row['mode']} | {row['mean_samples']:.0f} | {row['median_samples']:.0f} | "
-                     f"{row['fewer']:.1f}x | " + " | ".join(acc) + f" | {acr} | {row['model_calls']} | {row['seconds']:.0f} | {stops} |")
+                     f"{row['fewer']:.1f}x | " + " | ".join(acc)
+                     + f" | {acr} | {row['model_calls']} | {row['seconds']:.0f} | {stops} |")
     return lines
 
 
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{done}/{len(indices)} images, {time.perf_counter() - start:.0f} s", flush=True)
         rows = []
         for name, _, asked in modes:
-            row = summarize(name, certs[name], labels[:done], seconds[name], asked, rows[0]["mean_samples"] if rows else None)
+            fixed_mean = rows[0]["mean_samples"] if rows else None
+            row = summarize(name, certs[name], labels[:done], seconds[name], asked, fixed_mean)
             row["model_calls"] = model_calls[name]
             rows.append(row)
         print("\n".join(table(rows)), flush=True)

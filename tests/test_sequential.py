@@ -239,25 +239,26 @@ def test_constant_base_stops_at_the_closed_form_look():
     closed = [a ** (1 / n) for n, a in zip(schedule.sizes, schedule.alphas)]
     x = torch.full((1, 2, 2), 0.5)
     # Fixed radius 0.5 needs p_lower >= Phi(1).
+    args = (x, 10, n_max, alpha, 1000, seeded(0))
     base, calls = always(0)
-    cert = SmoothedClassifier(base, 2, sigma).certify_sequential(x, 10, n_max, alpha, 1000, seeded(0), radii=[0.5])
+    cert = SmoothedClassifier(base, 2, sigma).certify_sequential(*args, radii=[0.5])
     look = next(j for j, p in enumerate(closed) if sigma * norm.ppf(p) >= 0.5)
     assert (cert.looks, cert.n, cert.stop, cert.radii) == (look + 1, schedule.sizes[look], "cap", ((0.5, True),))
     assert cert.p_lower == pytest.approx(max(closed[: look + 1]), rel=1e-12)
     assert cert.radius == pytest.approx(sigma * norm.ppf(cert.p_lower), rel=1e-12)
     assert calls == [10, 64][: look + 2] and cert.counts == (cert.n, 0) and cert.selection_counts == (10, 0)
     # Radius mode, capped at 1.0: the first look whose radius reaches the cap.
-    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(x, 10, n_max, alpha, 1000, seeded(0), max_radius=1.0)
+    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(*args, max_radius=1.0)
     look = next(j for j, p in enumerate(closed) if sigma * norm.ppf(max(closed[: j + 1])) >= 1.0)
     assert (cert.n, cert.stop) == (schedule.sizes[look], "cap")
     # No cap, no tolerance: the whole budget, and the last look's bound (half of alpha).
-    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(x, 10, n_max, alpha, 1000, seeded(0))
+    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(*args)
     assert (cert.n, cert.looks, cert.stop) == (n_max, len(schedule.sizes), "budget")
     assert cert.p_lower == pytest.approx((alpha / 2) ** (1 / n_max), rel=1e-12)
     # Tolerance 0.2: the first look whose radius is within 0.2 of what n_max would give.
     best = sigma * norm.ppf(closed[-1])
     look = next(j for j in range(len(closed)) if best - sigma * norm.ppf(max(closed[: j + 1])) < 0.2)
-    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(x, 10, n_max, alpha, 1000, seeded(0), tolerance=0.2)
+    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(*args, tolerance=0.2)
     assert (cert.n, cert.stop) == (schedule.sizes[look], "tolerance") and look < len(closed) - 1
     assert best - cert.radius < 0.2
 

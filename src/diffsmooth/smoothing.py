@@ -133,14 +133,16 @@ class _StopRule:
         cls, sigma: float, radii: Sequence[float] | None, max_radius: float | None, min_radius: float, tolerance: float
     ) -> _StopRule:
         def number(name: str, value: object) -> float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
+            real = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (real and value >= 0 and math.isfinite(value)):
                 raise InputError(f"{name} must be a finite radius >= 0 in [0,1] pixel units, got {value!r}")
             return float(value)
 
         if radii is not None:
             if max_radius is not None or min_radius != 0.0 or tolerance != 0.0:
                 raise InputError(
-                    "radii (fixed-radius mode) excludes max_radius, min_radius and tolerance (radius mode); give one mode"
+                    "radii (fixed-radius mode) excludes max_radius, min_radius and tolerance (radius mode); "
+                    "give one mode"
                 )
             if isinstance(radii, (str, bytes)) or not isinstance(radii, Sequence) or len(radii) == 0:
                 raise InputError(f"radii must be a non-empty list of radii, got {radii!r}")
@@ -177,7 +179,8 @@ class _StopRule:
         if not self.reaches(best, pending[0] if self.radii else self.min_radius):
             return "futile"
         if self.tolerance > 0 and p_lower >= 0.5:
-            # Tolerance (never for an image that still abstains): the radius n_max would give if the observed proportion stayed.
+            # Tolerance (never while abstaining): the radius that n_max samples would give
+            # if the observed proportion stayed.
             likely = max(p_lower, schedule.lower(last, n_a + math.floor(n_a / n * rest)))
             cap = math.inf if self.max_radius is None else self.max_radius
             gain = min(self.radius(likely) or 0.0, cap) - min(self.radius(p_lower) or 0.0, cap)
