@@ -79,7 +79,8 @@ def test_look_schedule_spends_alpha_and_ends_at_n_max():
     assert s.sizes == (64, 128, 256, 512, 1024, 2048, 4096, 8192, 10_000)
     assert s.n_max == 10_000
     assert s.alpha == pytest.approx(0.001, rel=1e-12)
-    assert s.alphas[-1] == pytest.approx(0.0005) and s.alphas[0] == pytest.approx(0.0005 / 8)
+    # Spent in proportion to the look sizes (sum 26,320).
+    assert s.alphas == pytest.approx(tuple(0.001 * n / 26_320 for n in s.sizes), rel=1e-12)
     assert look_schedule(50, 0.01).sizes == (50,) and look_schedule(50, 0.01).alphas == (0.01,)
     assert look_schedule(100, 0.01, n_first=10, ratio=1.5).sizes == (10, 15, 23, 34, 51, 76, 100)
 
@@ -105,7 +106,6 @@ def test_clopper_pearson_upper_mirrors_the_lower_bound(k, n, alpha):
         (lambda: look_schedule(0, 0.01), "n_max"),
         (lambda: look_schedule(100, 0.01, n_first=0), "n_first"),
         (lambda: look_schedule(100, 0.01, ratio=1.0), "ratio"),
-        (lambda: look_schedule(100, 0.01, final_share=0.0), "final_share"),
         (lambda: look_schedule(100, 1.5), "alpha"),
         (lambda: sequential_lower([1, 2, 3], look_schedule(100, 0.01, n_first=50)), "successes"),
         (lambda: sequential_lower([40, 30], look_schedule(100, 0.01, n_first=50)), "successes"),
@@ -246,15 +246,15 @@ def test_constant_base_stops_at_the_closed_form_look():
     assert (cert.looks, cert.n, cert.stop, cert.radii) == (look + 1, schedule.sizes[look], "cap", ((0.5, True),))
     assert cert.p_lower == pytest.approx(max(closed[: look + 1]), rel=1e-12)
     assert cert.radius == pytest.approx(sigma * norm.ppf(cert.p_lower), rel=1e-12)
-    assert calls == [10, 64][: look + 2] and cert.counts == (cert.n, 0) and cert.selection_counts == (10, 0)
+    assert calls == [10] + np.diff((0,) + schedule.sizes).tolist()[: look + 1] and cert.counts == (cert.n, 0) and cert.selection_counts == (10, 0)
     # Radius mode, capped at 1.0: the first look whose radius reaches the cap.
     cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(*args, max_radius=1.0)
     look = next(j for j, p in enumerate(closed) if sigma * norm.ppf(max(closed[: j + 1])) >= 1.0)
     assert (cert.n, cert.stop) == (schedule.sizes[look], "cap")
-    # No cap, no tolerance: the whole budget, and the last look's bound (half of alpha).
+    # No cap, no tolerance: the whole budget, and the last look's bound.
     cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(*args)
     assert (cert.n, cert.looks, cert.stop) == (n_max, len(schedule.sizes), "budget")
-    assert cert.p_lower == pytest.approx((alpha / 2) ** (1 / n_max), rel=1e-12)
+    assert cert.p_lower == pytest.approx(schedule.alphas[-1] ** (1 / n_max), rel=1e-12)
     # Tolerance 0.2: the first look whose radius is within 0.2 of what n_max would give.
     best = sigma * norm.ppf(closed[-1])
     look = next(j for j in range(len(closed)) if best - sigma * norm.ppf(max(closed[: j + 1])) < 0.2)

@@ -116,17 +116,17 @@ class LookSchedule:
         return clopper_pearson_lower(k, self.sizes[look], self.alphas[look])
 
 
-def look_schedule(
-    n_max: int, alpha: float, n_first: int = 64, ratio: float = 2.0, final_share: float = 0.5
-) -> LookSchedule:
+def look_schedule(n_max: int, alpha: float, n_first: int = 64, ratio: float = 2.0) -> LookSchedule:
     """A geometric schedule of looks with its alpha spending.
 
     Looks at ``n_k = ceil(n_first * ratio^k)`` samples while below ``n_max``, and
-    at ``n_max`` last.  The last look spends ``final_share * alpha`` (so a run that
-    uses its whole budget loses little against a fixed-n test at ``alpha``); the
-    earlier looks share the rest equally.  Any split with ``sum(alphas) = alpha``
-    is valid (a union bound); this one suits geometric looks, where the early
-    looks only need to settle clear cases.
+    at ``n_max`` last.  Look k spends ``alpha * n_k / sum_j n_j``: in proportion
+    to its sample size, so the early looks, which only need to settle clear
+    cases (where the bound's cost of a smaller alpha is a few samples), spend
+    little, and the last ones, where the radius of a run that uses its budget is
+    read, keep most of alpha (about 0.38 alpha at the last look and 0.31 at the
+    one before for n_max = 10,000 and the defaults).  Any split with
+    ``sum(alphas) = alpha`` is valid (a union bound).
     """
     if int(n_max) != n_max or n_max < 1:
         raise ValueError(f"n_max must be a positive whole number of samples, got {n_max!r}")
@@ -134,8 +134,6 @@ def look_schedule(
         raise ValueError(f"n_first must be a positive whole number of samples, got {n_first!r}")
     if not (isinstance(ratio, (int, float)) and ratio > 1 and math.isfinite(ratio)):
         raise ValueError(f"ratio must be a finite number > 1 (e.g. 2), got {ratio!r}")
-    if not (isinstance(final_share, (int, float)) and 0 < final_share <= 1):
-        raise ValueError(f"final_share must lie in (0, 1], got {final_share!r}")
     _check_alpha(alpha)
     sizes: list[int] = []
     size = float(n_first)
@@ -144,11 +142,8 @@ def look_schedule(
             sizes.append(math.ceil(size))
         size *= ratio
     sizes.append(int(n_max))
-    early = len(sizes) - 1
-    if early == 0:
-        return LookSchedule((int(n_max),), (float(alpha),))
-    final = alpha * final_share
-    return LookSchedule(tuple(sizes), tuple([(alpha - final) / early] * early + [final]))
+    total = sum(sizes)
+    return LookSchedule(tuple(sizes), tuple(alpha * size / total for size in sizes))
 
 
 def sequential_lower(successes: Sequence[int], schedule: LookSchedule) -> list[float]:
