@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from diffsmooth.data import load_dataset
@@ -73,6 +74,16 @@ class Memo:
             self.labels.update((keys[j], label) for j, label in zip(new, labels))
             self.misses += len(new)
         return torch.tensor([self.labels[key] for key in keys], dtype=torch.long)
+
+    def save(self, path: Path) -> None:
+        # A (N, 16) byte matrix: numpy's "S16" strings would drop trailing zero bytes.
+        keys = np.frombuffer(b"".join(self.labels), dtype=np.uint8).reshape(-1, 16)
+        np.savez(path, keys=keys, labels=np.array(list(self.labels.values()), dtype=np.int16))
+
+    def load(self, path: Path) -> None:
+        with np.load(path) as data:
+            keys = data["keys"].tobytes()
+            self.labels.update((keys[16 * j : 16 * j + 16], int(label)) for j, label in enumerate(data["labels"]))
 
 
 def certified_accuracy(certs: list[Certificate], labels: list[int], r: float) -> float:
@@ -144,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=50, help="images certified together (packed batches)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="keep the model's labels of all noisy images in this .npz (read if it exists, written "
+                             "after every group): a rerun with other sequential settings then needs no model calls")
     parser.add_argument("--json", type=Path, default=None, help="also write per-image results here (after every group)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
@@ -154,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     xs = torch.stack([dataset[i][0] for i in indices])
     labels = [int(dataset[i][1]) for i in indices]
     memo = Memo(base)
+    if args.labels is not None and args.labels.exists():
+        memo.load(args.labels)
     smoothed = SmoothedClassifier(memo, num_classes=10, sigma=args.sigma)
     common = (args.n0, args.n_max, args.alpha, args.batch)
 
@@ -179,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             certs[name] += certify(xs[lo : lo + args.group], [generator_for(args.seed, i, "cpu") for i in idx])
             seconds[name] += time.perf_counter() - tic
             model_calls[name] += memo.misses - misses
-        memo.labels.clear()
+        if args.labels is None:
+            memo.labels.clear()
+        else:
+            memo.save(args.labels)
         done = len(certs[modes[0][0]])
         print(f"{done}/{len(indices)} images, {time.perf_counter() - start:.0f} s", flush=True)
         rows = []
