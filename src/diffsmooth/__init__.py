@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _GROUPS: dict[str, dict[str, str]] = {
     # Certification: the smoothed classifier and its typed results.
     "certify": {"SmoothedClassifier": "diffsmooth.smoothing", "Certificate": "diffsmooth.smoothing",
-                "Prediction": "diffsmooth.smoothing"},
+                "Prediction": "diffsmooth.smoothing", "SequentialCertificate": "diffsmooth.smoothing"},
     # Methods: one spec builds a base classifier h, a grid of them, or the smoothed classifier g.
     "methods": {"MethodSpec": "diffsmooth.methods", "build_base": "diffsmooth.methods",
                 "build_grid": "diffsmooth.methods", "build_smoothed": "diffsmooth.methods",

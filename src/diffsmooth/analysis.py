@@ -32,6 +32,7 @@ class Summary:
     acr: float | None
     seconds_per_image: float
     dropped_torn_line: bool = False
+    samples_per_image: float | None = None  # sequential runs: mean estimation samples used
 
 
 def certified_accuracy(rows: Sequence[Row], radius: float) -> float:
@@ -58,18 +59,24 @@ def summarize(path: Path, radii: Sequence[float], label: str | None = None) -> S
         acr=sum(r.radius * r.correct for r in rows) / n if certify else None,
         seconds_per_image=sum(r.seconds for r in rows) / n,
         dropped_torn_line=results.dropped_torn_line,
+        samples_per_image=(sum(int(dict(r.extra)["samples"]) for r in rows) / n if "samples" in results.columns
+                           else None),
     )
 
 
 def table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str = "markdown") -> str:
     """Render summaries as a markdown, csv or latex table (accuracies in percent)."""
+    sequential = any(s.samples_per_image is not None for s in summaries)
     head = ["run", "images", *[f"r={r:g}" for r in radii], "ACR", "abstain", "clean acc", "s/img"]
+    head += ["samples/img"] if sequential else []
     body = []
     for s in summaries:
         cert = [f"{100 * s.certified[float(r)]:.1f}" if s.certified else "-" for r in radii]
         acr = f"{s.acr:.3f}" if s.acr is not None else "-"
         body.append([s.label, str(s.images), *cert, acr, f"{100 * s.abstention_rate:.1f}",
                      f"{100 * s.clean_accuracy:.1f}", f"{s.seconds_per_image:.2f}"])
+        if sequential:
+            body[-1].append("-" if s.samples_per_image is None else f"{s.samples_per_image:.0f}")
     if fmt == "csv":
         return "\n".join(",".join(row) for row in [head, *body]) + "\n"
     if fmt == "latex":

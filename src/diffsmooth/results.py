@@ -378,6 +378,8 @@ class Sink:
         rows = [row for row in rows if row.idx not in self.skip]
         for row in rows:
             _check_row(row)
+            if tuple(name for name, _ in row.extra) != self.columns:
+                raise RuntimeError(f"row columns {[n for n, _ in row.extra]} do not match the file's {list(self.columns)}")
         self._file.write("".join("\t".join(row.to_fields(self.mode)) + "\n" for row in rows))
         self._file.flush()
         os.fsync(self._file.fileno())

@@ -31,6 +31,9 @@ Images = Callable[[int], tuple[torch.Tensor, int]]
 """idx -> (image (C, H, W) with pixels in [0,1], label)."""
 
 MODES = ("certify", "predict")
+SAMPLINGS = ("fixed", "sequential")
+SEQUENTIAL_COLUMNS = ("samples",)
+"""Extra column of a sequential run's TSV: the estimation samples the image used (after Cohen's)."""
 
 
 def _whole(name: str, value: object, minimum: int) -> None:
@@ -57,6 +60,12 @@ class RunSpec:
     eps: tuple[float, ...] | None = None
     attack: dict[str, Any] | None = None
     bound: str = "cohen"
+    sampling: str = "fixed"
+    n_max: int | None = None
+    radii: tuple[float, ...] | None = None
+    max_radius: float | None = None
+    min_radius: float = 0.0
+    tolerance: float = 0.0
 
     def defaults(self) -> dict[str, Any]:
         """The settings' defaults, nested like ``to_dict``: a setting missing from a manifest written
@@ -68,8 +77,9 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = {**asdict(self), "method": self.method.to_dict()}
-        if self.eps is not None:
-            out["eps"] = list(self.eps)
+        for name in ("eps", "radii"):
+            if out[name] is not None:
+                out[name] = list(out[name])
         return out
 
     def validate(self) -> None:
@@ -86,6 +96,21 @@ class RunSpec:
 
         if self.bound not in BOUNDS:
             raise InputError(f"unknown --bound {self.bound!r}; choose one of: {', '.join(BOUNDS)}")
+        if self.sampling not in SAMPLINGS:
+            raise InputError(f"unknown --sampling {self.sampling!r}; choose one of: {', '.join(SAMPLINGS)}")
+        if self.sampling == "sequential":
+            if self.mode != "certify":
+                raise InputError("--sampling sequential is for certify")
+            if self.n_max is None:
+                raise InputError("--sampling sequential needs --n-max, the most estimation samples an image may use")
+            _whole("--n-max", self.n_max, 1)
+            if self.bound != "cohen":
+                raise InputError("--sampling sequential reads its own anytime-valid bound; use --bound cohen")
+            from diffsmooth.smoothing import check_sequential_options
+
+            check_sequential_options(self.method.sigma, self.radii, self.max_radius, self.min_radius, self.tolerance)
+        elif any(v not in (None, 0.0) for v in (self.n_max, self.radii, self.max_radius, self.min_radius, self.tolerance)):
+            raise InputError("--n-max, --radii, --max-radius, --min-radius and --tolerance need --sampling sequential")
         if (self.attack is None) != (self.eps is None):
             raise InputError("an attack run needs both eps and the attack settings")
         if self.attack is not None:
@@ -99,7 +124,9 @@ class RunSpec:
 
     @property
     def samples_per_image(self) -> int:
-        return self.n + (self.n0 if self.mode == "certify" else 0)
+        """Noise samples per image (at most, for sequential sampling)."""
+        n = self.n_max if self.sampling == "sequential" else self.n
+        return n + (self.n0 if self.mode == "certify" else 0)
 
 
 def check_run(spec: RunSpec) -> None:
@@ -247,7 +274,10 @@ def execute(prepared: Prepared, indices: Sequence[int], sink: Sink | dict[str, S
                     report.by_configuration.setdefault(key, []).extend(rows)
             first = next(iter(by_key.values()))
             report.seconds += sum(r.seconds for r in first)
-            report.noise_samples += len(chunk) * spec.samples_per_image
+            if spec.sampling == "sequential":
+                report.noise_samples += sum(spec.n0 + int(dict(r.extra)["samples"]) for r in first)
+            else:
+                report.noise_samples += len(chunk) * spec.samples_per_image
             if bar is not None:
                 bar.update(len(chunk))
                 bar.set_postfix(samples_per_s=f"{report.noise_samples / max(report.seconds, 1e-9):.0f}")
@@ -309,7 +339,9 @@ def make_store(spec: RunSpec, out: Path, *, grid: Sequence[MethodSpec] | None = 
         return attack_store(spec, out, resume=resume, overwrite=overwrite)
     if grid is not None:
         return grid_store(spec, grid, out, resume=resume, overwrite=overwrite)
-    return ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite, defaults=spec.defaults())
+    columns = SEQUENTIAL_COLUMNS if spec.sampling == "sequential" else ()
+    return ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite, columns=columns,
+                        defaults=spec.defaults())
 
 
 def grid_store(spec: RunSpec, methods: Sequence[MethodSpec], out_dir: Path, *, resume: bool,
@@ -399,7 +431,11 @@ def _probe(base: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_cl
 
 
 def _group_size(spec: RunSpec) -> int:
-    """Images certified together: enough to fill a batch when n is small, else one."""
+    """Images certified together: enough to fill a batch when n is small, else one.  Sequential
+    sampling takes as many as fill a batch at its first look (64 samples), so that images that
+    stop early leave batches the others keep full."""
+    if spec.sampling == "sequential":
+        return max(1, spec.batch_size // 64)
     per_image = spec.n if spec.mode == "predict" else max(spec.n0, spec.n)
     return max(1, spec.batch_size // per_image)
 
@@ -412,6 +448,12 @@ def _run_group(prepared: Prepared, indices: Sequence[int]) -> dict[str | None, l
     start = time.perf_counter()
     if spec.attack is not None:
         return _attack_rows(prepared, indices, loaded, xs, gens)
+    if spec.sampling == "sequential":
+        results = prepared.smoothed.certify_sequential_batch(
+            xs, spec.n0, spec.n_max, spec.alpha, spec.batch_size, gens, radii=spec.radii, max_radius=spec.max_radius,
+            min_radius=spec.min_radius, tolerance=spec.tolerance)
+        rows = _rows(indices, loaded, results, (time.perf_counter() - start) / len(indices))
+        return {None: [replace(row, extra=(("samples", str(res.n)),)) for row, res in zip(rows, results)]}
     if prepared.labels is not None:
         grid = prepared.smoothed.certify_grid_batch(xs, spec.n0, spec.n, spec.alpha, spec.batch_size, gens)
         seconds = (time.perf_counter() - start) / len(indices)

@@ -23,17 +23,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from diffsmooth.errors import InputError
 from diffsmooth.stats import (
+    LookSchedule,
     binomial_test_pvalue,
     certified_radius,
     certified_radius_separate,
     clopper_pearson_lower,
+    clopper_pearson_upper,
+    look_schedule,
     separate_pb_bounds,
+    sequential_lower,
 )
 
 Base = Callable[[Tensor], Tensor]
@@ -92,6 +97,113 @@ class Prediction:
     @property
     def abstained(self) -> bool:
         return self.prediction is None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequentialCertificate(Certificate):
+    """The outcome of sequential CERTIFY (``certify_sequential``) for one image.
+
+    The fields of ``Certificate`` keep their meaning, with ``n`` the estimation
+    samples actually used (one of the schedule's look sizes, at most ``n_max``),
+    ``counts`` their class counts and ``p_lower`` the anytime-valid lower bound
+    read at the stopping time; ``radius`` is certified with probability at least
+    1 - alpha like a fixed-n one.
+
+    ``n_max``: the sample budget; ``looks``: looks taken; ``stop``: why the image
+    stopped: ``"cap"`` (radius reached ``max_radius``, or every radius asked is
+    certified), ``"futile"`` (even an optimistic continuation to ``n_max`` could
+    not certify the smallest radius still open), ``"tolerance"`` (continuing
+    would raise the radius by less than the tolerance), ``"budget"`` (``n_max``
+    used).  ``radii``: fixed-radius mode only, ``(r, certified)`` for each radius
+    asked (certified iff not abstaining and ``radius >= r``); empty otherwise.
+    """
+
+    n_max: int
+    looks: int
+    stop: str
+    radii: tuple[tuple[float, bool], ...] = ()
+
+
+_FUTILITY_ALPHA = 1e-3
+"""Level of the optimistic upper bound behind the futility rule (spends no alpha: stopping
+for futility only withholds a claim)."""
+
+
+@dataclass(frozen=True)
+class _StopRule:
+    """When a sequential certification stops an image (see ``certify_sequential_batch``)."""
+
+    sigma: float
+    radii: tuple[float, ...]
+    max_radius: float | None
+    min_radius: float
+    tolerance: float
+
+    @classmethod
+    def build(
+        cls, sigma: float, radii: Sequence[float] | None, max_radius: float | None, min_radius: float, tolerance: float
+    ) -> _StopRule:
+        def number(name: str, value: object) -> float:
+            real = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (real and value >= 0 and math.isfinite(value)):
+                raise InputError(f"{name} must be a finite radius >= 0 in [0,1] pixel units, got {value!r}")
+            return float(value)
+
+        if radii is not None:
+            if max_radius is not None or min_radius != 0.0 or tolerance != 0.0:
+                raise InputError(
+                    "radii (fixed-radius mode) excludes max_radius, min_radius and tolerance (radius mode); "
+                    "give one mode"
+                )
+            if isinstance(radii, (str, bytes)) or not isinstance(radii, Sequence) or len(radii) == 0:
+                raise InputError(f"radii must be a non-empty list of radii, got {radii!r}")
+            return cls(sigma, tuple(sorted({number("radii", r) for r in radii})), None, 0.0, 0.0)
+        cap = None if max_radius is None else number("max_radius", max_radius)
+        low = number("min_radius", min_radius)
+        if cap is not None and low > cap:
+            raise InputError(f"min_radius {low} exceeds max_radius {cap}; lower min_radius or raise max_radius")
+        return cls(sigma, (), cap, low, number("tolerance", tolerance))
+
+    def radius(self, p_lower: float) -> float | None:
+        """The radius a bound certifies, None when it abstains."""
+        return None if p_lower < 0.5 else certified_radius(p_lower, self.sigma)
+
+    def reaches(self, p_lower: float, r: float) -> bool:
+        radius = self.radius(p_lower)
+        return radius is not None and radius >= r
+
+    def stop(self, p_lower: float, n_a: int, n: int, schedule: LookSchedule) -> str | None:
+        """Why to stop after ``n_a`` of ``n`` samples with bound ``p_lower``, or None to go on."""
+        last = len(schedule.sizes) - 1
+        if self.radii:
+            pending = [r for r in self.radii if not self.reaches(p_lower, r)]
+            if not pending:
+                return "cap"
+        elif self.max_radius is not None and self.reaches(p_lower, self.max_radius):
+            return "cap"
+        if n >= schedule.n_max:
+            return "budget"
+        # Futility: the bound n_max would give if the rest came at an optimistic rate.
+        rest = schedule.n_max - n
+        upper = clopper_pearson_upper(n_a, n, _FUTILITY_ALPHA)
+        best = max(p_lower, schedule.lower(last, n_a + math.floor(upper * rest)))
+        if not self.reaches(best, pending[0] if self.radii else self.min_radius):
+            return "futile"
+        if self.tolerance > 0 and p_lower >= 0.5:
+            # Tolerance (never while abstaining): the radius that n_max samples would give
+            # if the observed proportion stayed.
+            likely = max(p_lower, schedule.lower(last, n_a + math.floor(n_a / n * rest)))
+            cap = math.inf if self.max_radius is None else self.max_radius
+            gain = min(self.radius(likely) or 0.0, cap) - min(self.radius(p_lower) or 0.0, cap)
+            if gain < self.tolerance:
+                return "tolerance"
+        return None
+
+
+def check_sequential_options(sigma: float, radii: Sequence[float] | None, max_radius: float | None,
+                             min_radius: float, tolerance: float) -> None:
+    """Check the stopping options of ``certify_sequential_batch`` before anything runs."""
+    _StopRule.build(sigma, radii, max_radius, min_radius, tolerance)
 
 
 def _check_whole(name: str, value: object, minimum: int = 1) -> int:
@@ -360,6 +472,137 @@ class SmoothedClassifier:
                 )
             )
         return predictions
+
+    # -- sequential CERTIFY ----------------------------------------------------
+
+    def certify_sequential(
+        self,
+        x: Tensor,
+        n0: int,
+        n_max: int,
+        alpha: float,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> SequentialCertificate:
+        """Sequential CERTIFY of one image ``x`` ``(C, H, W)`` in [0,1]; see ``certify_sequential_batch``."""
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise InputError(
+                f"x must be one image of shape (C, H, W), got {shape}; use certify_sequential_batch for a batch"
+            )
+        return self.certify_sequential_batch(x.unsqueeze(0), n0, n_max, alpha, batch_size, [generator], **options)[0]
+
+    def certify_sequential_batch(
+        self,
+        xs: Tensor,
+        n0: int,
+        n_max: int,
+        alpha: float,
+        batch_size: int,
+        generators: Generators = None,
+        *,
+        radii: Sequence[float] | None = None,
+        max_radius: float | None = None,
+        min_radius: float = 0.0,
+        tolerance: float = 0.0,
+        n_first: int = 64,
+        ratio: float = 2.0,
+    ) -> list[SequentialCertificate]:
+        """CERTIFY each of ``xs`` ``(K, C, H, W)`` (pixels in [0,1]) with as few samples as the bound allows.
+
+        As in ``certify_batch``, the class is selected on ``n0`` samples; the
+        estimation draw that follows (fresh samples from the same generator) is
+        taken in looks of ``n_first * ratio^j`` samples up to ``n_max``
+        (``stats.look_schedule``), and each image stops at the first look where
+        its question is settled.  Two questions:
+
+        - radius mode (``radii`` None): the largest radius, stopping at
+          ``max_radius`` (None: no cap), when no radius >= ``min_radius`` can
+          be reached (abstain, or the radius it has), or when the radius that
+          ``n_max`` samples would give if the observed proportion stayed exceeds
+          the current one by less than ``tolerance`` (0: never stop for that;
+          an image that still abstains never stops for tolerance);
+        - fixed-radius mode (``radii`` given): decide "radius >= r" for each r,
+          stopping once all are certified or the smallest uncertified one can
+          no longer be.
+
+        Guarantee: ``p_lower`` is read from an anytime-valid (1 - alpha) lower
+        confidence sequence (``stats.sequential_lower``), valid at whatever
+        look the counts make the image stop; so with probability at least
+        1 - alpha, ``g`` predicts ``prediction`` on the l2 ball of ``radius``.
+        All the radii of fixed-radius mode read that one bound, so their
+        decisions hold together at 1 - alpha, with no split of alpha.
+        Stopping for futility or tolerance only ever lowers a claim, so those
+        rules use heuristic projections (an upper Clopper-Pearson bound at
+        level 0.001, the observed proportion) without spending alpha.
+
+        Packing: in each round every running image draws its next chunk and
+        the chunks share forward batches of ``batch_size`` (``sample_counts``);
+        images that stop leave the rounds.  An image's noise depends only on its
+        generator and the settings, not on the other images.  With ``shard``,
+        every process takes the same decisions from the reduced counts.
+        """
+        check_images(xs, "xs")
+        n0 = _check_whole("n0", n0)
+        n_max = _check_whole("n_max", n_max)
+        alpha = _check_alpha(alpha)
+        batch_size = _check_whole("batch_size", batch_size)
+        n_first = _check_whole("n_first", n_first)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (ratio > 1 and math.isfinite(ratio)):
+            raise InputError(f"ratio must be a finite number > 1 (the growth of the looks, e.g. 2), got {ratio!r}")
+        rule = _StopRule.build(self.sigma, radii, max_radius, min_radius, tolerance)
+        schedule = look_schedule(n_max, alpha, n_first=n_first, ratio=float(ratio))
+        gens = per_image_generators(generators, xs.shape[0])
+        k = xs.shape[0]
+
+        # Selection: guess the top class from n0 samples.
+        selection = self.sample_counts(xs, n0, batch_size, gens).cpu()
+        selected = selection.argmax(dim=1)
+        # Estimation: fresh samples, in looks, until each image's question is settled.
+        estimation = torch.zeros(k, self.num_classes, dtype=torch.long)
+        p_lower = [0.0] * k
+        stops: list[str | None] = [None] * k
+        successes: list[list[int]] = [[] for _ in range(k)]
+        drawn = 0
+        for size in schedule.sizes:
+            running = [i for i in range(k) if stops[i] is None]
+            if not running:
+                break
+            rows = torch.tensor(running, dtype=torch.long)
+            chunk = self.sample_counts(xs[rows.to(xs.device)], size - drawn, batch_size, [gens[i] for i in running])
+            estimation[rows] += chunk.cpu()
+            drawn = size
+            for i in running:
+                successes[i].append(int(estimation[i, selected[i]]))
+                p_lower[i] = sequential_lower(successes[i], schedule)[-1]
+                stops[i] = rule.stop(p_lower[i], successes[i][-1], size, schedule)
+
+        certificates = []
+        for i in range(k):
+            c_a = int(selected[i])
+            abstain = p_lower[i] < 0.5
+            radius = 0.0 if abstain else certified_radius(p_lower[i], self.sigma)
+            certificates.append(
+                SequentialCertificate(
+                    prediction=None if abstain else c_a,
+                    radius=radius,
+                    p_lower=p_lower[i],
+                    selected_class=c_a,
+                    n_a=int(estimation[i, c_a]),
+                    n0=n0,
+                    n=schedule.sizes[len(successes[i]) - 1],
+                    alpha=alpha,
+                    sigma=self.sigma,
+                    counts=tuple(int(c) for c in estimation[i]),
+                    selection_counts=tuple(int(c) for c in selection[i]),
+                    n_max=n_max,
+                    looks=len(successes[i]),
+                    stop=stops[i] or "budget",
+                    radii=tuple((r, not abstain and radius >= r) for r in rule.radii),
+                )
+            )
+        return certificates
 
     # -- sampling -------------------------------------------------------------
 

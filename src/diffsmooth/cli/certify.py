@@ -144,8 +144,22 @@ def _add_run(sub, formatter, mode: str) -> None:
                    help="estimation samples per image (--num-samples under torchrun)")
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate")
     if certify:
+        from diffsmooth.runner import SAMPLINGS
         from diffsmooth.smoothing import BOUNDS
 
+        g.add_argument("--sampling", choices=SAMPLINGS, default="fixed",
+                       help="fixed: n estimation samples per image (Cohen et al.); sequential: looks of 64, 128, ... "
+                       "samples up to --n-max with an anytime-valid bound, each image stopping as soon as its "
+                       "question is settled (the TSV gains a `samples` column)")
+        g.add_argument("--n-max", type=int, default=None, help="sequential: most estimation samples per image")
+        g.add_argument("--radii", type=float, nargs="+", default=None,
+                       help="sequential, fixed-radius mode: decide 'radius >= r' for each r (e.g. the table's radii)")
+        g.add_argument("--max-radius", type=float, default=None,
+                       help="sequential, radius mode: stop an image once this radius is certified")
+        g.add_argument("--min-radius", type=float, default=0.0,
+                       help="sequential, radius mode: stop (futile) once no radius >= this can be reached")
+        g.add_argument("--tolerance", type=float, default=0.0,
+                       help="sequential, radius mode: stop when n-max samples would add less radius than this")
         g.add_argument("--bound", choices=BOUNDS, default="cohen",
                        help="cohen: radius sigma Phi^-1(pA_lower); separate-pb: sigma/2 (Phi^-1(pA_lower) - "
                        "Phi^-1(pB_upper)) with pB_upper bounding every other class at once (Bonferroni), the two "
@@ -211,7 +225,10 @@ def _run(args: argparse.Namespace) -> int:
     spec = RunSpec(
         mode=args.mode, method=methods[0], n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
         batch_size=1 if args.batch == "auto" else args.batch, seed=args.seed, split=args.split,
-        bound=getattr(args, "bound", "cohen"),
+        bound=getattr(args, "bound", "cohen"), sampling=getattr(args, "sampling", "fixed"),
+        n_max=getattr(args, "n_max", None), radii=tuple(args.radii) if getattr(args, "radii", None) else None,
+        max_radius=getattr(args, "max_radius", None), min_radius=getattr(args, "min_radius", 0.0),
+        tolerance=getattr(args, "tolerance", 0.0),
     )
     spec.validate()
     for method in methods[1:]:
