@@ -143,7 +143,9 @@ def write_results(path: Path, key: str, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=200, help="first N Fashion-MNIST test images")
+    parser.add_argument("--images", type=int, default=200, help="N Fashion-MNIST test images, from --start")
+    parser.add_argument("--start", type=int, default=0,
+                        help="first test image (e.g. 200: images no setting of the sequential rules was chosen on)")
     parser.add_argument("--n-max", type=int, default=10_000, help="fixed n, and the sequential budget")
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.001)
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = build_base(MethodSpec("rs", "fashion-mnist", args.sigma, channels_last=True, precision=args.precision))
     dataset = load_dataset("fashion-mnist", "test")
-    indices = list(range(args.images))
+    indices = list(range(args.start, args.start + args.images))
     xs = torch.stack([dataset[i][0] for i in indices])
     labels = [int(dataset[i][1]) for i in indices]
     memo = Memo(base)
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{stamp}, PyTorch {torch.__version__}, `{command.strip()}` (torch threads {threads}).  "
         f"RS with the shipped `fmnist_cnn_gaussian_{args.sigma:.2f}`, sigma {args.sigma}, the first "
-        f"{args.images} Fashion-MNIST test images, n0 = {args.n0}, alpha = {args.alpha}, batch {args.batch}, "
+        f"{args.images} Fashion-MNIST test images from index {args.start}, n0 = {args.n0}, alpha = {args.alpha}, batch {args.batch}, "
         f"{args.precision} (channels-last); "
         f"every mode draws from the same per-image generators.  Samples per image count n0 + the estimation "
         f"samples; certified accuracy in percent over all images; '-' = radius not asked in that mode.  "
