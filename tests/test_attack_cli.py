@@ -35,9 +35,11 @@ def test_attack_writes_one_predict_file_per_eps_and_resumes(tmp_path, fmnist_dir
     for a, b in zip(read_index(full), read_index(part)):
         assert strip(read_rows(a["path"])[1]) == strip(read_rows(b["path"])[1])
     capsys.readouterr()
-    assert main(["analyze", str(full), "--format", "csv"]) == 0
+    png = tmp_path / "robust.png"
+    assert main(["analyze", str(full), "--format", "csv", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "empirical: full" in out and "r=0.25,r=0.5" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_audit_of_a_correct_run_finds_nothing(tmp_path, capsys):

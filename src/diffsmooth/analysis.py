@@ -124,8 +124,11 @@ def _tex(text: str) -> str:
     return text.replace("_", r"\_").replace("%", r"\%")
 
 
-def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | None = None) -> None:
-    """Certified accuracy against radius for several runs in one figure (PNG/PDF by suffix)."""
+def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | None = None,
+         attacks: dict[str, dict[float, Path]] | None = None) -> None:
+    """Certified accuracy against radius for several runs in one figure (PNG/PDF by suffix); with
+    ``attacks`` (label -> eps -> attack TSV) the empirical robust accuracy per eps as markers: an upper
+    bound to read against the certified curves' lower bound."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,13 +143,18 @@ def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | N
         if mode != "certify":
             raise InputError(f"{path} holds PREDICT results, which certify no radius; plot CERTIFY results")
         curves.append(rows)
-    top = max((r.radius for rows in curves for r in rows if r.correct), default=1.0)
+    points = {label: sorted((eps, summarize(path, ()).clean_accuracy) for eps, path in runs.items())
+              for label, runs in (attacks or {}).items()}
+    top = max([r.radius for rows in curves for r in rows if r.correct]
+              + [eps for pts in points.values() for eps, _ in pts], default=1.0)
     grid = np.linspace(0.0, max(top, 1e-3) * 1.05, 400)
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=150)
     for rows, label in zip(curves, labels):
-        ax.plot(grid, [certified_accuracy(rows, r) for r in grid], label=label, linewidth=1.8)
+        ax.plot(grid, [certified_accuracy(rows, r) for r in grid], label=f"certified: {label}", linewidth=1.8)
+    for label, pts in points.items():
+        ax.plot([e for e, _ in pts], [a for _, a in pts], "o--", label=f"empirical (attack): {label}", markersize=5)
     ax.set_xlabel(r"radius ($\ell_2$)")
-    ax.set_ylabel("certified accuracy")
+    ax.set_ylabel("accuracy: certified (lines), empirical (markers)" if points else "certified accuracy")
     ax.set_ylim(0, 1)
     ax.set_xlim(0, grid[-1])
     ax.grid(alpha=0.3)

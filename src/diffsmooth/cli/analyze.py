@@ -70,6 +70,7 @@ def _analyze(args: argparse.Namespace) -> int:
         certified = [(s.label, path) for s, path in zip(summaries, args.results) if s.mode == "certify"]
         sys.stdout.write("\n" + robustness_table(attacks, certified, args.format))
     if args.plot is not None:
-        plot(args.results, labels, args.plot, args.title)
+        certified = [(path, label) for path, label, s in zip(args.results, labels, summaries) if s.mode == "certify"]
+        plot([p for p, _ in certified], [label for _, label in certified], args.plot, args.title, attacks=attacks)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
