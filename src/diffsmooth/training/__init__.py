@@ -6,7 +6,15 @@ both write resumable safetensors + JSON states and final artifacts that the load
 """
 
 from diffsmooth.training.classifier import ClassifierTrainConfig, TrainResult, accuracy, train_classifier
-from diffsmooth.training.diffusion import DiffusionTrainConfig, DiffusionTrainResult, ddpm_loss, ema_update, train_diffusion
+from diffsmooth.training.diffusion import (
+    DiffusionTrainConfig,
+    DiffusionTrainResult,
+    ddpm_loss,
+    ema_update,
+    sample_timesteps,
+    timestep_probabilities,
+    train_diffusion,
+)
 from diffsmooth.training.losses import (
                                           LossOutput,
                                           consistency_terms,
@@ -23,6 +31,6 @@ __all__ = [
     "ClassifierTrainConfig", "DiffusionTrainConfig", "DiffusionTrainResult", "ddpm_loss", "ema_update",
     "train_diffusion", "LossOutput", "TrainResult", "accuracy", "consistency_terms", "get_loss",
     "list_losses", "loss_defaults", "macer_radius_term", "register_loss", "smoothadv_attack",
-    "smoothed_soft_loss", "train_classifier",
+    "sample_timesteps", "smoothed_soft_loss", "timestep_probabilities", "train_classifier",
 ]
 
