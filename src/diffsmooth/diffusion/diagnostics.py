@@ -19,7 +19,7 @@ All noise comes from the generator passed in, drawn on the images' device.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -94,3 +94,118 @@ def purification_quality(model: DiffusionModel, images: Tensor, sigmas: Sequence
         rows.append(PurificationQuality(float(sigma), denoiser.t_star, len(images), sq_err / images.numel(),
                                         float(torch.cat(psnrs).mean()), float(torch.cat(psnrs_noisy).mean())))
     return rows
+
+
+@dataclass(frozen=True)
+class DistanceSummary:
+    """Distribution of an l2 distance ([0,1] pixel units) over images x noise draws.
+
+    ``quantiles`` maps ``"q05"``, ``"q25"``, ``"q50"``, ``"q75"``, ``"q95"``, ``"q99"`` to values.
+    """
+
+    count: int
+    mean: float
+    std: float
+    quantiles: dict[str, float]
+
+    @classmethod
+    def of(cls, values: Tensor) -> "DistanceSummary":
+        v = values.detach().to("cpu", torch.float64).flatten()
+        q = torch.quantile(v, torch.tensor(QUANTILES, dtype=torch.float64))
+        return cls(len(v), float(v.mean()), float(v.std()) if len(v) > 1 else 0.0,
+                   {f"q{round(100 * p):02d}": float(x) for p, x in zip(QUANTILES, q)})
+
+
+@dataclass(frozen=True)
+class PurificationDiagnostic:
+    """What ``purification_diagnostic`` measured at one sigma ([0,1] pixel units throughout).
+
+    Attributes:
+        sigma: the smoothing noise; ``images``, ``draws``: images and noise draws per image.
+        noise_norm: ``||d||_2`` of the draws (for scale: about sigma sqrt(C H W)).
+        to_clean: ``||D(x + d) - x||_2`` (bounded neighbourhood).
+        to_reverse_mean: ``||D(x + d) - mean_k R_k(x + d)||_2`` over ``reverse_runs`` stochastic
+            reverse runs R_k (one-shot approximates the mean); None when not measured.
+        local_sigma: ``sqrt(mean ||D(x + d) - x||^2 / (C H W))``, the per-pixel rms deviation of
+            the purified image from the clean one: the local smoothing noise that covers it.
+        mse, psnr: mean squared error and mean per-image PSNR (dB, peak 1) of D(x + d).
+        describe: the purifier's ``describe()`` when it has one (t*, model ...), else {}.
+    """
+
+    sigma: float
+    images: int
+    draws: int
+    reverse_runs: int
+    noise_norm: DistanceSummary
+    to_clean: DistanceSummary
+    to_reverse_mean: DistanceSummary | None
+    local_sigma: float
+    mse: float
+    psnr: float
+    describe: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def purification_diagnostic(purify: Callable[[Tensor], Tensor], images: Tensor, sigma: float,
+                            generator: torch.Generator, *, draws: int = 16,
+                            reverse: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+                            reverse_runs: int = 8, batch_size: int = 250) -> PurificationDiagnostic:
+    """Measure a purifier over ``draws`` noises per image (see the module docstring).
+
+    Args:
+        purify: noisy images (B, C, H, W) in [0,1] + noise -> purified (B, C, H, W) in [0,1],
+            e.g. ``OneShotDenoiser(model, sigma)`` (its ``describe()`` is recorded).
+        images: (N, C, H, W) clean images in [0,1], on the device the purifier runs on.
+        sigma: smoothing noise std in [0,1] pixel units, > 0.
+        generator: draws every noise d (and is passed to ``reverse``), on the images' device.
+        draws: noise draws per image.
+        reverse: a stochastic reverse run (noisy (B, C, H, W), generator) -> (B, C, H, W) in
+            [0,1], e.g. ``MultiStepDenoiser(model, sigma, steps, "ddpm")``; None skips the
+            one-shot-vs-mean measurement (it costs ``reverse_runs`` reverse runs per draw).
+        reverse_runs: K, reverse runs averaged per noisy input.
+        batch_size: images per purifier call.
+    """
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise InputError(f"expected clean images (N, C, H, W) in [0,1] with N >= 1, got shape {tuple(images.shape)}")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise InputError(f"sigma must be a positive number (pixel-space noise in [0,1] units), got {sigma!r}")
+    if draws < 1 or (reverse is not None and reverse_runs < 1):
+        raise InputError(f"draws and reverse_runs must be >= 1, got {draws} and {reverse_runs}")
+    noise_norms, to_clean, to_mean, psnrs, sq_err = [], [], [], [], 0.0
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        for _ in range(draws):
+            d = sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            purified = purify(x + d)
+            noise_norms.append(d.flatten(1).norm(dim=1))
+            to_clean.append((purified - x).flatten(1).norm(dim=1))
+            sq_err += float(((purified - x).double() ** 2).sum())
+            psnrs.append(per_image_psnr(purified, x))
+            if reverse is not None:
+                mean = sum(reverse(x + d, generator) for _ in range(reverse_runs)) / reverse_runs
+                to_mean.append((purified - mean).flatten(1).norm(dim=1))
+    per_image = images[0].numel()
+    count = len(images) * draws
+    describe = purify.describe() if hasattr(purify, "describe") else {}
+    return PurificationDiagnostic(
+        sigma=float(sigma), images=len(images), draws=draws, reverse_runs=reverse_runs if reverse is not None else 0,
+        noise_norm=DistanceSummary.of(torch.cat(noise_norms)), to_clean=DistanceSummary.of(torch.cat(to_clean)),
+        to_reverse_mean=DistanceSummary.of(torch.cat(to_mean)) if to_mean else None,
+        local_sigma=math.sqrt(sq_err / (count * per_image)), mse=sq_err / (count * per_image),
+        psnr=float(torch.cat(psnrs).mean()), describe=describe)
+
+
+def diagnose_model(model: DiffusionModel, images: Tensor, sigma: float, generator: torch.Generator, *,
+                   draws: int = 16, reverse_steps: int = 10, reverse_runs: int = 8,
+                   batch_size: int = 250) -> PurificationDiagnostic:
+    """``purification_diagnostic`` for a DDPM: D = ``OneShotDenoiser(model, sigma)``; the mean is
+    over ``reverse_runs`` stochastic DDPM reverse chains from t* in ``reverse_steps`` respaced
+    steps (``MultiStepDenoiser(..., method="ddpm")``); ``reverse_runs=0`` skips it."""
+    _check_images(images, model)
+    one_shot = OneShotDenoiser(model, sigma).eval()
+    reverse = MultiStepDenoiser(model, sigma, reverse_steps, "ddpm").eval() if reverse_runs > 0 else None
+    return purification_diagnostic(one_shot, images, sigma, generator, draws=draws, reverse=reverse,
+                                   reverse_runs=reverse_runs, batch_size=batch_size)
