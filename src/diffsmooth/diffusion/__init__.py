@@ -8,8 +8,8 @@ guided-diffusion UNet from the official flags (our own code, checked against the
 outputs); ``load_diffusion_model`` reads the OpenAI checkpoints by preset
 (``improved-cifar10-uncond``, ``guided-imagenet256-uncond``) with ``weights_only`` torch
 loading and strict keys, our safetensors+JSON directories (``save_diffusion_model``) and local
-diffusers ``UNet2DModel`` folders; ``OneShotDenoiser`` is the purifier as an ``nn.Module``; ``purification_quality`` and
-``purification_diagnostic`` measure how well it purifies.
+diffusers ``UNet2DModel`` folders; ``OneShotDenoiser`` is the purifier as an ``nn.Module``;
+``purification_quality`` and ``purification_diagnostic`` measure how well it purifies.
 """
 
 from diffsmooth.diffusion.adm import ADMUNet, adm_unet, known_flags
