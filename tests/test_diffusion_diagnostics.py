@@ -32,7 +32,8 @@ def test_identity_purifier_gives_the_noise_norm_and_local_sigma_equal_to_sigma()
     assert report.to_clean.count == report.noise_norm.count == 8 * draws
     assert math.isclose(report.to_clean.mean, report.noise_norm.mean, rel_tol=1e-6)
     assert math.isclose(report.to_clean.quantiles["q95"], report.noise_norm.quantiles["q95"], rel_tol=1e-6)
-    assert report.to_reverse_mean is not None and report.to_reverse_mean.quantiles["q99"] < 1e-5  # float32 mean of 3 copies
+    # the mean of 3 identical copies is the input up to float32 rounding
+    assert report.to_reverse_mean is not None and report.to_reverse_mean.quantiles["q99"] < 1e-5
     # ||d|| / sigma ~ chi with D degrees of freedom; sd about 1/sqrt(2), 400 draws
     se = (1 / math.sqrt(2)) / math.sqrt(8 * draws)
     assert abs(report.to_clean.mean / sigma - chi.mean(D)) < 5 * se

@@ -81,7 +81,8 @@ class ResBlock(nn.Module):
                  use_scale_shift_norm: bool, up: bool = False, down: bool = False, norm_groups: int = 32) -> None:
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(_norm(channels, norm_groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(_norm(channels, norm_groups), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
         # Resampling sits between the in-norm and the in-conv, applied to skip and main path alike.
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -318,7 +319,8 @@ def adm_unet(variant: str, **flags: Any) -> ADMUNet:
     num_heads_upsample, num_head_channels, attention_resolutions ("16,8": resolutions in
     pixels), channel_mult ("" = default for image_size, or "1,2,2"), dropout, learn_sigma,
     class_cond, use_scale_shift_norm, resblock_updown, use_new_attention_order``, plus
-    ``in_channels`` and ``norm_groups`` (ours, default 3 and 32). ``use_checkpoint``/``use_fp16`` are accepted and ignored
+    ``in_channels`` and ``norm_groups`` (ours, default 3 and 32). ``use_checkpoint``/``use_fp16``
+    are accepted and ignored
     (the dtype follows the weights and inputs); diffusion flags (``diffusion_steps`` ...) too.
     Unknown flags raise ``InputError`` listing the known ones.
     """
