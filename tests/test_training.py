@@ -229,13 +229,18 @@ def test_diffusion_resume_matches_uninterrupted(tmp_path, extra):
     assert resumed.info["finished"] is True and resumed.info["steps_this_run"] == 2
 
 
-def test_cli_focused_narrow_ddpm_records_its_settings(tmp_path):
+def test_cli_focused_narrow_ddpm_records_its_settings_and_stops_and_resumes(tmp_path, capsys):
     ddpm = tmp_path / "ddpm"
-    assert main(["train-diffusion", "--dataset", "digits", "--num-channels", "16", "--norm-groups", "8",
-                 "--channel-mult", "1,2", "--attention-resolutions", "", "--focus-sigmas", "0.12,1.0",
-                 "--focus-fraction", "0.9", "--train-limit", "16", "--steps", "2", "--batch-size", "8",
-                 "--out", str(ddpm), "--quiet"]) == 0
+    argv = ["train-diffusion", "--dataset", "digits", "--num-channels", "16", "--norm-groups", "8",
+            "--channel-mult", "1,2", "--attention-resolutions", "", "--focus-sigmas", "0.12,1.0",
+            "--focus-fraction", "0.9", "--train-limit", "16", "--steps", "2", "--batch-size", "8",
+            "--checkpoint-every", "1", "--out", str(ddpm), "--quiet"]
+    assert main(argv + ["--stop-after", "1"]) == 0
+    assert "(unfinished: step 1 of 2)" in capsys.readouterr().out
+    assert json.loads((ddpm / "config.json").read_text())["extra"]["finished"] is False
+    assert main(argv + ["--resume"]) == 0
     doc = json.loads((ddpm / "config.json").read_text())
+    assert doc["extra"]["finished"] is True and doc["extra"]["steps_this_run"] == 1
     assert doc["flags"]["norm_groups"] == 8 and doc["flags"]["num_channels"] == 16
     cfg = doc["extra"]["config"]
     assert (cfg["focus_sigmas"], cfg["focus_fraction"], cfg["train_limit"]) == ("0.12,1.0", 0.9, 16)

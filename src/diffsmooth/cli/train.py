@@ -70,6 +70,9 @@ def register(sub, formatter) -> None:
     d.add_argument("--train-limit", type=int, default=None,
                    help="train on the first N training images only (hold the rest out)")
     d.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
+    d.add_argument("--stop-after", type=int, default=None,
+                   help="end this call after N more steps (a multiple of --checkpoint-every), saving the model "
+                   "marked unfinished; continue later with --resume")
     _common(d)
     d.set_defaults(func=_train_diffusion)
 
@@ -140,6 +143,8 @@ def _train_diffusion(args: argparse.Namespace) -> int:
         norm_groups=args.norm_groups, focus_sigmas=args.focus_sigmas, focus_fraction=args.focus_fraction,
     )
     result = train_diffusion(config, args.out, checkpoint_dir=args.checkpoint_dir, device=args.device,
-                             resume=args.resume, quiet=args.quiet, checkpoint_every=args.checkpoint_every)
-    print(f"wrote {result.path}; final mean loss {result.info['final_loss']:.4f}")
+                             resume=args.resume, quiet=args.quiet, checkpoint_every=args.checkpoint_every,
+                             stop_after=args.stop_after)
+    done = "" if result.info["finished"] else f" (unfinished: step {result.info['steps_done']} of {config.steps})"
+    print(f"wrote {result.path}; final mean loss {result.info['final_loss']:.4f}{done}")
     return 0

@@ -320,8 +320,8 @@ def adm_unet(variant: str, **flags: Any) -> ADMUNet:
     pixels), channel_mult ("" = default for image_size, or "1,2,2"), dropout, learn_sigma,
     class_cond, use_scale_shift_norm, resblock_updown, use_new_attention_order``, plus
     ``in_channels`` and ``norm_groups`` (ours, default 3 and 32). ``use_checkpoint``/``use_fp16``
-    are accepted and ignored
-    (the dtype follows the weights and inputs); diffusion flags (``diffusion_steps`` ...) too.
+    are accepted and ignored (the dtype follows the weights and inputs); diffusion flags
+    (``diffusion_steps`` ...) too.
     Unknown flags raise ``InputError`` listing the known ones.
     """
     if variant not in VARIANTS:
