@@ -209,6 +209,21 @@ def test_fmnist_cnn_size_and_shapes():
     assert model(torch.rand(5, 1, 28, 28)).shape == (5, 10)
 
 
+def test_fmnist_cnn_lite_is_under_10_mflop_and_keeps_the_interface():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    assert "fmnist_cnn_lite" in list_classifiers()
+    model = create_classifier("fmnist_cnn_lite").eval()
+    assert sum(p.numel() for p in model.parameters()) == 435_514
+    assert model.config.mean == (0.2860,) and model.config.std == (0.3530,)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        logits = model(torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    # 16*1*9*784 + 32*16*9*196 + 32*32*9*196 + 64*32*9*49 + 3136*128 + 128*10 multiply-adds, x2
+    assert logits.shape == (1, 10) and counter.get_total_flops() == 2 * 4_128_256
+    with pytest.raises(InputError, match="fmnist_cnn_lite needs an image size divisible by 4, got 30"):
+        create_classifier("fmnist_cnn_lite", image_size=30)
+
+
 def test_channel_mismatch_is_a_clear_error():
     model = create_classifier("fmnist_cnn")
     with pytest.raises(InputError, match=r"expects images \(B, 1, H, W\), got \(2, 3, 28, 28\)"):

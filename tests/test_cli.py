@@ -179,3 +179,17 @@ def test_demo_with_the_shipped_models(tmp_path, fmnist_dir, capsys):
         assert f"| {label} " in printed
     names = sorted(p.name for p in out_dir.iterdir())
     assert {"table.md", "certified_accuracy.png", "purification.png", "rs_sigma0.25.tsv"} <= set(names)
+
+
+def test_purify_stats_prints_the_diagnostic_and_writes_json(tmp_path, fmnist_dir, denoiser_path, capsys):
+    out = tmp_path / "stats.json"
+    assert main(["purify", "--data-dir", str(fmnist_dir), "--sigma", "0.5", "--denoiser", str(denoiser_path),
+                 "--indices", "0", "1", "--device", "cpu", "--stats", "--draws", "3", "--runs", "2", "--steps", "2",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "||D(x+d) - x|| (to the clean image)" in printed and "suggested local sigma" in printed
+    doc = json.loads(out.read_text())
+    assert doc["images"] == 2 and doc["draws"] == 3 and doc["to_clean"]["count"] == 6
+    assert doc["local_sigma"] > 0 and doc["to_reverse_mean"]["count"] == 6
+    assert main(["purify", "--data-dir", str(fmnist_dir), "--sigma", "0.5", "--denoiser", str(denoiser_path)]) == 2
+    assert "give --out FIGURE for the grid, --stats" in capsys.readouterr().err

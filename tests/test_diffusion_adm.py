@@ -91,6 +91,23 @@ def test_grayscale_28px_config_runs():
     assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
 
 
+def test_norm_groups_allow_a_narrow_unet_under_100_mflop():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flags = dict(image_size=28, in_channels=1, num_channels=16, num_res_blocks=1, channel_mult="1,2,2",
+                 attention_resolutions="7", num_heads=1)
+    with pytest.raises(InputError, match="32 groups needs channel counts divisible by 32, got 16"):
+        adm_unet("improved", **flags)
+    unet = adm_unet("improved", norm_groups=8, **flags).eval()
+    norms = [m for m in unet.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {8}
+    assert sum(p.numel() for p in unet.parameters()) == 299_937
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        out = unet(torch.zeros(1, 1, 28, 28), torch.tensor([300]))
+    assert out.shape == (1, 1, 28, 28) and 90e6 < counter.get_total_flops() <= 100e6
+    assert "norm_groups" in known_flags()
+
+
 def test_unknown_flag_lists_known_ones():
     with pytest.raises(InputError, match="num_head_channels") as err:
         adm_unet("guided", image_size=64, num_chanels=32)

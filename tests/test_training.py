@@ -17,7 +17,8 @@ from diffsmooth.diffusion import OneShotDenoiser, adm_unet, load_diffusion_model
 from diffsmooth.errors import InputError
 from diffsmooth.training import (ClassifierTrainConfig, DiffusionTrainConfig, consistency_terms, ddpm_loss,
                                  get_loss, list_losses, loss_defaults, macer_radius_term, smoothadv_attack,
-                                 smoothed_soft_loss, train_classifier, train_diffusion)
+                                 sample_timesteps, smoothed_soft_loss, timestep_probabilities, train_classifier,
+                                 train_diffusion)
 from diffsmooth.diffusion import NoiseSchedule
 
 
@@ -139,21 +140,58 @@ def _tiny_unet() -> nn.Module:
 
 def test_ddpm_loss_falls_on_tiny_unet(digits_batch):
     x0 = digits_batch[0][:8] * 2 - 1
-    unet, abar = _tiny_unet(), NoiseSchedule("cosine", 1000).alphas_cumprod
+    unet, schedule = _tiny_unet(), NoiseSchedule("cosine", 1000)
     opt = torch.optim.AdamW(unet.parameters(), lr=3e-3)
 
     def fixed() -> float:
         with torch.no_grad():
-            return float(ddpm_loss(unet, x0, abar, torch.Generator().manual_seed(3)))
+            return float(ddpm_loss(unet, x0, schedule, torch.Generator().manual_seed(3)))
 
     before, gen = fixed(), torch.Generator().manual_seed(4)
     for _ in range(15):
-        loss = ddpm_loss(unet, x0, abar, gen)
+        loss = ddpm_loss(unet, x0, schedule, gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = fixed()
     assert math.isfinite(after) and after < 0.6 * before, (before, after)
+
+
+def test_focused_timesteps_hit_the_t_star_range_at_the_stated_rate_and_reach_every_t():
+    schedule = NoiseSchedule("cosine", 1000)
+    lo, hi = schedule.t_star(0.12), schedule.t_star(1.0)
+    assert (lo, hi) == (143, 702)
+    probs = timestep_probabilities(schedule, (0.12, 1.0), 0.9)
+    assert probs.shape == (1000,) and math.isclose(float(probs.sum()), 1.0, rel_tol=1e-12)
+    assert math.isclose(float(probs[lo:hi + 1].sum()), 0.9, rel_tol=1e-12)
+    assert torch.allclose(probs[lo:hi + 1], torch.full((560,), 0.9 / 560, dtype=torch.float64))
+    assert torch.allclose(probs[:lo], torch.full((lo,), 0.1 / 440, dtype=torch.float64))
+    n = 200_000
+    t = sample_timesteps(1000, n, torch.Generator().manual_seed(0), torch.device("cpu"), probs)
+    inside = float(((t >= lo) & (t <= hi)).float().mean())
+    # binomial standard error sqrt(0.9 * 0.1 / n) = 6.7e-4; 5 of them
+    assert abs(inside - 0.9) < 5 * math.sqrt(0.09 / n), inside
+    # every t is drawn: the rarest has probability 0.1/440, about 45 expected hits
+    assert torch.bincount(t, minlength=1000).min() > 0
+    uniform = timestep_probabilities(schedule)
+    assert torch.equal(uniform, torch.full((1000,), 1e-3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("focus,fraction,match", [
+    ((0.5, 0.25), 0.9, "0 < lo < hi"),
+    ((0.12, 1.0), 1.0, "every timestep stays reachable"),
+    ((0.12, 1.0), None, "every timestep stays reachable"),
+])
+def test_focused_timesteps_reject_bad_settings(focus, fraction, match):
+    with pytest.raises(InputError, match=match):
+        timestep_probabilities(NoiseSchedule("cosine", 1000), focus, fraction)
+
+
+def test_diffusion_config_needs_both_focus_settings():
+    with pytest.raises(InputError, match="--focus-sigmas and --focus-fraction go together"):
+        DiffusionTrainConfig(focus_sigmas="0.12,1.0").validate()
+    with pytest.raises(InputError, match="two sigmas 'lo,hi'"):
+        DiffusionTrainConfig(focus_sigmas="0.12", focus_fraction=0.5).validate()
 
 
 def test_classifier_resume_matches_uninterrupted(tmp_path):
@@ -178,15 +216,36 @@ def test_resume_refuses_a_different_config(tmp_path):
         train_classifier(other, tmp_path / "m", quiet=True, resume=True)
 
 
-def test_diffusion_resume_matches_uninterrupted(tmp_path):
-    cfg = DiffusionTrainConfig(dataset="digits", num_channels=32, channel_mult="1,2", attention_resolutions="",
-                               steps=4, batch_size=8, lr=1e-3, warmup_steps=1, ema=0.9, train_limit=32)
+@pytest.mark.parametrize("extra", [{"num_channels": 32}, {"num_channels": 16, "norm_groups": 8,
+                                                             "focus_sigmas": "0.12,1.0", "focus_fraction": 0.9}])
+def test_diffusion_resume_matches_uninterrupted(tmp_path, extra):
+    cfg = DiffusionTrainConfig(dataset="digits", channel_mult="1,2", attention_resolutions="",
+                               steps=4, batch_size=8, lr=1e-3, warmup_steps=1, ema=0.9, train_limit=32, **extra)
     full = train_diffusion(cfg, tmp_path / "full", quiet=True, checkpoint_every=2)
     train_diffusion(cfg, tmp_path / "part", quiet=True, checkpoint_every=2, stop_after=2)
     resumed = train_diffusion(cfg, tmp_path / "part", quiet=True, checkpoint_every=2, resume=True)
     a, b = full.ema.state_dict(), resumed.ema.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.info["finished"] is True and resumed.info["steps_this_run"] == 2
+
+
+def test_cli_focused_narrow_ddpm_records_its_settings_and_stops_and_resumes(tmp_path, capsys):
+    ddpm = tmp_path / "ddpm"
+    argv = ["train-diffusion", "--dataset", "digits", "--num-channels", "16", "--norm-groups", "8",
+            "--channel-mult", "1,2", "--attention-resolutions", "", "--focus-sigmas", "0.12,1.0",
+            "--focus-fraction", "0.9", "--train-limit", "16", "--steps", "2", "--batch-size", "8",
+            "--checkpoint-every", "1", "--out", str(ddpm), "--quiet"]
+    assert main(argv + ["--stop-after", "1"]) == 0
+    assert "(unfinished: step 1 of 2)" in capsys.readouterr().out
+    assert json.loads((ddpm / "config.json").read_text())["extra"]["finished"] is False
+    assert main(argv + ["--resume"]) == 0
+    doc = json.loads((ddpm / "config.json").read_text())
+    assert doc["extra"]["finished"] is True and doc["extra"]["steps_this_run"] == 1
+    assert doc["flags"]["norm_groups"] == 8 and doc["flags"]["num_channels"] == 16
+    cfg = doc["extra"]["config"]
+    assert (cfg["focus_sigmas"], cfg["focus_fraction"], cfg["train_limit"]) == ("0.12,1.0", 0.9, 16)
+    unet = load_diffusion_model(ddpm).unet
+    assert {m.num_groups for m in unet.modules() if isinstance(m, nn.GroupNorm)} == {8}
 
 
 def test_cli_trains_and_writes_loadable_files(tmp_path, capsys):

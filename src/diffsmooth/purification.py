@@ -62,3 +62,37 @@ def purification_grid(
               ["clean", f"noisy (sigma={spec.sigma:g})", f"purified (t*={denoiser.t_star})",
                f"+ local noise ({spec.local_sigma:g})"], out)
     return GridReport(denoiser.t_star, denoiser.effective_sigma, psnr(noisy.clamp(0, 1), clean), psnr(purified, clean))
+
+
+def purification_stats(
+    spec: MethodSpec,
+    images: Callable[[int], tuple[torch.Tensor, int]],
+    indices: Sequence[int],
+    seed: int,
+    device: torch.device | str = "cpu",
+    *,
+    draws: int = 16,
+    reverse_runs: int = 8,
+    reverse_steps: int = 10,
+):
+    """The purification diagnostic of ``spec``'s denoiser at its sigma over ``indices`` x ``draws``
+    noise draws (``diffusion.diagnose_model``): the distribution of ``||D(x + d) - x||``, of the
+    distance to the mean of ``reverse_runs`` stochastic reverse runs, and the local sigma it suggests.
+    Randomness from one generator seeded by ``seed``; returns a ``PurificationDiagnostic``."""
+    from diffsmooth.diffusion import diagnose_model
+
+    spec.validate()
+    for name, value, low in (("--draws", draws, 1), ("--runs", reverse_runs, 0), ("--steps", reverse_steps, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(f"{name} must be a whole number >= {low}, got {value}")
+    device = torch.device(device)
+    denoiser = build_denoiser(spec).eval().to(device)
+    clean = torch.stack([images(i)[0] for i in indices]).to(device)
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    with torch.inference_mode():
+        report = diagnose_model(denoiser.model, clean, spec.sigma, generator, draws=draws,
+                                reverse_steps=reverse_steps, reverse_runs=reverse_runs)
+    if not (torch.isfinite(torch.tensor([report.mse, report.local_sigma])).all()):
+        raise InputError("the denoiser returned NaN or infinite pixels; its weights are broken "
+                         "(check the checkpoint with torch.isfinite)")
+    return report

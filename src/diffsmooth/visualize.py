@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
+from diffsmooth.diffusion.diagnostics import per_image_psnr
 from diffsmooth.errors import InputError
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -28,8 +28,7 @@ def check_figure_path(path: Path, option: str) -> Path:
 
 def psnr(images: Tensor, reference: Tensor) -> float:
     """Mean PSNR in dB of ``images`` against ``reference``, both ``(B, C, H, W)`` in [0,1]."""
-    mse = (images.float() - reference.float()).pow(2).flatten(1).mean(dim=1).clamp_min(1e-12)
-    return float((10 * torch.log10(1.0 / mse)).mean())
+    return float(per_image_psnr(images, reference).mean())
 
 
 def save_grid(columns: Sequence[Tensor], titles: Sequence[str], out: Path) -> None:

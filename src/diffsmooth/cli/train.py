@@ -42,7 +42,8 @@ def register(sub, formatter) -> None:
     d = sub.add_parser(
         "train-diffusion", formatter_class=formatter,
         help="train a DDPM (epsilon prediction) for one-shot purification",
-        description="Train our ADM UNet as a DDPM: epsilon prediction, MSE, uniform timesteps, AdamW, EMA of the "
+        description="Train our ADM UNet as a DDPM: epsilon prediction, MSE, uniform or focused timesteps "
+        "(--focus-sigmas), AdamW, EMA of the "
         "weights, optional bf16 autocast on CUDA. Writes a resumable state every --checkpoint-every steps and the "
         "EMA model to --out (config.json + model.safetensors, read by load_diffusion_model).",
     )
@@ -64,7 +65,18 @@ def register(sub, formatter) -> None:
     d.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up steps")
     d.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
     d.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; ignored on CPU)")
+    d.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups (default: the official 32)")
+    d.add_argument("--focus-sigmas", default=None, metavar="LO,HI",
+                   help="smoothing sigmas (pixel units) whose t* range gets --focus-fraction of the timestep draws "
+                   "(default: uniform timesteps)")
+    d.add_argument("--focus-fraction", type=float, default=None,
+                   help="share of timestep draws in the --focus-sigmas range, in (0, 1)")
+    d.add_argument("--train-limit", type=int, default=None,
+                   help="train on the first N training images only (hold the rest out)")
     d.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
+    d.add_argument("--stop-after", type=int, default=None,
+                   help="end this call after N more steps (a multiple of --checkpoint-every), saving the model "
+                   "marked unfinished; continue later with --resume")
     _common(d)
     d.set_defaults(func=_train_diffusion)
 
@@ -210,9 +222,12 @@ def _train_diffusion(args: argparse.Namespace) -> int:
         num_heads=args.num_heads, dropout=args.dropout, schedule=args.schedule,
         diffusion_steps=args.diffusion_steps, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, ema=args.ema, amp=args.amp,
-        seed=args.seed, data_dir=str(args.data_dir) if args.data_dir else None,
+        seed=args.seed, data_dir=str(args.data_dir) if args.data_dir else None, train_limit=args.train_limit,
+        norm_groups=args.norm_groups, focus_sigmas=args.focus_sigmas, focus_fraction=args.focus_fraction,
     )
     result = train_diffusion(config, args.out, checkpoint_dir=args.checkpoint_dir, device=args.device,
-                             resume=args.resume, quiet=args.quiet, checkpoint_every=args.checkpoint_every)
-    print(f"wrote {result.path}; final mean loss {result.info['final_loss']:.4f}")
+                             resume=args.resume, quiet=args.quiet, checkpoint_every=args.checkpoint_every,
+                             stop_after=args.stop_after)
+    done = "" if result.info["finished"] else f" (unfinished: step {result.info['steps_done']} of {config.steps})"
+    print(f"wrote {result.path}; final mean loss {result.info['final_loss']:.4f}{done}")
     return 0

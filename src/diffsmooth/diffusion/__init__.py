@@ -8,12 +8,20 @@ guided-diffusion UNet from the official flags (our own code, checked against the
 outputs); ``load_diffusion_model`` reads the OpenAI checkpoints by preset
 (``improved-cifar10-uncond``, ``guided-imagenet256-uncond``) with ``weights_only`` torch
 loading and strict keys, our safetensors+JSON directories (``save_diffusion_model``) and local
-diffusers ``UNet2DModel`` folders; ``OneShotDenoiser`` is the purifier as an ``nn.Module``.
+diffusers ``UNet2DModel`` folders; ``OneShotDenoiser`` is the purifier as an ``nn.Module``;
+``purification_quality`` and ``purification_diagnostic`` measure how well it purifies.
 """
 
 from diffsmooth.diffusion.adm import ADMUNet, adm_unet, known_flags
 from diffsmooth.diffusion.checkpoints import load_diffusion_model, save_diffusion_model
 from diffsmooth.diffusion.denoiser import MultiStepDenoiser, OneShotDenoiser
+from diffsmooth.diffusion.diagnostics import (
+    PurificationDiagnostic,
+    PurificationQuality,
+    diagnose_model,
+    purification_diagnostic,
+    purification_quality,
+)
 from diffsmooth.diffusion.presets import (
     DiffusionModel,
     DiffusionPreset,
@@ -32,14 +40,19 @@ __all__ = [
     "MultiStepDenoiser",
     "NoiseSchedule",
     "OneShotDenoiser",
+    "PurificationDiagnostic",
+    "PurificationQuality",
     "adm_unet",
     "build_preset",
+    "diagnose_model",
     "get_preset",
     "known_flags",
     "list_presets",
     "list_schedules",
     "load_diffusion_model",
     "preset_state_shapes",
+    "purification_diagnostic",
+    "purification_quality",
     "register_preset",
     "save_diffusion_model",
 ]

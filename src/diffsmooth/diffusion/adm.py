@@ -29,17 +29,17 @@ NUM_CLASSES = 1000  # class_cond models in both codebases are ImageNet-condition
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32 groups) computed in float32, as the reference does under fp16 too."""
+    """GroupNorm (32 groups in the official models) computed in float32, as the reference does under fp16 too."""
 
     def forward(self, x: Tensor) -> Tensor:
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
-def _norm(channels: int) -> GroupNorm32:
-    if channels % 32:
-        raise InputError(f"ADM group norm needs channel counts divisible by 32, got {channels}; "
-                         "use num_channels (times channel_mult) that are multiples of 32")
-    return GroupNorm32(32, channels)
+def _norm(channels: int, groups: int = 32) -> GroupNorm32:
+    if channels % groups:
+        raise InputError(f"ADM group norm with {groups} groups needs channel counts divisible by {groups}, got "
+                         f"{channels}; use num_channels (times channel_mult) that are multiples of {groups}")
+    return GroupNorm32(groups, channels)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -78,10 +78,11 @@ class ResBlock(nn.Module):
     """Residual block conditioned on the time embedding; optionally resamples (guided ``resblock_updown``)."""
 
     def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: int,
-                 use_scale_shift_norm: bool, up: bool = False, down: bool = False) -> None:
+                 use_scale_shift_norm: bool, up: bool = False, down: bool = False, norm_groups: int = 32) -> None:
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(_norm(channels, norm_groups), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
         # Resampling sits between the in-norm and the in-conv, applied to skip and main path alike.
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -92,7 +93,7 @@ class ResBlock(nn.Module):
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
         self.out_layers = nn.Sequential(
-            _norm(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+            _norm(out_channels, norm_groups), nn.SiLU(), nn.Dropout(p=dropout),
             nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = (nn.Identity() if out_channels == channels
                                 else nn.Conv2d(channels, out_channels, 1))
@@ -122,14 +123,14 @@ class AttentionBlock(nn.Module):
     [q_all, k_all, v_all]. The weights are the same shape either way, the function differs.
     """
 
-    def __init__(self, channels: int, num_heads: int, legacy_order: bool) -> None:
+    def __init__(self, channels: int, num_heads: int, legacy_order: bool, norm_groups: int = 32) -> None:
         super().__init__()
         if channels % num_heads:
             raise InputError(f"attention: {channels} channels do not split into {num_heads} heads; "
                              "choose num_heads / num_head_channels that divide the channel count")
         self.num_heads = num_heads
         self.legacy_order = legacy_order
-        self.norm = _norm(channels)
+        self.norm = _norm(channels, norm_groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
@@ -173,6 +174,8 @@ class ADMUNet(nn.Module):
         resblock_updown: resample with ResBlocks (guided) instead of conv/pool (improved).
         legacy_attention_order: see ``AttentionBlock``.
         num_classes: class-conditional label embedding when not None.
+        norm_groups: groups of every GroupNorm (32 in the official models; ours allows fewer so
+            that narrow UNets, e.g. 16 channels at 28x28, are possible).
     """
 
     def __init__(self, *, in_channels: int, model_channels: int, out_channels: int, num_res_blocks: int,
@@ -180,7 +183,7 @@ class ADMUNet(nn.Module):
                  num_heads: int = 1, num_head_channels: int = -1, num_heads_upsample: int = -1,
                  use_scale_shift_norm: bool = False, resblock_updown: bool = False,
                  conv_resample: bool = True, legacy_attention_order: bool = True,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, norm_groups: int = 32) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -196,10 +199,10 @@ class ADMUNet(nn.Module):
                     raise InputError(f"{ch} channels are not a multiple of num_head_channels={num_head_channels}; "
                                      "pick num_head_channels dividing every level's width")
                 heads = ch // num_head_channels
-            return AttentionBlock(ch, heads, legacy_attention_order)
+            return AttentionBlock(ch, heads, legacy_attention_order, norm_groups)
 
         def res(ch: int, out: int, **updown: bool) -> ResBlock:
-            return ResBlock(ch, emb_dim, dropout, out, use_scale_shift_norm, **updown)
+            return ResBlock(ch, emb_dim, dropout, out, use_scale_shift_norm, **updown, norm_groups=norm_groups)
 
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if num_classes is not None:
@@ -236,7 +239,7 @@ class ADMUNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(ch, norm_groups), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """x (B, C, H, W) in [-1,1], t (B,) network timesteps (or one shared scalar), y (B,) labels
@@ -282,6 +285,7 @@ _MODEL_DEFAULTS: dict[str, Any] = {
     "learn_sigma": False, "class_cond": False, "use_checkpoint": False, "use_scale_shift_norm": True,
     "resblock_updown": False, "use_fp16": False, "use_new_attention_order": False,
     "in_channels": 3,  # ours: the official scripts fix 3; 1 allows grayscale (Fashion-MNIST) models
+    "norm_groups": 32,  # ours: the official code fixes 32; fewer allow narrow UNets for small images
 }
 # Diffusion-process flags that appear beside the model flags in official configs; they
 # describe the schedule, not the network, and are accepted and ignored here.
@@ -315,8 +319,9 @@ def adm_unet(variant: str, **flags: Any) -> ADMUNet:
     num_heads_upsample, num_head_channels, attention_resolutions ("16,8": resolutions in
     pixels), channel_mult ("" = default for image_size, or "1,2,2"), dropout, learn_sigma,
     class_cond, use_scale_shift_norm, resblock_updown, use_new_attention_order``, plus
-    ``in_channels`` (ours, default 3). ``use_checkpoint``/``use_fp16`` are accepted and ignored
-    (the dtype follows the weights and inputs); diffusion flags (``diffusion_steps`` ...) too.
+    ``in_channels`` and ``norm_groups`` (ours, default 3 and 32). ``use_checkpoint``/``use_fp16``
+    are accepted and ignored (the dtype follows the weights and inputs); diffusion flags
+    (``diffusion_steps`` ...) too.
     Unknown flags raise ``InputError`` listing the known ones.
     """
     if variant not in VARIANTS:
@@ -355,4 +360,5 @@ def adm_unet(variant: str, **flags: Any) -> ADMUNet:
         # improved-diffusion only has the legacy order
         legacy_attention_order=variant == "improved" or not f["use_new_attention_order"],
         num_classes=NUM_CLASSES if f["class_cond"] else None,
+        norm_groups=int(f["norm_groups"]),
     )

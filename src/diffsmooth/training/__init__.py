@@ -9,7 +9,15 @@ all write resumable safetensors + JSON states and final artifacts that the loade
 from diffsmooth.training.classifier import ClassifierTrainConfig, TrainResult, accuracy, train_classifier
 from diffsmooth.training.denoiser import (DenoiserTrainConfig, DenoiserTrainResult, denoiser_mse_loss,
                                          denoiser_stability_loss, evaluate_denoiser, train_denoiser)
-from diffsmooth.training.diffusion import DiffusionTrainConfig, DiffusionTrainResult, ddpm_loss, ema_update, train_diffusion
+from diffsmooth.training.diffusion import (
+    DiffusionTrainConfig,
+    DiffusionTrainResult,
+    ddpm_loss,
+    ema_update,
+    sample_timesteps,
+    timestep_probabilities,
+    train_diffusion,
+)
 from diffsmooth.training.losses import (
                                           LossOutput,
                                           consistency_terms,
@@ -28,7 +36,7 @@ __all__ = [
     "ClassifierTrainConfig", "DiffusionTrainConfig", "DiffusionTrainResult", "ddpm_loss", "ema_update",
     "train_diffusion", "LossOutput", "TrainResult", "accuracy", "consistency_terms", "get_loss",
     "list_losses", "loss_defaults", "macer_radius_term", "register_loss", "smoothadv_attack",
-    "smoothed_soft_loss", "train_classifier",
+    "smoothed_soft_loss", "train_classifier", "sample_timesteps", "timestep_probabilities",
     "DenoiserTrainConfig", "DenoiserTrainResult", "denoiser_mse_loss", "denoiser_stability_loss",
     "evaluate_denoiser", "train_denoiser", "smoothmix_attack", "smoothmix_mixup",
 ]

@@ -1,7 +1,13 @@
-"""DDPM training of our ADM UNet: epsilon prediction, MSE, uniform timesteps, EMA, AdamW.
+"""DDPM training of our ADM UNet: epsilon prediction, MSE, optionally focused timesteps, EMA, AdamW.
 
-The objective (Ho et al. 2020, "simple" loss): for x_0 in [-1,1] model space, t ~ U{0..T-1}
+The objective (Ho et al. 2020, "simple" loss): for x_0 in [-1,1] model space, t ~ p(t)
 and eps ~ N(0, I), minimize ``|| eps - unet(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2``.
+p(t) is uniform on {0..T-1} by default. With a focus range (``focus_sigmas``), a fixed fraction
+of the draws falls uniformly on the steps t*(sigma_lo)..t*(sigma_hi) that one-shot purification
+at those smoothing sigmas uses, the rest uniformly on the other steps (``timestep_probabilities``).
+Every t keeps a positive probability and the per-t minimiser of the loss is the same
+(E[eps | x_t] at each t), so the network stays a valid epsilon-prediction DDPM over all t;
+only the share of training signal per t changes (Nichol & Dhariwal 2021 reweight t similarly).
 Only the first C output channels are trained (the epsilon half when the UNet also has
 variance channels); one-shot purification needs nothing else. The EMA weights are what
 ``train_diffusion`` saves with ``save_diffusion_model``.
@@ -38,6 +44,11 @@ class DiffusionTrainConfig:
         steps, batch_size, lr, weight_decay, warmup_steps: AdamW, linear warm-up then cosine decay.
         ema: decay of the exponential moving average of the weights.
         amp: bf16 autocast on CUDA (ignored on CPU).
+        norm_groups: GroupNorm groups of the UNet (None = the official 32).
+        focus_sigmas: ``"lo,hi"`` smoothing sigmas in [0,1] pixel units whose t* range gets
+            ``focus_fraction`` of the timestep draws (None = uniform timesteps).
+        focus_fraction: share of draws in the focus range, in (0, 1); required with ``focus_sigmas``.
+        train_limit: train on the first N training images only (e.g. hold out the rest for pilots).
     """
 
     dataset: str = "fashion-mnist"
@@ -61,6 +72,10 @@ class DiffusionTrainConfig:
     seed: int = 0
     data_dir: str | None = None
     train_limit: int | None = None
+    # None defaults: checkpoints written before these settings existed resume unchanged.
+    norm_groups: int | None = None
+    focus_sigmas: str | None = None
+    focus_fraction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,34 +93,88 @@ class DiffusionTrainConfig:
                 raise InputError(f"{flag} must be a whole number >= 1, got {value}")
         if not 0 <= self.dropout < 1:
             raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if (self.focus_sigmas is None) != (self.focus_fraction is None):
+            raise InputError("--focus-sigmas and --focus-fraction go together; give both or neither")
+        if self.focus_sigmas is not None:
+            self.focus_range()
+
+    def focus_range(self) -> tuple[float, float] | None:
+        """``focus_sigmas`` parsed as (lo, hi) pixel-space sigmas, or None."""
+        if self.focus_sigmas is None:
+            return None
+        try:
+            lo, hi = (float(p) for p in str(self.focus_sigmas).split(","))
+        except ValueError:
+            raise InputError(f"--focus-sigmas must be two sigmas 'lo,hi' like '0.12,1.0', got "
+                             f"{self.focus_sigmas!r}") from None
+        return lo, hi
 
     def unet_flags(self, image_size: int, in_channels: int) -> dict[str, Any]:
         """The official flags that ``adm_unet(variant, **flags)`` builds this UNet from."""
-        return {"image_size": image_size, "in_channels": in_channels, "num_channels": self.num_channels,
-                "channel_mult": self.channel_mult, "num_res_blocks": self.num_res_blocks,
-                "attention_resolutions": self.attention_resolutions, "num_heads": self.num_heads,
-                "dropout": self.dropout, "learn_sigma": self.learn_sigma, "use_scale_shift_norm": True}
+        flags = {"image_size": image_size, "in_channels": in_channels, "num_channels": self.num_channels,
+                 "channel_mult": self.channel_mult, "num_res_blocks": self.num_res_blocks,
+                 "attention_resolutions": self.attention_resolutions, "num_heads": self.num_heads,
+                 "dropout": self.dropout, "learn_sigma": self.learn_sigma, "use_scale_shift_norm": True}
+        if self.norm_groups is not None:
+            flags["norm_groups"] = self.norm_groups
+        return flags
 
 
-def ddpm_loss(unet: nn.Module, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
-              generator: torch.Generator) -> torch.Tensor:
+def timestep_probabilities(schedule: NoiseSchedule, focus_sigmas: tuple[float, float] | None = None,
+                           focus_fraction: float | None = None) -> torch.Tensor:
+    """The distribution p(t) that DDPM training draws timesteps from: (T,) float64, sums to 1.
+
+    Without ``focus_sigmas``: uniform, 1/T each. With ``focus_sigmas = (lo, hi)`` (smoothing
+    sigmas in [0,1] pixel units): the K steps ``t*(lo) .. t*(hi)`` (inclusive, t* from
+    ``schedule.t_star``) share ``focus_fraction`` of the mass uniformly (each ``f / K``) and the
+    other T - K steps share the rest (each ``(1 - f) / (T - K)``). ``0 < f < 1`` keeps every t
+    reachable; if the range covers all T steps the result is uniform.
+    """
+    num = schedule.num_timesteps
+    if focus_sigmas is None:
+        return torch.full((num,), 1.0 / num, dtype=torch.float64)
+    lo, hi = focus_sigmas
+    if not 0 < lo < hi:
+        raise InputError(f"--focus-sigmas needs 0 < lo < hi, got {lo:g},{hi:g}")
+    if focus_fraction is None or not 0 < focus_fraction < 1:
+        raise InputError(f"--focus-fraction must be in (0, 1) so that every timestep stays reachable, "
+                         f"got {focus_fraction}")
+    t_lo, t_hi = schedule.t_star(lo), schedule.t_star(hi)
+    inside = t_hi - t_lo + 1
+    if inside == num:
+        return torch.full((num,), 1.0 / num, dtype=torch.float64)
+    probs = torch.full((num,), (1.0 - focus_fraction) / (num - inside), dtype=torch.float64)
+    probs[t_lo:t_hi + 1] = focus_fraction / inside
+    return probs
+
+
+def sample_timesteps(num_timesteps: int, count: int, generator: torch.Generator, device: torch.device,
+                     t_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """``count`` timesteps (int64, on ``device``) drawn i.i.d. from ``t_probs`` ((T,), e.g.
+    ``timestep_probabilities``), or uniformly from {0..T-1} when it is None."""
+    if t_probs is None:
+        return torch.randint(0, num_timesteps, (count,), generator=generator, device=device)
+    return torch.multinomial(t_probs.to(device=device, dtype=torch.float64), count, replacement=True,
+                             generator=generator)
+
+
+def ddpm_loss(unet: nn.Module, x0: torch.Tensor, schedule: NoiseSchedule,
+              generator: torch.Generator, t_probs: torch.Tensor | None = None) -> torch.Tensor:
     """The simple DDPM loss on a batch.
 
     Args:
         x0: (B, C, H, W) clean images in [-1,1] model space.
-        alphas_cumprod: (T,) abar_t of the schedule (any float dtype; cast to x0's).
-        generator: draws t ~ U{0..T-1} and eps ~ N(0, I) on x0's device.
+        schedule: the noise schedule; its ``q_sample`` makes x_t (coefficients from float64, cast to x0's dtype).
+        generator: draws t ~ p(t) and eps ~ N(0, I) on x0's device.
+        t_probs: (T,) p(t) from ``timestep_probabilities``; None = uniform U{0..T-1}.
 
     Returns:
         scalar mean over pixels of (eps - eps_hat)^2, eps_hat the first C output channels.
     """
     b, c = x0.shape[:2]
-    abar = alphas_cumprod.to(device=x0.device, dtype=torch.float64)
-    t = torch.randint(0, len(abar), (b,), generator=generator, device=x0.device)
+    t = sample_timesteps(schedule.num_timesteps, b, generator, x0.device, t_probs)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    a = abar[t].sqrt().to(x0.dtype).view(-1, 1, 1, 1)
-    s = (1 - abar[t]).sqrt().to(x0.dtype).view(-1, 1, 1, 1)
-    pred = unet(a * x0 + s * eps, t)[:, :c]
+    pred = unet(schedule.q_sample(x0, t, eps), t)[:, :c]
     return torch.mean((pred.float() - eps.float()) ** 2)
 
 
@@ -145,7 +214,8 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
     images, _, info = load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)
     flags = config.unet_flags(info.image_size, info.channels)
     schedule = NoiseSchedule(config.schedule, config.diffusion_steps)
-    abar = schedule.alphas_cumprod.to(dev)
+    focus = config.focus_range()
+    t_probs = None if focus is None else timestep_probabilities(schedule, focus, config.focus_fraction).to(dev)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(config.seed)
         model = adm_unet(config.variant, **flags).to(dev)
@@ -180,7 +250,7 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
                 x0 = images[idx].to(dev) * 2 - 1
                 set_lr(optimizer, cosine_lr(config.lr, step, config.steps, config.warmup_steps))
                 with autocast:
-                    loss = ddpm_loss(model, x0, abar, noise_gen)
+                    loss = ddpm_loss(model, x0, schedule, noise_gen, t_probs)
                 if not torch.isfinite(loss):
                     raise RuntimeError(f"loss became {float(loss)} at step {step}; lower --lr")
                 optimizer.zero_grad(set_to_none=True)
