@@ -65,3 +65,12 @@ def test_sequential_options_need_sequential_sampling(tmp_path, fmnist_dir, class
     args = [a for a in seq_args(fmnist_dir, classifier_path, tmp_path / "r.tsv") if a not in ("--sampling", "sequential")]
     assert main(args) == 2
     assert "need --sampling sequential" in capsys.readouterr().err
+
+
+def test_a_grid_refuses_sequential_sampling(tmp_path, fmnist_dir, classifier_path, capsys):
+    args = seq_args(fmnist_dir, classifier_path, tmp_path / "r.tsv", "--max-radius", "0.5")
+    i = args.index("--out")
+    args[i:i + 2] = ["--out-dir", str(tmp_path / "grid")]
+    assert main(args) == 2
+    assert "certifies one configuration at a time" in capsys.readouterr().err
+    assert not (tmp_path / "grid").exists()

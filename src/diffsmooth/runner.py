@@ -349,6 +349,9 @@ def grid_store(spec: RunSpec, methods: Sequence[MethodSpec], out_dir: Path, *, r
     """The files of a grid run: per configuration, the spec a separate run would record."""
     if spec.mode != "certify":
         raise InputError("several configurations in one run are supported for certify only")
+    if spec.sampling != "fixed":
+        raise InputError("--sampling sequential certifies one configuration at a time; give one value per "
+                         "method option with --out, or drop --sampling for the grid")
     specs = [replace(spec, method=m) for m in methods]
     for one in specs:
         one.validate()
