@@ -151,3 +151,17 @@ def test_grid_under_torchrun_equals_one_process(tmp_path, fmnist_dir, classifier
     assert done.returncode == 0, done.stderr[-3000:]
     assert grid_rows(out_dir) == full_grid
     assert sorted(p.name for p in out_dir.iterdir() if ".part" in p.name) == []
+
+
+@pytest.mark.slow  # one torchrun launch takes 5-15 s on 2 CPU cores
+def test_grid_with_split_samples_under_torchrun(tmp_path, fmnist_dir, classifier_path, denoiser_path):
+    """Both ranks draw their share of every image's samples for every configuration; rank 0 writes."""
+    from test_distributed import torchrun
+
+    out_dir = tmp_path / "g"
+    done = torchrun([*grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir), "--split-samples"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = grid_rows(out_dir)
+    assert len(rows) == 4 and all([r[0] for r in v] == [0, 1, 2, 3] for v in rows.values())
+    manifest = json.loads((out_dir / f"{read_index(out_dir)[0]['label']}.tsv.json").read_text())
+    assert manifest["distributed"] == {"split": "samples", "world_size": 2}

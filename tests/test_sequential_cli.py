@@ -74,3 +74,19 @@ def test_a_grid_refuses_sequential_sampling(tmp_path, fmnist_dir, classifier_pat
     assert main(args) == 2
     assert "certifies one configuration at a time" in capsys.readouterr().err
     assert not (tmp_path / "grid").exists()
+
+
+@pytest.mark.slow  # one torchrun launch takes 5-15 s on 2 CPU cores
+def test_sequential_under_torchrun_shares_images(tmp_path, fmnist_dir, classifier_path):
+    """Image sharding: two processes write the rows of one process (sequential decisions are per image)."""
+    from test_distributed import torchrun
+
+    single = tmp_path / "single.tsv"
+    args = seq_args(fmnist_dir, classifier_path, single, "--max-radius", "0.5")
+    assert main(args) == 0
+    merged = tmp_path / "merged.tsv"
+    args = [a if a != str(single) else str(merged) for a in args]
+    args = ["--max-images" if a == "--max" else a for a in args]
+    done = torchrun(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert strip(read_results(merged)) == strip(read_results(single))
