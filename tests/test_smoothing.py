@@ -9,21 +9,9 @@ from scipy.stats import norm
 from diffsmooth import Certificate, SmoothedClassifier
 from diffsmooth.errors import InputError
 
+from closed_forms import HalfSpace
 
-class HalfSpace(torch.nn.Module):
-    """h(x) = 1[w.x + b > 0] on (B, 1, 2, 2) images; the smoothed g is the same half-space,
-    so the true certified radius at x is |w.x + b| / ||w||."""
 
-    def __init__(self, w, b):
-        super().__init__()
-        self.w = torch.as_tensor(w, dtype=torch.float64).reshape(-1)
-        self.b = float(b)
-
-    def forward(self, x):
-        return (x.reshape(x.shape[0], -1).double() @ self.w + self.b > 0).long()
-
-    def signed_distance(self, x):
-        return (x.reshape(-1).double() @ self.w + self.b) / self.w.norm()
 
 
 W = [1.0, -0.5, 0.25, 2.0]
