@@ -9,7 +9,6 @@ network call predicts epsilon and gives the posterior-mean estimate of ``x0``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -129,7 +128,6 @@ class MultiStepDenoiser(OneShotDenoiser):
         self.steps, self.method = steps, method
         spaced = torch.linspace(float(self._t_star), 0.0, steps, dtype=torch.float64).round().long()
         self.timesteps = [int(t) for t in spaced]
-        self._abar = [float(a) for a in model.schedule.alphas_cumprod[spaced]]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "mode": f"multi-step-{self.method}", "steps": self.steps,
@@ -140,21 +138,18 @@ class MultiStepDenoiser(OneShotDenoiser):
         self._check(x)
         c, schedule = self.model.in_channels, self.model.schedule
         x_t = schedule.q_sample(2.0 * x - 1.0, self._t_star)
-        for i, (t, abar) in enumerate(zip(self.timesteps, self._abar)):
+        for i, t in enumerate(self.timesteps):
             steps_t = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             eps = self.unet(x_t, self.model.network_timesteps(steps_t))[:, :c]
             x0 = schedule.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
             if i == len(self.timesteps) - 1:
                 break
-            prev_t, prev = self.timesteps[i + 1], self._abar[i + 1]
+            prev_t = self.timesteps[i + 1]
             if self.method == "ddim":
                 # The noise that the clipped x0 implies, carried to the next visited step.
                 x_t = schedule.q_sample(x0, prev_t, schedule.predict_eps(x_t, t, x0))
             else:
-                beta = 1.0 - abar / prev  # the respaced chain's beta between the two visited steps
-                mean = (math.sqrt(prev) * beta / (1.0 - abar)) * x0 + (
-                    math.sqrt(1.0 - beta) * (1.0 - prev) / (1.0 - abar)) * x_t
-                std = math.sqrt(beta * (1.0 - prev) / (1.0 - abar))
+                mean, std = schedule.posterior(x_t, t, x0, prev_t)
                 noise = torch.randn(x_t.shape, generator=generator, device=x.device, dtype=x.dtype)
                 x_t = mean + std * noise
         return (x0 + 1.0) / 2.0

@@ -138,6 +138,16 @@ class NoiseSchedule:
         a, s = self._coefficients(t, x_t)
         return (x_t - a * x0) / s
 
+    def posterior(self, x_t: torch.Tensor, t: int, x0: torch.Tensor, s: int) -> tuple[torch.Tensor, float]:
+        """Mean and standard deviation of ``q(x_s | x_t, x0)`` for an earlier step ``s < t`` of a
+        respaced chain (its beta is ``1 - abar_t / abar_s``): the DDPM reverse step's Gaussian."""
+        abar = _alphas_cumprod(self)
+        abar_t, abar_s = float(abar[int(t)]), float(abar[int(s)])
+        beta = 1.0 - abar_t / abar_s
+        mean = (math.sqrt(abar_s) * beta / (1.0 - abar_t)) * x0 + (
+            math.sqrt(1.0 - beta) * (1.0 - abar_s) / (1.0 - abar_t)) * x_t
+        return mean, math.sqrt(beta * (1.0 - abar_s) / (1.0 - abar_t))
+
     def _coefficients(self, t: int | torch.Tensor, like: torch.Tensor) -> tuple[Any, Any]:
         abar = _alphas_cumprod(self)
         if isinstance(t, torch.Tensor):
