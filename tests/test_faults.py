@@ -275,7 +275,7 @@ def test_full_disk_leaves_a_resumable_file(tmp_path, tiny_fs, fmnist_dir, classi
     else:  # no mount allowed here: the same error, injected at the first write
         def full(*args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device", str(out))
-        monkeypatch.setattr("diffsmooth.results.atomic_write_text", full)
+        monkeypatch.setattr("diffsmooth.results.store.atomic_write_text", full)
     before = out.read_bytes()
     fails(capsys, rs_args(fmnist_dir, classifier_path, out, "--max", "4", "--resume"), "No space left on device")
     assert out.read_bytes() == before

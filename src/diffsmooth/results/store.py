@@ -1,31 +1,10 @@
-"""The results store: every file of a run, in one place.
-
-A run with ``--out OUT`` owns these files and no others:
-
-- ``OUT``: the Cohen et al. TSV that existing analysis scripts read.  CERTIFY rows:
-  ``idx label predict radius correct time`` (predict -1 = abstain, radius 0 then);
-  PREDICT rows: ``idx label predict correct time``; time as ``h:mm:ss.ffffff``.  Extra
-  columns may follow Cohen's (e.g. ``samples`` for sequential certification).
-- ``OUT.json``: the manifest (settings, models, environment, throughput), written atomically.
-- ``OUT.lock``: held (``fcntl.flock``) while a process writes, so that a second process on the
-  same ``OUT`` stops with a message instead of interleaving rows; removed at the end.
-- ``OUT.part<r>`` (+ ``.json``, ``.lock``): the rows of torchrun rank ``r``, merged into ``OUT``
-  by rank 0 at the end.
-
-Rows are written as each group of images completes (one image when ``n`` is at least the
-batch size; several when their samples share batches), flushed and fsynced; a crash loses at
-most the group in flight, and a torn last line is cut on resume.  Nothing is created, truncated
-or replaced before ``ResultsStore.check`` has passed, and files that do not look like ours
-(a TSV without our header, a JSON without our manifest's keys) are never replaced.
-"""
+"""The files of one run: its TSV, manifest, lock and torchrun part files (``ResultsStore``)."""
 
 from __future__ import annotations
 
-import datetime
 import errno
 import fcntl
 import json
-import math
 import os
 import platform
 import re
@@ -37,50 +16,8 @@ from typing import Any
 
 from diffsmooth.errors import InputError
 from diffsmooth.files import atomic_write_text
-
-HEADERS = {
-    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
-    "predict": ("idx", "label", "predict", "correct", "time"),
-}
-
-
-@dataclass(frozen=True)
-class Row:
-    """One image's outcome; ``predict`` is -1 for abstain, ``radius`` None for PREDICT rows.
-
-    ``extra`` holds the values of columns after Cohen's (name -> text), in header order.
-    """
-
-    idx: int
-    label: int
-    predict: int
-    correct: int
-    seconds: float
-    radius: float | None = None
-    extra: tuple[tuple[str, str], ...] = ()
-
-    def to_fields(self, mode: str) -> list[str]:
-        time = format_time(self.seconds)
-        extra = [value for _, value in self.extra]
-        if mode == "certify":
-            return [str(self.idx), str(self.label), str(self.predict), f"{self.radius:.6g}", str(self.correct), time,
-                    *extra]
-        return [str(self.idx), str(self.label), str(self.predict), str(self.correct), time, *extra]
-
-
-def format_time(seconds: float) -> str:
-    """``h:mm:ss.ffffff`` as Cohen et al.'s scripts write it (always with microseconds)."""
-    text = str(datetime.timedelta(seconds=seconds))
-    return text if "." in text else text + ".000000"
-
-
-def parse_time(text: str) -> float:
-    h, m, s = text.split(":")
-    value = int(h) * 3600 + int(m) * 60 + float(s)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(text)
-    return value
-
+from diffsmooth.results.tsv import (HEADERS, Row, check_row, cut_torn_line, header_line, owned_results,
+                                    read_results, write_results)
 
 def manifest_path(results: Path) -> Path:
     return Path(results).with_name(Path(results).name + ".json")
@@ -104,112 +41,6 @@ def part_paths(out: Path) -> list[Path]:
     pattern = re.compile(re.escape(out.name) + r"\.part(\d+)")
     found = [(int(m.group(1)), p) for p in out.parent.iterdir() if (m := pattern.fullmatch(p.name))]
     return [p for _, p in sorted(found)]
-
-
-# ---- reading ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Results:
-    """A results TSV as read: its mode, extra column names, complete rows, and whether a torn
-    (unterminated, unparsable) last line of the writer's own file was dropped."""
-
-    mode: str
-    columns: tuple[str, ...]
-    rows: list[Row]
-    dropped_torn_line: bool = False
-
-
-def _mode_of(header: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
-    for mode, cohen in HEADERS.items():
-        if header[: len(cohen)] == cohen and (mode != "predict" or "radius" not in header):
-            extra = header[len(cohen):]
-            if all(re.fullmatch(r"[a-z_][a-z0-9_]*", name) for name in extra):
-                return mode, extra
-    return None
-
-
-def _parse_row(mode: str, extra: tuple[str, ...], fields: list[str]) -> Row:
-    width = len(HEADERS[mode]) + len(extra)
-    if len(fields) != width:
-        raise ValueError(f"{len(fields)} columns instead of {width}")
-    tail = tuple(zip(extra, fields[len(HEADERS[mode]):]))
-    if mode == "certify":
-        idx, label, predict, radius, correct, time = fields[:6]
-        row = Row(int(idx), int(label), int(predict), int(correct), parse_time(time), float(radius), tail)
-    else:
-        idx, label, predict, correct, time = fields[:5]
-        row = Row(int(idx), int(label), int(predict), int(correct), parse_time(time), None, tail)
-    _check_row(row)
-    return row
-
-
-def _check_row(row: Row) -> None:
-    """The invariants every row of ours satisfies; raises ValueError naming the broken one."""
-    if row.idx < 0 or row.label < 0 or row.predict < -1:
-        raise ValueError("idx and label must be >= 0 and predict >= -1")
-    if row.correct != int(row.predict == row.label):
-        raise ValueError(f"correct is {row.correct} but predict {row.predict} vs label {row.label} says otherwise")
-    if row.radius is not None:
-        if not (math.isfinite(row.radius) and row.radius >= 0):
-            raise ValueError(f"radius {row.radius} is not a finite number >= 0")
-        if row.predict == -1 and row.radius != 0:
-            raise ValueError(f"an abstention (predict -1) must have radius 0, not {row.radius}")
-
-
-def read_results(path: Path, writer_file: bool | None = None) -> Results:
-    """Read and validate a results TSV.
-
-    Every row must parse and satisfy the invariants (``correct`` consistent with
-    ``predict``/``label``, radius finite, >= 0 and 0 for abstentions, idx unique); the first bad
-    line is named.  An unterminated last line is a torn write when the file is the writer's own
-    (``writer_file``; by default: its manifest exists): it is dropped and reported in
-    ``dropped_torn_line``.  In a hand-written file it is read like any other line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"results file {path} does not exist; give the path of a TSV written by `diffsmooth certify`")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not a text file; give the path of a TSV written by `diffsmooth certify`") from None
-    except OSError as err:
-        raise InputError(f"cannot read {path} ({err.strerror}); check the path and its permissions") from None
-    lines = text.split("\n")
-    found = _mode_of(tuple(lines[0].split("\t")))
-    if found is None:
-        raise InputError(
-            f"{path} does not start with a results header ({' '.join(HEADERS['certify'])}); is it a diffsmooth/Cohen TSV?"
-        )
-    mode, extra = found
-    if writer_file is None:
-        writer_file = manifest_path(path).is_file()
-    body, last = lines[1:-1], lines[-1]
-    dropped = False
-    if last:
-        if writer_file:
-            dropped = True
-        else:
-            body.append(last)
-    rows: list[Row] = []
-    seen: dict[int, int] = {}
-    for number, line in enumerate(body, start=2):
-        try:
-            row = _parse_row(mode, extra, line.split("\t"))
-        except ValueError as err:
-            raise InputError(f"{path} line {number} is not a valid {mode} row ({err}): {line[:120]!r}; "
-                             "fix or remove that line") from None
-        if row.idx in seen:
-            raise InputError(f"{path} holds two rows for idx {row.idx} (lines {seen[row.idx]} and {number}); "
-                             "remove one (was the file written by two processes at once?)")
-        seen[row.idx] = number
-        rows.append(row)
-    return Results(mode, extra, rows, dropped)
-
-
-def read_rows(path: Path) -> tuple[str, list[Row]]:
-    """``(mode, rows)`` of a results TSV (see ``read_results``)."""
-    results = read_results(path)
-    return results.mode, results.rows
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -239,41 +70,10 @@ def _owned_manifest(path: Path) -> bool:
         return False
 
 
-def _owned_results(path: Path) -> bool:
-    """Whether ``path`` is absent or starts with a results header."""
-    if not path.exists() and not path.is_symlink():
-        return True
-    try:
-        with path.open("rb") as f:
-            first = f.readline(4096).decode("utf-8").rstrip("\n")
-    except (OSError, UnicodeDecodeError):
-        return False
-    return _mode_of(tuple(first.split("\t"))) is not None
-
-
-# ---- writing ----------------------------------------------------------------------------------
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """Write a manifest atomically."""
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _header(mode: str, columns: Sequence[str]) -> str:
-    return "\t".join((*HEADERS[mode], *columns)) + "\n"
-
-
-def write_results(path: Path, mode: str, rows: Iterable[Row], columns: Sequence[str] = ()) -> None:
-    """Write a whole results TSV atomically."""
-    body = "".join("\t".join(row.to_fields(mode)) + "\n" for row in rows)
-    atomic_write_text(path, _header(mode, columns) + body)
-
-
-def _cut_torn_line(path: Path) -> None:
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(end)
 
 
 class _Lock:
@@ -377,7 +177,7 @@ class Sink:
         """Append rows, flushed and fsynced together."""
         rows = [row for row in rows if row.idx not in self.skip]
         for row in rows:
-            _check_row(row)
+            check_row(row)
             if tuple(name for name, _ in row.extra) != self.columns:
                 raise RuntimeError(f"row columns {[n for n, _ in row.extra]} do not match the file's {list(self.columns)}")
         self._file.write("".join("\t".join(row.to_fields(self.mode)) + "\n" for row in rows))
@@ -427,7 +227,7 @@ class ResultsStore:
             raise InputError(f"output folder {out.parent} does not exist; create it first")
         if not os.access(out.parent, os.W_OK):
             raise InputError(f"output folder {out.parent} is not writable; choose another --out")
-        for path, owned, what in ((out, _owned_results, "a results TSV"),
+        for path, owned, what in ((out, owned_results, "a results TSV"),
                                   (manifest_path(out), _owned_manifest, "a diffsmooth results manifest")):
             if not owned(path):
                 raise InputError(f"{path} exists and is not {what}; it is left alone: move it or choose another --out")
@@ -494,11 +294,11 @@ class ResultsStore:
             manifest = {**manifest, "spec": self.spec}
             write_manifest(manifest_path(path), {**manifest, "status": "running"})
             if resuming:
-                _cut_torn_line(path)
+                cut_torn_line(path)
                 handle = path.open("a")
             else:
                 handle = path.open("x")
-                handle.write(_header(self.mode, self.columns))
+                handle.write(header_line(self.mode, self.columns))
                 handle.flush()
             sink = Sink(path, self.mode, self.columns, skip=frozenset(self.done), _file=handle)
             try:
@@ -570,89 +370,3 @@ def _remove_results(path: Path) -> None:
             p.unlink()
 
 
-# ---- several results files of one run -----------------------------------------------------------
-
-INDEX_NAME = "index.json"
-INDEX_FORMAT = "diffsmooth-index"
-
-
-def read_index(folder: Path) -> list[dict[str, Any]]:
-    """The entries (``label``, ``file``, ``spec``) of a folder's ``index.json``, files as paths."""
-    path = Path(folder) / INDEX_NAME
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{folder} has no {INDEX_NAME}; give results TSVs or a folder written by "
-                         "`diffsmooth certify --out-dir`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path} is not valid JSON ({err}); rerun the grid with --overwrite") from None
-    if not (isinstance(doc, dict) and doc.get("format") == INDEX_FORMAT and isinstance(doc.get("runs"), list)):
-        raise InputError(f"{path} is not a diffsmooth results index; give results TSVs instead")
-    return [{**entry, "path": Path(folder) / entry["file"]} for entry in doc["runs"]]
-
-
-class StoreSet:
-    """The files of a run that writes one results file per configuration into ``out_dir``, plus
-    ``index.json`` listing them (label, file name, settings).
-
-    Each file is a ``ResultsStore`` of its own, with the manifest a single run of that
-    configuration writes, so a file of a grid can be resumed or analysed alone.  An image is
-    done when every file holds it; a file that already has it skips its row on resume.
-    """
-
-    def __init__(self, out_dir: Path, entries: dict[str, tuple[str, dict[str, Any]]], *, resume: bool = False,
-                 overwrite: bool = False, columns: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> None:
-        self.out = Path(out_dir)
-        self.entries = entries
-        self.resume, self.overwrite = resume, overwrite
-        self.stores = {label: ResultsStore(self.out / name, spec, resume=resume, overwrite=overwrite, columns=columns,
-                                           defaults=defaults)
-                       for label, (name, spec) in entries.items()}
-        names = [name for name, _ in entries.values()]
-        if len(set(names)) != len(names):
-            raise InputError("two configurations of the grid would write the same file; give each setting once")
-
-    def check(self, parts: bool = True) -> set[int]:
-        out = self.out
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out-dir {out} is a file; give a folder (it is created if missing)")
-        if not out.exists():
-            if not out.parent.is_dir():
-                raise InputError(f"the parent folder of --out-dir {out} does not exist; create it first")
-            for store in self.stores.values():
-                store.expect_new()
-            return set()
-        index = out / INDEX_NAME
-        if index.exists():
-            try:
-                ours = json.loads(index.read_text()).get("format") == INDEX_FORMAT
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                ours = False
-            if not ours:
-                raise InputError(f"{index} exists and is not a diffsmooth results index; it is left alone: "
-                                 "choose another --out-dir")
-        done_sets = [store.check(parts) for store in self.stores.values()]
-        return set.intersection(*done_sets) if done_sets else set()
-
-    @contextmanager
-    def writing(self, manifest: dict[str, Any], rank: int | None = None,
-                clear_parts: dict[str, Sequence[Path]] | None = None) -> Iterator[dict[str, Sink]]:
-        """Create the folder, write the index, and yield one ``Sink`` per configuration."""
-        from contextlib import ExitStack
-
-        self.out.mkdir(exist_ok=True)
-        if rank in (None, 0):
-            write_manifest(self.out / INDEX_NAME, {
-                "format": INDEX_FORMAT,
-                "runs": [{"label": label, "file": name, "spec": spec} for label, (name, spec) in self.entries.items()],
-            })
-        with ExitStack() as stack:
-            sinks = {label: stack.enter_context(store.writing(
-                {**manifest, "base": manifest.get("base", {}).get("configurations", {}).get(label, manifest.get("base")),
-                 "grid": {"index": INDEX_NAME, "label": label}},
-                rank, (clear_parts or {}).get(label, ())))
-                for label, store in self.stores.items()}
-            yield sinks
-
-    def merge(self, indices: Sequence[int], world_size: int, wall_seconds: float) -> dict[str, list[Row]]:
-        return {label: store.merge(indices, world_size, wall_seconds) for label, store in self.stores.items()}

@@ -1,0 +1,196 @@
+"""The results TSV: Cohen et al.'s columns (extra columns may follow), reading with validation,
+and whole-file writing.  CERTIFY rows: ``idx label predict radius correct time`` (predict -1 =
+abstain, radius 0 then); PREDICT rows: ``idx label predict correct time``; time as
+``h:mm:ss.ffffff``."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffsmooth.errors import InputError
+from diffsmooth.files import atomic_write_text
+
+HEADERS = {
+    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
+    "predict": ("idx", "label", "predict", "correct", "time"),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image's outcome; ``predict`` is -1 for abstain, ``radius`` None for PREDICT rows.
+
+    ``extra`` holds the values of columns after Cohen's (name -> text), in header order.
+    """
+
+    idx: int
+    label: int
+    predict: int
+    correct: int
+    seconds: float
+    radius: float | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def to_fields(self, mode: str) -> list[str]:
+        time = format_time(self.seconds)
+        extra = [value for _, value in self.extra]
+        if mode == "certify":
+            return [str(self.idx), str(self.label), str(self.predict), f"{self.radius:.6g}", str(self.correct), time,
+                    *extra]
+        return [str(self.idx), str(self.label), str(self.predict), str(self.correct), time, *extra]
+
+
+def format_time(seconds: float) -> str:
+    """``h:mm:ss.ffffff`` as Cohen et al.'s scripts write it (always with microseconds)."""
+    text = str(datetime.timedelta(seconds=seconds))
+    return text if "." in text else text + ".000000"
+
+
+def parse_time(text: str) -> float:
+    h, m, s = text.split(":")
+    value = int(h) * 3600 + int(m) * 60 + float(s)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
+
+@dataclass(frozen=True)
+class Results:
+    """A results TSV as read: its mode, extra column names, complete rows, and whether a torn
+    (unterminated, unparsable) last line of the writer's own file was dropped."""
+
+    mode: str
+    columns: tuple[str, ...]
+    rows: list[Row]
+    dropped_torn_line: bool = False
+
+
+def _mode_of(header: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
+    for mode, cohen in HEADERS.items():
+        if header[: len(cohen)] == cohen and (mode != "predict" or "radius" not in header):
+            extra = header[len(cohen):]
+            if all(re.fullmatch(r"[a-z_][a-z0-9_]*", name) for name in extra):
+                return mode, extra
+    return None
+
+
+def _parse_row(mode: str, extra: tuple[str, ...], fields: list[str]) -> Row:
+    width = len(HEADERS[mode]) + len(extra)
+    if len(fields) != width:
+        raise ValueError(f"{len(fields)} columns instead of {width}")
+    tail = tuple(zip(extra, fields[len(HEADERS[mode]):]))
+    if mode == "certify":
+        idx, label, predict, radius, correct, time = fields[:6]
+        row = Row(int(idx), int(label), int(predict), int(correct), parse_time(time), float(radius), tail)
+    else:
+        idx, label, predict, correct, time = fields[:5]
+        row = Row(int(idx), int(label), int(predict), int(correct), parse_time(time), None, tail)
+    check_row(row)
+    return row
+
+
+def check_row(row: Row) -> None:
+    """The invariants every row of ours satisfies; raises ValueError naming the broken one."""
+    if row.idx < 0 or row.label < 0 or row.predict < -1:
+        raise ValueError("idx and label must be >= 0 and predict >= -1")
+    if row.correct != int(row.predict == row.label):
+        raise ValueError(f"correct is {row.correct} but predict {row.predict} vs label {row.label} says otherwise")
+    if row.radius is not None:
+        if not (math.isfinite(row.radius) and row.radius >= 0):
+            raise ValueError(f"radius {row.radius} is not a finite number >= 0")
+        if row.predict == -1 and row.radius != 0:
+            raise ValueError(f"an abstention (predict -1) must have radius 0, not {row.radius}")
+
+
+def read_results(path: Path, writer_file: bool | None = None) -> Results:
+    """Read and validate a results TSV.
+
+    Every row must parse and satisfy the invariants (``correct`` consistent with
+    ``predict``/``label``, radius finite, >= 0 and 0 for abstentions, idx unique); the first bad
+    line is named.  An unterminated last line is a torn write when the file is the writer's own
+    (``writer_file``; by default: its manifest exists): it is dropped and reported in
+    ``dropped_torn_line``.  In a hand-written file it is read like any other line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"results file {path} does not exist; give the path of a TSV written by `diffsmooth certify`")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text file; give the path of a TSV written by `diffsmooth certify`") from None
+    except OSError as err:
+        raise InputError(f"cannot read {path} ({err.strerror}); check the path and its permissions") from None
+    lines = text.split("\n")
+    found = _mode_of(tuple(lines[0].split("\t")))
+    if found is None:
+        raise InputError(
+            f"{path} does not start with a results header ({' '.join(HEADERS['certify'])}); is it a diffsmooth/Cohen TSV?"
+        )
+    mode, extra = found
+    if writer_file is None:
+        writer_file = path.with_name(path.name + ".json").is_file()  # its manifest: the writer's own file
+    body, last = lines[1:-1], lines[-1]
+    dropped = False
+    if last:
+        if writer_file:
+            dropped = True
+        else:
+            body.append(last)
+    rows: list[Row] = []
+    seen: dict[int, int] = {}
+    for number, line in enumerate(body, start=2):
+        try:
+            row = _parse_row(mode, extra, line.split("\t"))
+        except ValueError as err:
+            raise InputError(f"{path} line {number} is not a valid {mode} row ({err}): {line[:120]!r}; "
+                             "fix or remove that line") from None
+        if row.idx in seen:
+            raise InputError(f"{path} holds two rows for idx {row.idx} (lines {seen[row.idx]} and {number}); "
+                             "remove one (was the file written by two processes at once?)")
+        seen[row.idx] = number
+        rows.append(row)
+    return Results(mode, extra, rows, dropped)
+
+
+def read_rows(path: Path) -> tuple[str, list[Row]]:
+    """``(mode, rows)`` of a results TSV (see ``read_results``)."""
+    results = read_results(path)
+    return results.mode, results.rows
+
+
+def owned_results(path: Path) -> bool:
+    """Whether ``path`` is absent or starts with a results header."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    try:
+        with path.open("rb") as f:
+            first = f.readline(4096).decode("utf-8").rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return _mode_of(tuple(first.split("\t"))) is not None
+
+
+def header_line(mode: str, columns: Sequence[str]) -> str:
+    return "\t".join((*HEADERS[mode], *columns)) + "\n"
+
+
+def write_results(path: Path, mode: str, rows: Iterable[Row], columns: Sequence[str] = ()) -> None:
+    """Write a whole results TSV atomically."""
+    body = "".join("\t".join(row.to_fields(mode)) + "\n" for row in rows)
+    atomic_write_text(path, header_line(mode, columns) + body)
+
+
+def cut_torn_line(path: Path) -> None:
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+
+
