@@ -411,6 +411,11 @@ def test_outputs_of_other_commands_are_not_replaced_unasked(tmp_path, fmnist_dir
     file_dir = tmp_path / "demo-file"
     file_dir.write_text("x")
     fails(capsys, ["demo", "--out-dir", str(file_dir)], "is a file")
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "table.md").write_text("my table")
+    fails(capsys, ["demo", "--out-dir", str(paper)], "table.md exists in a folder the demo did not write")
+    assert (paper / "table.md").read_text() == "my table"
     assert grid.read_bytes() == b"mine" and Path(f"{model}.json").read_text() == "{}"
 
 

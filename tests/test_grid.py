@@ -165,3 +165,20 @@ def test_grid_with_split_samples_under_torchrun(tmp_path, fmnist_dir, classifier
     assert len(rows) == 4 and all([r[0] for r in v] == [0, 1, 2, 3] for v in rows.values())
     manifest = json.loads((out_dir / f"{read_index(out_dir)[0]['label']}.tsv.json").read_text())
     assert manifest["distributed"] == {"split": "samples", "world_size": 2}
+
+
+def test_a_densepure_member_runs_its_own_chain_once(classifier_path, denoiser_path):
+    """Only members that classify the one-shot purified batch share it; DensePure is called as it is."""
+    from diffsmooth.classifiers import load_classifier
+    from diffsmooth.defenses import DensePure
+    from diffsmooth.diffusion import MultiStepDenoiser, load_diffusion_model
+
+    chain = MultiStepDenoiser(load_diffusion_model(denoiser_path), 0.25, steps=1, method="ddim")
+    member = DensePure(chain, load_classifier(classifier_path), runs=1)
+    calls = []
+    chain.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        scores = Grid([member])(x)
+        assert len(calls) == 1
+        assert torch.equal(scores[:, 0], member(x))

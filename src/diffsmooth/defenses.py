@@ -220,7 +220,8 @@ class DiffSmooth(nn.Module):
 
 class Grid(nn.Module):
     """Many base classifiers that share the work of each noisy batch (one purification, shared
-    classifier copies), evaluated together: ``(B, C, H, W) -> (B, len(members), num_classes)``.
+    classifier copies), evaluated together: noisy images ``(B, C, H, W)`` in [0,1] pixel space
+    plus noise -> scores ``(B, len(members), num_classes)``.
 
     ``members`` are ``Gaussian``, ``DenoisedSmoothing`` and ``DiffSmooth`` defenses; all that purify
     must hold the same denoiser object.  The denoiser runs once per batch; DiffSmooth members
@@ -234,7 +235,7 @@ class Grid(nn.Module):
         super().__init__()
         if not members:
             raise InputError("a grid needs at least one configuration")
-        denoisers = {id(m.denoiser) for m in members if hasattr(m, "denoiser")}
+        denoisers = {id(m.denoiser) for m in members if isinstance(m, (DiffSmooth, DenoisedSmoothing))}
         if len(denoisers) > 1:
             raise InputError("the configurations of a grid must share one denoiser (one sigma, one model)")
         self.members = nn.ModuleList(members)
@@ -245,7 +246,9 @@ class Grid(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_noisy(x)
-        purifying = [m for m in self.members if hasattr(m, "denoiser")]
+        # One purification for the members that classify the purified batch; the others (RS,
+        # DensePure's own reverse runs) are called as they are.
+        purifying = [m for m in self.members if isinstance(m, (DiffSmooth, DenoisedSmoothing))]
         purified = purifying[0].denoiser(x) if purifying else None
         shared: dict[tuple, Tensor] = {}  # (classifier, local sigma, seed) -> logits of the copies made so far
         scores = []

@@ -26,6 +26,7 @@ from diffsmooth.errors import InputError
 from diffsmooth.methods import MethodSpec, build_base, build_grid
 from diffsmooth.results import ResultsStore, Row, Sink, StoreSet, environment, manifest_path, read_manifest
 from diffsmooth.smoothing import SmoothedClassifier
+from diffsmooth.stats import FIRST_LOOK
 
 Images = Callable[[int], tuple[torch.Tensor, int]]
 """idx -> (image (C, H, W) with pixels in [0,1], label)."""
@@ -298,12 +299,13 @@ def run_into(
     manifest_extra: dict[str, Any] | None = None,
     progress: bool = True,
     grid: Sequence[MethodSpec] | None = None,
+    base: torch.nn.Module | None = None,
 ) -> RunReport:
     """The whole run in this process: check the store, prepare, execute into it."""
     done = store.check()
     todo = [i for i in indices if i not in done]
     prepared = prepare(spec, images, todo[0] if todo else None, num_classes=num_classes, device=device,
-                       manifest_extra=manifest_extra, grid=grid)
+                       base=base, manifest_extra=manifest_extra, grid=grid)
     with store.writing(prepared.manifest) as sinks:
         report = execute(prepared, todo, sinks, progress)
     report.skipped = len(indices) - len(todo)
@@ -397,15 +399,9 @@ def run(
     """Certify (or predict, or attack) ``images(idx)`` for each of ``indices`` into ``out`` (a
     results file, or a folder for an attack); indices already there are skipped when resuming."""
     spec.validate()
-    store = make_store(spec, out, resume=resume, overwrite=overwrite)
-    done = store.check()
-    todo = [i for i in indices if i not in done]
-    prepared = prepare(spec, images, todo[0] if todo else None, num_classes=num_classes, device=device, base=base,
-                       manifest_extra=manifest_extra)
-    with store.writing(prepared.manifest) as sink:
-        report = execute(prepared, todo, sink, progress)
-    report.skipped = len(indices) - len(todo)
-    return report
+    return run_into(make_store(spec, out, resume=resume, overwrite=overwrite), spec, images, indices,
+                    num_classes=num_classes, device=device, manifest_extra=manifest_extra, progress=progress,
+                    base=base)
 
 
 def _probe(base: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_classes: int) -> None:
@@ -435,10 +431,10 @@ def _probe(base: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_cl
 
 def _group_size(spec: RunSpec) -> int:
     """Images certified together: enough to fill a batch when n is small, else one.  Sequential
-    sampling takes as many as fill a batch at its first look (64 samples), so that images that
+    sampling takes as many as fill a batch at its first look, so that images that
     stop early leave batches the others keep full."""
     if spec.sampling == "sequential":
-        return max(1, spec.batch_size // 64)
+        return max(1, spec.batch_size // FIRST_LOOK)
     per_image = spec.n if spec.mode == "predict" else max(spec.n0, spec.n)
     return max(1, spec.batch_size // per_image)
 

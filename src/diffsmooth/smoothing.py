@@ -30,6 +30,7 @@ from torch import Tensor
 
 from diffsmooth.errors import InputError
 from diffsmooth.stats import (
+    FIRST_LOOK,
     LookSchedule,
     binomial_test_pvalue,
     certified_radius,
@@ -238,6 +239,14 @@ def _check_shard(shard: object, reduce_counts: object) -> tuple[int, int] | None
     return shard
 
 
+def _one_image(x: object, batch_method: str) -> Tensor:
+    """``x`` (C, H, W) as a batch of one, or ``InputError`` pointing to ``batch_method``."""
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"x must be one image of shape (C, H, W), got {shape}; use {batch_method} for a batch")
+    return x.unsqueeze(0)
+
+
 def per_image_generators(generators: Generators, k: int) -> list[torch.Generator | None]:
     """``k`` generators from one per image, a single one shared in order, or None (the default one)."""
     if generators is None or isinstance(generators, torch.Generator):
@@ -330,10 +339,7 @@ class SmoothedClassifier:
         generator: torch.Generator | None = None,
     ) -> Certificate:
         """CERTIFY one image ``x`` of shape ``(C, H, W)`` with pixels in [0,1]."""
-        if not isinstance(x, Tensor) or x.dim() != 3:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise InputError(f"x must be one image of shape (C, H, W), got {shape}; use certify_batch for a batch")
-        return self.certify_batch(x.unsqueeze(0), n0, n, alpha, batch_size, [generator])[0]
+        return self.certify_batch(_one_image(x, "certify_batch"), n0, n, alpha, batch_size, [generator])[0]
 
     def certify_batch(
         self,
@@ -436,10 +442,7 @@ class SmoothedClassifier:
     ) -> Prediction:
         """PREDICT for one image ``x`` ``(C, H, W)`` in [0,1]; abstains with probability
         at most alpha of returning a class other than ``g(x)``."""
-        if not isinstance(x, Tensor) or x.dim() != 3:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise InputError(f"x must be one image of shape (C, H, W), got {shape}; use predict_batch for a batch")
-        return self.predict_batch(x.unsqueeze(0), n, alpha, batch_size, [generator])[0]
+        return self.predict_batch(_one_image(x, "predict_batch"), n, alpha, batch_size, [generator])[0]
 
     def predict_batch(
         self,
@@ -486,12 +489,8 @@ class SmoothedClassifier:
         **options: Any,
     ) -> SequentialCertificate:
         """Sequential CERTIFY of one image ``x`` ``(C, H, W)`` in [0,1]; see ``certify_sequential_batch``."""
-        if not isinstance(x, Tensor) or x.dim() != 3:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise InputError(
-                f"x must be one image of shape (C, H, W), got {shape}; use certify_sequential_batch for a batch"
-            )
-        return self.certify_sequential_batch(x.unsqueeze(0), n0, n_max, alpha, batch_size, [generator], **options)[0]
+        return self.certify_sequential_batch(_one_image(x, "certify_sequential_batch"), n0, n_max, alpha, batch_size,
+                                             [generator], **options)[0]
 
     def certify_sequential_batch(
         self,
@@ -506,7 +505,7 @@ class SmoothedClassifier:
         max_radius: float | None = None,
         min_radius: float = 0.0,
         tolerance: float = 0.0,
-        n_first: int = 64,
+        n_first: int = FIRST_LOOK,
         ratio: float = 2.0,
     ) -> list[SequentialCertificate]:
         """CERTIFY each of ``xs`` ``(K, C, H, W)`` (pixels in [0,1]) with as few samples as the bound allows.

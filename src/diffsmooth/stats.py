@@ -140,7 +140,8 @@ p_A's lower bound).  Less than half because the p_A bound sets every radius whil
 matters only where the remaining mass is spread.  Checked on 200 Fashion-MNIST *training* images
 (every 300th; shipped RS models, n = 100, alpha = 0.001), not on the test images any result is
 reported on: ACR at sigma 0.25 / 0.5 was 0.2900 / 0.5062 with 0.1 against 0.2822 / 0.4927 with
-half each (Cohen's p_A-only bound: 0.2910 / 0.5075).  Any share fixed before certifying is sound."""
+half each (Cohen's p_A-only bound: 0.2910 / 0.5075; ``benchmarks/separate_pb.py``).  Any share fixed
+before certifying is sound."""
 
 def separate_pb_bounds(counts: Sequence[int], top: int, alpha: float,
                        pb_share: float = PB_ALPHA_SHARE) -> tuple[float, float]:
@@ -219,7 +220,11 @@ class LookSchedule:
         return clopper_pearson_lower(k, self.sizes[look], self.alphas[look])
 
 
-def look_schedule(n_max: int, alpha: float, n_first: int = 64, ratio: float = 2.0) -> LookSchedule:
+FIRST_LOOK = 64
+"""Samples at the first look of a sequential certification (the default ``n_first``)."""
+
+
+def look_schedule(n_max: int, alpha: float, n_first: int = FIRST_LOOK, ratio: float = 2.0) -> LookSchedule:
     """A geometric schedule of looks with its alpha spending.
 
     Looks at ``n_k = ceil(n_first * ratio^k)`` samples while below ``n_max``, and

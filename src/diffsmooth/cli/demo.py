@@ -49,6 +49,14 @@ def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise InputError(f"--out-dir {args.out_dir} is a file; give a folder (it is created if missing)")
+    from diffsmooth.results import INDEX_NAME
+
+    # The demo replaces its own table and figures, never a file of that name in a folder it did not write.
+    foreign = [name for name in ("table.md", "certified_accuracy.png", "purification.png")
+               if (args.out_dir / name).exists() and not (args.out_dir / INDEX_NAME).is_file()]
+    if foreign:
+        raise InputError(f"{args.out_dir / foreign[0]} exists in a folder the demo did not write; it is left alone: "
+                         "choose another --out-dir")
     device = pick_device(args.device)
     dataset = load_dataset("fashion-mnist", split="test", data_dir=args.data_dir)
     indices = select_indices(len(dataset), max_count=args.max)
