@@ -91,6 +91,19 @@ def test_analyze_and_plot(tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_analyze_errors_and_paired_differences(tmp_path, capsys):
+    head = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+    (tmp_path / "a.tsv").write_text(head + "0\t1\t1\t0.6\t1\t0:00:01\n1\t2\t2\t0.6\t1\t0:00:01\n")
+    (tmp_path / "b.tsv").write_text(head + "0\t1\t1\t0.6\t1\t0:00:01\n1\t2\t-1\t0.0\t0\t0:00:01\n")
+    files = [str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv")]
+    assert main(["analyze", *files, "--radii", "0.5", "--errors", "--paired", "a,b"]) == 0
+    out = capsys.readouterr().out
+    assert "| b   | 2      | 50.0 ± 35.4 |" in out  # sqrt(0.5 * 0.5 / 2)
+    assert "| a - b          | 2      | +50.0 ± 50.0 |" in out  # d = 0, 1
+    assert main(["analyze", *files, "--paired", "a,c"]) == 2
+    assert "--paired 'a,c': give two run labels separated by a comma, from: a, b" in capsys.readouterr().err
+
+
 BAD = [
     (["--sigma", "0"], "--sigma must be a positive"),
     (["--alpha", "1.5"], "--alpha must lie strictly between 0 and 1"),

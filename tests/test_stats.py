@@ -224,3 +224,33 @@ def test_separate_pb_radius_reduces_to_cohen_and_abstains():
 def test_separate_pb_bad_arguments(call, word):
     with pytest.raises(ValueError, match=rf"^{word} "):
         call()
+
+
+def test_proportion_standard_error_closed_forms():
+    from diffsmooth.stats import proportion_standard_error
+
+    assert proportion_standard_error(50, 100) == pytest.approx(0.05)  # sqrt(0.25 / 100)
+    assert proportion_standard_error(0, 10) == 0.0 and proportion_standard_error(10, 10) == 0.0
+    assert proportion_standard_error(1, 4) == pytest.approx(math.sqrt(0.25 * 0.75 / 4))
+    with pytest.raises(ValueError, match="positive whole number"):
+        proportion_standard_error(0, 0)
+
+
+def test_paired_difference_by_hand_and_against_numpy():
+    import numpy as np
+
+    from diffsmooth.stats import paired_difference
+
+    # differences 1, 0, 0, -1, 1: mean 0.2, sample variance (0.64 + 0.04*2 + 1.44 + 0.64) / 4 = 0.7
+    a, b = [1, 1, 0, 0, 1], [0, 1, 0, 1, 0]
+    mean, se = paired_difference(a, b)
+    assert mean == pytest.approx(0.2) and se == pytest.approx(math.sqrt(0.7 / 5))
+    rng = np.random.default_rng(0)
+    a, b = rng.random(300) < 0.6, rng.random(300) < 0.5
+    d = a.astype(int) - b.astype(int)
+    assert paired_difference(list(a), list(b)) == pytest.approx((d.mean(), d.std(ddof=1) / math.sqrt(300)))
+    assert paired_difference([1, 1, 0], [1, 1, 0]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference([1, 0], [1])
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_difference([1], [0])

@@ -5,6 +5,9 @@ included, counted as failures) that are classified correctly with a certified
 radius of at least r, as in Cohen et al.'s ``analyze.py``; at r = 0 it is the
 smoothed classifier's clean accuracy.  The average certified radius (ACR) is
 the mean of ``radius * correct`` over all images (Zhai et al. 2020).
+
+Standard errors (``table(..., errors=True)``, ``paired_comparison``) describe the spread over
+draws of test images (``stats.proportion_standard_error``, ``stats.paired_difference``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 
 from diffsmooth.errors import InputError
 from diffsmooth.results import Row, read_results
+from diffsmooth.stats import paired_difference, proportion_standard_error
 
 
 @dataclass(frozen=True)
@@ -64,14 +68,23 @@ def summarize(path: Path, radii: Sequence[float], label: str | None = None) -> S
     )
 
 
-def table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str = "markdown") -> str:
-    """Render summaries as a markdown, csv or latex table (accuracies in percent)."""
+def _percent(fraction: float, images: int, errors: bool) -> str:
+    """``fraction`` in percent, with its standard error over test images when ``errors``."""
+    if not errors:
+        return f"{100 * fraction:.1f}"
+    se = proportion_standard_error(round(fraction * images), images)
+    return f"{100 * fraction:.1f} ± {100 * se:.1f}"
+
+
+def table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str = "markdown", errors: bool = False) -> str:
+    """Render summaries as a markdown, csv or latex table (accuracies in percent; with ``errors``
+    each certified accuracy carries its standard error over test images, ``72.4 ± 2.0``)."""
     sequential = any(s.samples_per_image is not None for s in summaries)
     head = ["run", "images", *[f"r={r:g}" for r in radii], "ACR", "abstain", "clean acc", "s/img"]
     head += ["samples/img"] if sequential else []
     body = []
     for s in summaries:
-        cert = [f"{100 * s.certified[float(r)]:.1f}" if s.certified else "-" for r in radii]
+        cert = [_percent(s.certified[float(r)], s.images, errors) if s.certified else "-" for r in radii]
         acr = f"{s.acr:.3f}" if s.acr is not None else "-"
         body.append([s.label, str(s.images), *cert, acr, f"{100 * s.abstention_rate:.1f}",
                      f"{100 * s.clean_accuracy:.1f}", f"{s.seconds_per_image:.2f}"])
@@ -87,10 +100,62 @@ def table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str = "mark
         return "\n".join(lines) + "\n"
     if fmt != "markdown":
         raise InputError(f"unknown table format {fmt!r}; choose markdown, csv or latex")
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    line = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
-    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(head), rule, *[line(row) for row in body]]) + "\n"
+    return _markdown(head, body)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Certified accuracy of run A minus run B on the same images, per radius: ``difference`` and
+    its paired standard error (fractions, not percent)."""
+
+    label_a: str
+    label_b: str
+    images: int
+    difference: dict[float, float]
+    standard_error: dict[float, float]
+
+    def significant(self, radius: float, z: float = 2.0) -> bool:
+        """Whether the difference at ``radius`` is more than ``z`` standard errors from 0."""
+        d, se = self.difference[float(radius)], self.standard_error[float(radius)]
+        return abs(d) > z * se if se > 0 else d != 0
+
+
+def paired_comparison(path_a: Path, path_b: Path, radii: Sequence[float], label_a: str | None = None,
+                      label_b: str | None = None) -> Paired:
+    """Certified accuracy of ``path_a`` minus ``path_b`` per radius, paired over their images.
+
+    Both certify runs must hold the same images (matched by ``idx``); raises ``InputError`` otherwise.
+    """
+    runs = []
+    for path in (path_a, path_b):
+        results = read_results(path)
+        if results.mode != "certify":
+            raise InputError(f"{path} is a {results.mode} result; a paired comparison needs two certify results")
+        runs.append({r.idx: r for r in results.rows})
+    a, b = runs
+    if set(a) != set(b):
+        only = sorted(set(a) ^ set(b))
+        raise InputError(f"{path_a} and {path_b} hold different images (e.g. idx {only[0]}); compare runs "
+                         "over the same images (same --max/--skip, both finished)")
+    order = sorted(a)
+    difference, standard_error = {}, {}
+    for radius in radii:
+        passes = lambda run: [run[i].correct and run[i].radius >= radius for i in order]  # noqa: E731
+        difference[float(radius)], standard_error[float(radius)] = paired_difference(passes(a), passes(b))
+    return Paired(label_a or Path(path_a).stem, label_b or Path(path_b).stem, len(order), difference,
+                  standard_error)
+
+
+def paired_table(comparisons: Sequence[Paired], radii: Sequence[float]) -> str:
+    """Markdown table: per comparison and radius, ``A - B`` in percentage points ± its paired
+    standard error, starred where it is more than two standard errors from 0."""
+    head = ["A - B (points)", "images", *[f"r={r:g}" for r in radii]]
+    body = []
+    for c in comparisons:
+        cells = [f"{100 * c.difference[float(r)]:+.1f} ± {100 * c.standard_error[float(r)]:.1f}"
+                 + ("*" if c.significant(r) else "") for r in radii]
+        body.append([f"{c.label_a} - {c.label_b}", str(c.images), *cells])
+    return _markdown(head, body)
 
 
 def robustness_table(attacks: dict[str, dict[float, Path]], certified: Sequence[tuple[str, Path]],
@@ -120,8 +185,16 @@ def _short_table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str)
     return "\n".join("|".join(line.split("|")[: keep + 1]) + "|" for line in lines) + "\n"
 
 
+def _markdown(head: list[str], body: list[list[str]]) -> str:
+    """A markdown table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    line = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
+    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *[line(row) for row in body]]) + "\n"
+
+
 def _tex(text: str) -> str:
-    return text.replace("_", r"\_").replace("%", r"\%")
+    return text.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
 
 
 def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | None = None,

@@ -22,6 +22,9 @@ is used by the certifier, the trainers' bookkeeping and the analysis alike.
 - ``look_schedule`` / ``sequential_lower``: an anytime-valid lower confidence
   sequence (Clopper-Pearson at geometric looks with alpha spending), for
   certification that stops early; ``clopper_pearson_upper`` for futility rules.
+- ``proportion_standard_error`` / ``paired_difference``: how much a table's accuracy (a mean
+  over test images) would move with another draw of test images, alone and as a difference of
+  two methods on the same images; for tables and comparisons, not for certificates.
 """
 
 from __future__ import annotations
@@ -105,6 +108,32 @@ def clopper_pearson_interval(k: int, n: int, alpha: float) -> tuple[float, float
     _check_counts(k, n)
     _check_alpha(alpha)
     return clopper_pearson_lower(k, n, alpha / 2), clopper_pearson_upper(k, n, alpha / 2)
+
+
+def proportion_standard_error(successes: int, count: int) -> float:
+    """Standard error ``sqrt(p (1 - p) / count)`` of the fraction ``p = successes / count`` of
+    test images that pass (e.g. certified at a radius), over draws of ``count`` test images."""
+    _check_counts(successes, count)
+    p = successes / count
+    return math.sqrt(p * (1 - p) / count)
+
+
+def paired_difference(a: Sequence[bool], b: Sequence[bool]) -> tuple[float, float]:
+    """Mean and standard error of ``a_i - b_i`` over the same images: ``(mean, s / sqrt(N))`` with
+    ``s`` the sample standard deviation (N - 1) of the per-image differences in {-1, 0, 1}.
+
+    The paired error is smaller than the two accuracies' errors combined when the methods tend to
+    pass and fail on the same images. N >= 2; a, b: per-image pass/fail, in the same image order.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need the same images: {len(a)} vs {len(b)}")
+    count = len(a)
+    if count < 2:
+        raise ValueError("a paired difference needs at least 2 images")
+    diffs = [int(bool(x)) - int(bool(y)) for x, y in zip(a, b)]
+    mean = sum(diffs) / count
+    variance = sum((d - mean) ** 2 for d in diffs) / (count - 1)
+    return mean, math.sqrt(variance / count)
 
 
 def p_lower_for_radius(radius: float, sigma: float) -> float:

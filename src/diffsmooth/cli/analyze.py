@@ -25,6 +25,11 @@ def register(sub, formatter) -> None:
     p.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII), help="radii of the table")
     p.add_argument("--labels", nargs="+", default=None, help="one name per results file (default: file names)")
     p.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown", help="table format")
+    p.add_argument("--errors", action="store_true",
+                   help="give each certified accuracy its standard error over test images (72.4 ± 2.0)")
+    p.add_argument("--paired", nargs="+", default=[], metavar="A,B",
+                   help="also print certified accuracy of run A minus run B (labels as in the table) per radius, "
+                   "paired over the same images, with its standard error; * marks differences beyond 2 errors")
     p.add_argument("--plot", type=Path, default=None, help="write certified accuracy vs radius to this PNG/PDF")
     p.add_argument("--title", default=None, help="plot title")
     p.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
@@ -52,6 +57,10 @@ def _analyze(args: argparse.Namespace) -> int:
     labels = args.labels or names
     if len(labels) != len(args.results):
         raise InputError(f"--labels gives {len(labels)} names for {len(args.results)} results files; give one each")
+    pairs = [pair.split(",") for pair in args.paired]
+    for pair, names in zip(args.paired, pairs):
+        if len(names) != 2 or any(name not in labels for name in names):
+            raise InputError(f"--paired {pair!r}: give two run labels separated by a comma, from: {', '.join(labels)}")
     if any(not (r >= 0) for r in args.radii) or any(r == float("inf") for r in args.radii):
         raise InputError("--radii must be finite numbers >= 0")
     if args.plot is not None:
@@ -63,7 +72,13 @@ def _analyze(args: argparse.Namespace) -> int:
         if summary.dropped_torn_line:
             print(f"note: dropped the unfinished last line of {path} (a run still writing, or one that was killed)",
                   file=sys.stderr)
-    sys.stdout.write(table(summaries, args.radii, args.format))
+    sys.stdout.write(table(summaries, args.radii, args.format, errors=args.errors))
+    if args.paired:
+        from diffsmooth.analysis import paired_comparison, paired_table
+
+        by_label = dict(zip(labels, args.results))
+        comparisons = [paired_comparison(by_label[a], by_label[b], args.radii, a, b) for a, b in pairs]
+        sys.stdout.write("\n" + paired_table(comparisons, args.radii))
     if attacks:
         from diffsmooth.analysis import robustness_table
 
