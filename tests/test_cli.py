@@ -190,8 +190,12 @@ def test_demo_with_the_shipped_models(tmp_path, fmnist_dir, capsys):
     printed = capsys.readouterr().out
     for label in ("RS", "DDS", "DiffSmooth (soft)", "DiffSmooth (hard)"):
         assert f"| {label} " in printed
+    assert "DiffSmooth (soft) - RS (points, paired standard error): r=0.5: " in printed
+    assert "2 images are too few to rank the methods (the errors assume >= 30)" in printed
+    # n = 8, alpha 0.001: p_lower = 0.001^(1/8) = 0.4217 < 1/2, so no radius at all
+    assert "With n = 8, no radius above 0.00 can be certified" in printed
     names = sorted(p.name for p in out_dir.iterdir())
-    assert {"table.md", "certified_accuracy.png", "purification.png", "rs_sigma0.25.tsv"} <= set(names)
+    assert {"table.md", "certified_accuracy.png", "purification.png", "rs_sigma0.5.tsv"} <= set(names)
 
 
 def test_purify_stats_prints_the_diagnostic_and_writes_json(tmp_path, fmnist_dir, denoiser_path, capsys):
@@ -206,3 +210,26 @@ def test_purify_stats_prints_the_diagnostic_and_writes_json(tmp_path, fmnist_dir
     assert doc["local_sigma"] > 0 and doc["to_reverse_mean"]["count"] == 6
     assert main(["purify", "--data-dir", str(fmnist_dir), "--sigma", "0.5", "--denoiser", str(denoiser_path)]) == 2
     assert "give --out FIGURE for the grid, --stats" in capsys.readouterr().err
+
+
+def test_demo_verdict_ranks_only_beyond_two_paired_errors(tmp_path):
+    from diffsmooth.cli.demo import verdict
+
+    head = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+    rows = lambda radii: head + "".join(f"{i}\t1\t1\t{r}\t1\t0:00:01\n" for i, r in enumerate(radii))  # noqa: E731
+    paths = {}
+    for label, radii in {"RS": [0.4] * 40, "DDS": [0.6] * 20 + [0.4] * 20,
+                         "DiffSmooth (soft)": [0.6] * 22 + [0.4] * 18}.items():
+        paths[label] = tmp_path / f"{len(paths)}.tsv"
+        paths[label].write_text(rows(radii))
+    text = verdict(paths, 0.5, 500, 0.001)
+    # vs RS at r = 0.5: 22 of 40 images gain (d = 1), no loss: +55.0, se = sqrt(0.55 * 0.45 * 40 / 39 / 40)
+    assert "DiffSmooth (soft) - RS (points, paired standard error): r=0.5: +55.0 ± 8.0" in text
+    assert "DiffSmooth (soft) - DDS (points, paired standard error): r=0.5: +5.0 ± 3.5" in text
+    assert "Beyond two standard errors: DiffSmooth (soft) vs RS at r=0.5; 40 images are a small sample" in text
+    # alpha^(1/n) = 0.001^(1/500) = 0.98628 -> 0.5 * Phi^-1(0.98628) = 1.10
+    assert "With n = 500, no radius above 1.10 can be certified" in text
+    for path in paths.values():
+        path.write_text(rows([0.4] * 40))
+    assert "40 images are too few to rank the methods: no difference exceeds two standard errors" in verdict(
+        paths, 0.5, 500, 0.001)
