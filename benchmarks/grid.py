@@ -16,32 +16,21 @@ on the shipped models; (c) FLOPs only, CIFAR-10 (improved preset + cifar_resnet1
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from diffsmooth.cost import forward_flops
 from diffsmooth.defenses import DenoisedSmoothing, DiffSmooth, Grid
 from diffsmooth.methods import MethodSpec, build_base, build_grid
 from diffsmooth.runner import generator_for
 from diffsmooth.smoothing import SmoothedClassifier
 
 SIGMA = 0.5
-
-
-def flops(module: nn.Module, shape: tuple[int, ...]) -> float:
-    """FLOPs of one forward on one image (a meta-device copy: no arithmetic)."""
-    meta = copy.deepcopy(module).to("meta")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        meta(torch.zeros((1, *shape), device="meta"))
-    return float(counter.get_total_flops())
 
 
 def evaluations(grid: Grid, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -126,12 +115,6 @@ def reference_trio(preset: str, classifier: str, image: int) -> tuple[Grid, tupl
     return Grid(members), (3, image, image)
 
 
-def meta_flops(module: nn.Module, shape: tuple[int, ...]) -> float:
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        module(torch.zeros((1, *shape), device="meta"))
-    return float(counter.get_total_flops())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=3)
@@ -157,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         grid = build_grid(specs)
         shape = (1, 28, 28)
         p_sep, p_grid, c_sep, c_grid = evaluations(grid, shape)
-        f_sep = sum(flops(build_base(spec), shape) for spec in specs) / 1e6
-        f_grid = flops(grid, shape) / 1e6
+        f_sep = sum(forward_flops(build_base(spec), shape) for spec in specs) / 1e6
+        f_grid = forward_flops(grid, shape) / 1e6
         sep_s, grid_s, same = wall_time(specs, args)
         lines.append(f"| {label} | {len(specs)} | {p_sep} -> {p_grid} | {c_sep} -> {c_grid} | {f_sep:.0f} -> "
                      f"{f_grid:.0f} | {f_sep / f_grid:.2f}x | {sep_s:.1f} -> {grid_s:.1f} | {sep_s / grid_s:.2f}x | "
@@ -169,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             ("(c) ImageNet trio: guided preset at 224 + beit_large", "guided-imagenet256-uncond",
              "beit_large_patch16_224", 224)):
         grid, shape = reference_trio(preset, classifier, image)
-        f_grid = meta_flops(grid, shape) / 1e6
-        f_sep = sum(meta_flops(member, shape) for member in grid.members) / 1e6
+        f_grid = forward_flops(grid, shape) / 1e6
+        f_sep = sum(forward_flops(member, shape) for member in grid.members) / 1e6
         lines.append(f"| {label} | 3 | 3 -> 1 | 11 -> 6 | {f_sep:.0f} -> {f_grid:.0f} | {f_sep / f_grid:.2f}x | "
                      "(FLOPs only) | | |")
         print(lines[-1], flush=True)

@@ -50,8 +50,8 @@ def main() -> int:
         assert int(counts.sum()) == args.samples
     best = {name: min(t) for name, t in times.items()}
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    print(f"| base | samples | batch | with check s | without s | ratio | OMP_NUM_THREADS |")
-    print(f"|---|---:|---:|---:|---:|---:|---:|")
+    print("| base | samples | batch | with check s | without s | ratio | OMP_NUM_THREADS |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     print(f"| {args.method} (shipped) | {args.samples} | {args.batch} | {best['with check']:.3f} | "
           f"{best['without']:.3f} | {best['with check'] / best['without']:.3f} | {threads} |")
     return 0

@@ -29,7 +29,6 @@ weights); Fashion-MNIST uses the shipped models when they are installed.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import math
@@ -46,9 +45,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from diffsmooth.classifiers import create_classifier, load_classifier
+from diffsmooth.cost import forward_flops
 from diffsmooth.defenses import DiffSmooth
 from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
 from diffsmooth.diffusion.adm import adm_unet
@@ -178,15 +177,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 2.0) 
         if time.perf_counter() - start >= seconds:
             break
     return 2 * size**3 * reps / (time.perf_counter() - start)
-
-
-def flops_per_sample(config: Config, base: nn.Module) -> float:
-    """FLOPs of one noise sample through the whole base (purifier + m classifier calls),
-    counted on a meta-device copy: shapes only, no arithmetic."""
-    meta = copy.deepcopy(base).to("meta")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        meta(torch.zeros((1, *config.image_shape), device="meta"))
-    return float(counter.get_total_flops())
 
 
 class PeakMemory:
@@ -321,7 +311,7 @@ def run_config(config: Config, device: torch.device, args: argparse.Namespace, p
     classifier = classifier.eval()
     base = DiffSmooth(denoiser, classifier, m=M, local_sigma=LOCAL_SIGMA, vote="soft", local_noise="fixed",
                       seed=42).eval()
-    flops = flops_per_sample(config, base)  # before the move: the meta copy is made from host memory
+    flops = forward_flops(base, config.image_shape)  # before the move: the meta copy is made from host memory
     base.to(device)
 
     print(f"\n== {config.title} [{source}] on {device}: {flops / 1e9:.2f} GFLOP per noise sample", flush=True)

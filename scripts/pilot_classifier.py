@@ -13,21 +13,14 @@ import json
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from diffsmooth.classifiers import create_classifier
 from diffsmooth.data import load_dataset
+from diffsmooth.cost import forward_flops
 from diffsmooth.training import ClassifierTrainConfig, accuracy, train_classifier
 
 HELD_OUT = 2000
 DRAWS = 5
-
-
-def mflop(arch: str) -> float:
-    model = create_classifier(arch).eval().to("meta")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros((1, 1, 28, 28), device="meta"))
-    return counter.get_total_flops() / 1e6
 
 
 def main() -> None:
@@ -49,7 +42,7 @@ def main() -> None:
         seconds = time.time() - started
         gen = torch.Generator().manual_seed(11)
         noisy = [accuracy(result.model, x, y, args.sigma, gen) for _ in range(DRAWS)]
-        print(json.dumps({"arch": arch, "mflop": round(mflop(arch), 2), "sigma": args.sigma, "epochs": args.epochs,
+        print(json.dumps({"arch": arch, "mflop": round(forward_flops(create_classifier(arch), (1, 28, 28)) / 1e6, 2), "sigma": args.sigma, "epochs": args.epochs,
                           "train_seconds": round(seconds, 1), "held_out_clean": accuracy(result.model, x, y),
                           "held_out_noisy": sum(noisy) / DRAWS, "noisy_draws": noisy}), flush=True)
 

@@ -12,8 +12,11 @@
 #                                         one queue per free core. Re-run after an interruption:
 #                                         every model resumes from its state.
 #        scripts/train_shipped.sh list    the model names and whether each is finished
+#        scripts/train_shipped.sh ship    copy every finished model into src/diffsmooth/weights/ under
+#                                         its shipped name (fmnist_ddpm_lite -> fmnist_ddpm,
+#                                         fmnist_cnn_lite_X -> fmnist_cnn_X, fmnist_dncnn_S as is)
 # Outputs: $CK/NAME/model[.safetensors|.json] (the trained model), $CK/NAME/state (resumable state),
-# $CK/NAME.log. Copy finished models into src/diffsmooth/weights/ by hand (MODEL_CARD.md names them).
+# $CK/NAME.log.
 set -euo pipefail
 ROOT=${ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 cd "$ROOT"
@@ -108,6 +111,24 @@ what=${1:-list}
 case $what in
   queue)
     for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}"; do run "$name"; done ;;
+  ship)
+    weights=$ROOT/src/diffsmooth/weights
+    for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}"; do
+      finished "$name" || { echo "$name is not finished: not shipped"; continue; }
+      if [[ $name == "$DDPM" ]]; then
+        rm -rf "$weights/fmnist_ddpm" && cp -r "$CK/$name/model" "$weights/fmnist_ddpm"
+        echo "shipped $name as fmnist_ddpm/"
+      else
+        shipped=${name/fmnist_cnn_lite_/fmnist_cnn_}
+        cp "$CK/$name/model.safetensors" "$weights/$shipped.safetensors"
+        # the JSON names its weights file: rename it with the file (the SHA-256 stays that of the bytes)
+        "$PY" -c 'import json, sys
+doc = json.load(open(sys.argv[1])); doc["weights"] = sys.argv[3]
+open(sys.argv[2], "w").write(json.dumps(doc, indent=2, sort_keys=True) + "\n")' \
+            "$CK/$name/model.json" "$weights/$shipped.json" "$shipped.safetensors"
+        echo "shipped $name as $shipped"
+      fi
+    done ;;
   list)
     for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}"; do
       if finished "$name"; then echo "$name finished"; else echo "$name not finished"; fi
