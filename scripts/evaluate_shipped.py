@@ -1,13 +1,16 @@
 """Measure the shipped Fashion-MNIST models for MODEL_CARD.md (CPU is enough).
 
-- test accuracy of every shipped classifier, clean and under N(0, sigma^2) pixel noise
-  (one noise draw per image, seed 1234), for sigma in {0.25, 0.5};
-- one-shot purification of the shipped DDPM at sigma 0.25 / 0.5 / 1.0: mean per-image PSNR
-  (peak 1) of the noisy image (clipped to [0,1]) and of the purified one, on the first
-  --psnr-images test images, plus the clean classifier's accuracy on the purified images.
+- every shipped model: parameters, MFLOP per 28x28 input (``diffsmooth.cost``), what it was
+  trained on and for how long (from its JSON);
+- every classifier: test accuracy, clean and under N(0, sigma^2) pixel noise for sigma in
+  SIGMAS (one noise draw per image, seed 1234);
+- the DDPM's one-shot purification at each sigma (``purification_quality``: MSE and mean
+  per-image PSNR of the purified and of the noisy, clipped image) and each DnCNN's at its sigma,
+  on the first --psnr-images test images, plus the clean classifier's accuracy on them;
+- MFLOP per noise sample of each method's whole base (DiffSmooth: purifier + m copies).
 
-Usage: .venv/bin/python scripts/evaluate_shipped.py [--psnr-images 2000] [--json out.json]
-Certified accuracy is not computed here: it comes from `diffsmooth certify`.
+Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/evaluate_shipped.py [--psnr-images 2000] [--json out.json]
+Certified accuracy is not computed here: it comes from scripts/model_card_certify.sh.
 """
 
 from __future__ import annotations
@@ -15,27 +18,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 
 import torch
 
 from diffsmooth.classifiers import load_classifier
+from diffsmooth.cost import forward_flops, parameter_count
 from diffsmooth.data import load_dataset
+from diffsmooth.denoisers import load_denoiser
 from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
-from diffsmooth.shipped import list_shipped, shipped_diffusion, shipped_path
+from diffsmooth.diffusion.diagnostics import per_image_psnr, purification_quality
+from diffsmooth.files import read_json_object
+from diffsmooth.methods import MethodSpec, build_base
+from diffsmooth.shipped import WEIGHTS_DIR, list_shipped, shipped_diffusion, shipped_path
 
-SIGMAS_ACC = (0.25, 0.5)
-SIGMAS_PSNR = (0.25, 0.5, 1.0)
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB (peak 1) of images (B, C, H, W) in [0,1] against ``ref``."""
-    mse = ((x - ref) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
+SIGMAS = (0.12, 0.25, 0.5, 1.0)
+SHAPE = (1, 28, 28)
 
 
 @torch.no_grad()
-def predict(model, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+def predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Labels (N,) of images (N, 1, 28, 28)."""
     return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
 
@@ -43,48 +45,87 @@ def noisy(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
     return x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
 
 
+def megabytes(name: str) -> float:
+    """Size on disk of shipped model ``name`` (its folder, or its .safetensors + .json)."""
+    files = list((WEIGHTS_DIR / name).iterdir()) if (WEIGHTS_DIR / name).is_dir() else list(WEIGHTS_DIR.glob(f"{name}.*"))
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def training_of(name: str) -> dict:
+    """What the model's JSON says about its training: data, length, seconds of the last run."""
+    doc = read_json_object(WEIGHTS_DIR / name / "config.json" if (WEIGHTS_DIR / name).is_dir()
+                           else WEIGHTS_DIR / f"{name}.json")
+    info = doc.get("training") or doc.get("extra") or {}
+    config = info.get("config", {})
+    keep = ("method", "sigma", "epochs", "steps", "batch_size", "lr", "objective", "arch", "train_limit", "hparams")
+    return {"dataset": config.get("dataset", info.get("dataset")), **{k: config[k] for k in keep if k in config},
+            "done": info.get("epochs_done", info.get("steps_done")),
+            "seconds_last_run": info.get("train_seconds_this_run"), "git_commit": info.get("git_commit")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--psnr-images", type=int, default=2000, help="test images for the PSNR rows")
+    parser.add_argument("--psnr-images", type=int, default=2000, help="test images for the purification rows")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    parser.add_argument("--classifiers-only", action="store_true", help="skip the purification rows")
     args = parser.parse_args()
+    torch.manual_seed(0)
     test = load_dataset("fashion-mnist", split="test")
     x, y = test.tensors()
-    report: dict = {"test_images": len(x), "classifiers": {}, "purification": {}}
-    for name in [n for n in list_shipped() if n.startswith("fmnist_cnn")]:
-        model = load_classifier(shipped_path(name)).eval()
-        row = {"clean": float((predict(model, x) == y).float().mean())}
-        for s in SIGMAS_ACC:
-            row[f"noise_{s:g}"] = float((predict(model, noisy(x, s, 1234)) == y).float().mean())
-        report["classifiers"][name] = row
-        print(name, {k: round(v, 4) for k, v in row.items()}, flush=True)
-    if args.classifiers_only:
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
-        return
-    dm = load_diffusion_model(shipped_diffusion())
-    clean_clf = load_classifier(shipped_path("fmnist_cnn_clean")).eval()
+    report: dict = {"test_images": len(x), "models": {}, "classifiers": {}, "purification": {}, "bases": {}}
+    clean = load_classifier(shipped_path("fmnist_cnn_clean")).eval()
     xp, yp = x[:args.psnr_images], y[:args.psnr_images]
-    for s in SIGMAS_PSNR:
-        den = OneShotDenoiser(dm, s).eval()
-        xn = noisy(xp, s, 4321)
-        t0 = time.time()
-        with torch.no_grad():
-            pur = torch.cat([den(xn[i:i + 250]) for i in range(0, len(xn), 250)])
-        row = {"t_star": den.t_star, "psnr_noisy": float(psnr(xn.clamp(0, 1), xp).mean()),
-               "psnr_purified": float(psnr(pur, xp).mean()),
-               "clean_clf_acc_noisy": float((predict(clean_clf, xn) == yp).float().mean()),
-               "clean_clf_acc_purified": float((predict(clean_clf, pur) == yp).float().mean()),
-               "seconds": round(time.time() - t0, 1)}
-        report["purification"][f"{s:g}"] = row
-        print(f"sigma {s:g}", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    for name in list_shipped():
+        if name.startswith("fmnist_ddpm"):
+            model = load_diffusion_model(shipped_diffusion(name))
+            net = model.model
+            flops = forward_flops(OneShotDenoiser(model, 0.5), SHAPE)  # one UNet call per purification
+        elif name.startswith("fmnist_dncnn"):
+            net = load_denoiser(shipped_path(name))
+            flops = forward_flops(net, SHAPE)
+        else:
+            net = load_classifier(shipped_path(name)).eval()
+            flops = forward_flops(net, SHAPE)
+        report["models"][name] = {"parameters": parameter_count(net), "mflop": round(flops / 1e6, 2),
+                                  "megabytes": round(megabytes(name), 2),
+                                  "training": training_of(name)}
+        print(name, report["models"][name], flush=True)
+        if name.startswith("fmnist_cnn"):
+            row = {"clean": float((predict(net, x) == y).float().mean())}
+            for s in SIGMAS:
+                row[f"noise_{s:g}"] = float((predict(net, noisy(x, s, 1234)) == y).float().mean())
+            report["classifiers"][name] = row
+            print(" ", {k: round(v, 4) for k, v in row.items()}, flush=True)
+        elif name.startswith("fmnist_ddpm"):
+            for q in purification_quality(model, xp, SIGMAS, torch.Generator().manual_seed(4321)):
+                report["purification"][f"ddpm sigma {q.sigma:g}"] = {**q.to_dict(), "model": name}
+                print(" ", q.to_dict(), flush=True)
+        else:
+            sigma = float(name.rsplit("_", 1)[1])
+            noisy_x = noisy(xp, sigma, 4321)
+            with torch.no_grad():
+                out = torch.cat([net(noisy_x[i:i + 500]) for i in range(0, len(xp), 500)])
+            row = {"sigma": sigma, "images": len(xp), "mse": float(((out - xp) ** 2).mean()),
+                   "psnr": float(per_image_psnr(out.clamp(0, 1), xp).mean()),
+                   "psnr_noisy": float(per_image_psnr(noisy_x.clamp(0, 1), xp).mean()),
+                   "clean_clf_acc": float((predict(clean, out) == yp).float().mean()), "model": name}
+            report["purification"][f"dncnn sigma {sigma:g}"] = row
+            print(" ", row, flush=True)
+    for label, spec in {
+        "rs": MethodSpec("rs", "fashion-mnist", 0.5),
+        "dds": MethodSpec("dds", "fashion-mnist", 0.5),
+        "diffsmooth m=5": MethodSpec("diffsmooth", "fashion-mnist", 0.5, m=5, local_sigma=0.25),
+        "denoised (DnCNN)": MethodSpec("denoised", "fashion-mnist", 0.5),
+    }.items():
+        try:
+            report["bases"][label] = round(forward_flops(build_base(spec), SHAPE) / 1e6, 2)
+        except Exception as err:  # a method whose shipped model is missing: say so, go on
+            report["bases"][label] = f"not shipped ({err})"
+        print("base", label, report["bases"][label], flush=True)
     report["psnr_images"] = len(xp)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    assert all(math.isfinite(r["psnr_purified"]) for r in report["purification"].values())
+    assert all(math.isfinite(r["psnr"]) for r in report["purification"].values())
 
 
 if __name__ == "__main__":

@@ -1,18 +1,52 @@
 #!/usr/bin/env bash
-# The certified-accuracy table of MODEL_CARD.md: first MAX Fashion-MNIST test images, shipped
-# models, RS / DDS / DiffSmooth (m=5, local_sigma 0.25, soft and hard) at each sigma, all four
-# certified as one grid per sigma (one purification per noisy batch; every configuration's rows
-# equal a separate run's). On 2 CPU cores n has to stay small (N below); on a GPU use N=10000 N0=100.
-# Resumable: rerun the same command after an interruption.
+# The certified-accuracy tables of MODEL_CARD.md: the first MAX Fashion-MNIST test images, shipped
+# models, alpha 0.001, the same seed (so the same smoothing noise per image) for every method.
+#
+#   grid      RS / DDS / DiffSmooth (m 5, local sigma 0.25, soft and hard) at each sigma in SIGMAS,
+#             certified as one grid per sigma (one purification per noisy batch; each configuration's
+#             rows equal a separate run's); n = N
+#   trained   RS with the Consistency, SmoothAdv and SmoothMix classifiers at 0.25 and 0.5; n = N
+#   denoised  Denoised Smoothing (the shipped DnCNN + the clean classifier) at 0.25 and 0.5; n = N
+#   densepure DensePure (RUNS reverse runs of STEPS steps vote) at 0.25 and 0.5: on DP_MAX images with
+#             n = DP_N only (each sample costs RUNS x STEPS UNet calls)
+#
+# Usage: OMP_NUM_THREADS=1 scripts/model_card_certify.sh [PART ...]   (default: all four parts)
+#        SIGMAS="0.5" scripts/model_card_certify.sh grid               (one sigma; run two at once on 2 cores)
+# Resumable: rerun the same command after an interruption. Results go to $OUT (not in the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-model-card-runs}; N=${N:-100}; N0=${N0:-20}; MAX=${MAX:-500}; BATCH=${BATCH:-600}
-SIGMAS=${SIGMAS:-"0.25 0.5"}
+OUT=${OUT:-model-card-runs}; N=${N:-2000}; N0=${N0:-100}; MAX=${MAX:-500}; BATCH=${BATCH:-700}
+SIGMAS=${SIGMAS:-"0.25 0.5 1.0"}; DP_MAX=${DP_MAX:-100}; DP_N=${DP_N:-200}; RUNS=${RUNS:-3}; STEPS=${STEPS:-4}
+DS=.venv/bin/diffsmooth
+common=(--dataset fashion-mnist --n0 "$N0" --alpha 0.001 --batch "$BATCH" --seed 0 --resume --quiet)
 mkdir -p "$OUT"
-for sigma in $SIGMAS; do
-  .venv/bin/diffsmooth certify --dataset fashion-mnist --sigma "$sigma" --method rs dds diffsmooth \
-      --m 5 --local-sigma 0.25 --vote soft hard --n0 "$N0" --n "$N" --alpha 0.001 --batch "$BATCH" \
-      --max "$MAX" --seed 0 --resume --out-dir "$OUT/sigma$sigma"
-  .venv/bin/diffsmooth analyze "$OUT/sigma$sigma" --radii 0 0.25 0.5 0.75 1.0 1.5 --overwrite \
-      --plot "$OUT/certified_$sigma.png" --title "sigma=$sigma"
+parts=("$@"); (( ${#parts[@]} )) || parts=(grid trained denoised densepure)
+
+for part in "${parts[@]}"; do
+  case $part in
+    grid)
+      for sigma in $SIGMAS; do
+        $DS certify "${common[@]}" --sigma "$sigma" --method rs dds diffsmooth --m 5 --local-sigma 0.25 \
+            --vote soft hard --n "$N" --max "$MAX" --out-dir "$OUT/sigma$sigma"
+      done ;;
+    trained)
+      for sigma in 0.25 0.50; do
+        for method in consistency smoothadv smoothmix; do
+          $DS certify "${common[@]}" --sigma "$sigma" --method rs --classifier "fmnist_cnn_${method}_$sigma" \
+              --n "$N" --max "$MAX" --out "$OUT/rs_${method}_sigma$sigma.tsv"
+        done
+      done ;;
+    denoised)
+      for sigma in 0.25 0.5; do
+        $DS certify "${common[@]}" --sigma "$sigma" --method denoised --n "$N" --max "$MAX" \
+            --out "$OUT/denoised_sigma$sigma.tsv"
+      done ;;
+    densepure)
+      for sigma in 0.25 0.5; do
+        $DS certify "${common[@]}" --sigma "$sigma" --method densepure --runs "$RUNS" --reverse-steps "$STEPS" \
+            --n "$DP_N" --n0 32 --max "$DP_MAX" --out "$OUT/densepure_sigma$sigma.tsv"
+      done ;;
+    *) echo "unknown part $part: grid, trained, denoised or densepure" >&2; exit 2 ;;
+  esac
 done
+echo "done; tables: .venv/bin/diffsmooth analyze $OUT/sigma0.5 --errors --paired ..." >&2

@@ -194,18 +194,31 @@ def test_diffusion_config_needs_both_focus_settings():
         DiffusionTrainConfig(focus_sigmas="0.12", focus_fraction=0.5).validate()
 
 
+def add_earlier_seconds(state_dir, seconds: float) -> None:
+    """Add ``seconds`` to the training time a checkpoint records (a long earlier run, simulated)."""
+    meta_path = state_dir / "state.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["train_seconds"] >= 0  # recorded by the first run
+    meta["train_seconds"] += seconds
+    meta_path.write_text(json.dumps(meta))
+
+
 def test_classifier_resume_matches_uninterrupted(tmp_path):
     cfg = ClassifierTrainConfig(arch="fmnist_cnn", dataset="digits", method="consistency", sigma=0.25, epochs=2,
                                 batch_size=64, lr=0.05, seed=3, hparams={"m_train": 2}, train_limit=128)
     full = train_classifier(cfg, tmp_path / "full", quiet=True, eval_limit=50)
     part = train_classifier(cfg, tmp_path / "part", quiet=True, eval_limit=50, stop_after=1)
     assert part.info["finished"] is False and part.info["epochs_done"] == 1
+    add_earlier_seconds(tmp_path / "part.train", 1000.0)  # as if the first run had lasted 1000 s more
     resumed = train_classifier(cfg, tmp_path / "part", quiet=True, eval_limit=50, resume=True)
     assert resumed.info["finished"] is True
+    # the total counts every run: the first's (with the 1000 s) plus this one's
+    assert resumed.info["train_seconds_total"] >= 1000 + resumed.info["train_seconds_this_run"]
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     meta = json.loads((tmp_path / "part.train" / "state.json").read_text())
     assert meta["epoch"] == 2 and meta["step"] == 4
+    assert meta["train_seconds"] == pytest.approx(resumed.info["train_seconds_total"], abs=1.0)
 
 
 def test_resume_refuses_a_different_config(tmp_path):
@@ -223,10 +236,13 @@ def test_diffusion_resume_matches_uninterrupted(tmp_path, extra):
                                steps=4, batch_size=8, lr=1e-3, warmup_steps=1, ema=0.9, train_limit=32, **extra)
     full = train_diffusion(cfg, tmp_path / "full", quiet=True, checkpoint_every=2)
     train_diffusion(cfg, tmp_path / "part", quiet=True, checkpoint_every=2, stop_after=2)
+    add_earlier_seconds(tmp_path / "part.train", 1000.0)
     resumed = train_diffusion(cfg, tmp_path / "part", quiet=True, checkpoint_every=2, resume=True)
     a, b = full.ema.state_dict(), resumed.ema.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.info["finished"] is True and resumed.info["steps_this_run"] == 2
+    saved = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert saved["extra"]["train_seconds_total"] >= 1000 + resumed.info["train_seconds_this_run"]
 
 
 def test_cli_focused_narrow_ddpm_records_its_settings_and_stops_and_resumes(tmp_path, capsys):

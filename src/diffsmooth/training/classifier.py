@@ -29,7 +29,7 @@ from diffsmooth.training.loop import (
     steps_per_epoch,
 )
 from diffsmooth.training.losses import get_loss, loss_defaults
-from diffsmooth.training.state import git_commit, resume_state, save_state
+from diffsmooth.training.state import git_commit, trained_seconds, resume_state, save_state
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,9 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
     per_epoch = steps_per_epoch(len(images), config.batch_size)
     total = per_epoch * config.epochs
     step, epoch, history = 0, 0, []
+    before = 0.0  # wall seconds of the earlier runs of this training
     if resume:
+        before = trained_seconds(ckpt)
         step, epoch = resume_state(ckpt, model=model, optimizer=optimizer, generators=generators,
                                    config=config.to_dict())
     started, first_epoch = time.time(), epoch
@@ -189,7 +191,7 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
         epoch += 1
         history.append(running / max(count, 1))
         save_state(ckpt, model=model, optimizer=optimizer, generators=generators, step=step, epoch=epoch,
-                   config=config.to_dict(), extra={"loss": history[-1]})
+                   config=config.to_dict(), extra={"loss": history[-1]}, train_seconds=before + time.time() - started)
     bar.close()
     test_x, test_y, _ = load_train_tensors(config.dataset, config.data_dir, "test", eval_limit)
     eval_gen = torch.Generator(device=dev).manual_seed(1234)
@@ -197,7 +199,8 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
         "task": "classifier", "finished": epoch >= config.epochs, "method": config.method, "sigma": config.sigma,
         "config": config.to_dict(),
         "hparams": hparams, "git_commit": git_commit(), "epochs_done": epoch, "steps_done": step,
-        "train_seconds_this_run": round(time.time() - started, 1), "final_epoch_loss": history[-1] if history else None,
+        "train_seconds_this_run": round(time.time() - started, 1),
+        "train_seconds_total": round(before + time.time() - started, 1), "final_epoch_loss": history[-1] if history else None,
         "test_accuracy": accuracy(model, test_x, test_y),
         "test_images": len(test_x), "torch": torch.__version__,
     }

@@ -27,7 +27,7 @@ from diffsmooth.denoisers import PRESETS, DnCNN, create_dncnn, load_denoiser, sa
 from diffsmooth.errors import InputError
 from diffsmooth.training.loop import (batches, cosine_lr, global_rng_from, load_train_tensors, resolve_device,
                                      set_lr, steps_per_epoch)
-from diffsmooth.training.state import git_commit, resume_state, save_state
+from diffsmooth.training.state import git_commit, trained_seconds, resume_state, save_state
 
 OBJECTIVES = ("mse", "stability", "mse+stability")
 
@@ -200,7 +200,9 @@ def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_d
     switch = config.phase_switch()
     total = steps_per_epoch(len(images), config.batch_size) * config.epochs
     step, epoch, history = 0, 0, []
+    before = 0.0  # wall seconds of the earlier runs of this training
     if resume:
+        before = trained_seconds(ckpt)
         step, epoch = resume_state(ckpt, model=model, optimizer=optimizer, generators=generators,
                                    config=config.to_dict())
     started, first_epoch = time.time(), epoch
@@ -230,7 +232,7 @@ def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_d
         epoch += 1
         history.append(running / max(count, 1))
         save_state(ckpt, model=model, optimizer=optimizer, generators=generators, step=step, epoch=epoch,
-                   config=config.to_dict(), extra={"loss": history[-1]})
+                   config=config.to_dict(), extra={"loss": history[-1]}, train_seconds=before + time.time() - started)
     bar.close()
     test_x, test_y, _ = load_train_tensors(config.dataset, config.data_dir, "test", eval_limit)
     model.eval()
@@ -238,6 +240,7 @@ def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_d
         "task": "denoiser", "finished": epoch >= config.epochs, "objective": config.objective,
         "sigma": config.sigma, "config": config.to_dict(), "git_commit": git_commit(), "epochs_done": epoch,
         "steps_done": step, "train_seconds_this_run": round(time.time() - started, 1),
+        "train_seconds_total": round(before + time.time() - started, 1),
         "final_epoch_loss": history[-1] if history else None, "test_images": len(test_x), "torch": torch.__version__,
         **evaluate_denoiser(model, test_x, test_y, config.sigma, classifier,
                             torch.Generator(device=dev).manual_seed(1234)),

@@ -29,7 +29,7 @@ from diffsmooth.diffusion.checkpoints import save_diffusion_model
 from diffsmooth.diffusion.schedules import NoiseSchedule
 from diffsmooth.errors import InputError
 from diffsmooth.training.loop import batches, cosine_lr, global_rng_from, load_train_tensors, resolve_device, set_lr
-from diffsmooth.training.state import git_commit, has_state, load_state, save_state
+from diffsmooth.training.state import git_commit, trained_seconds, has_state, load_state, save_state
 
 
 @dataclass(frozen=True)
@@ -227,9 +227,11 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
     if checkpoint_every < 1:
         raise InputError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
     step = 0
+    before = 0.0  # wall seconds of the earlier runs of this training
     if resume:
         if not has_state(ckpt):
             raise InputError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
+        before = trained_seconds(ckpt)
         step, _ = load_state(ckpt, model=model, optimizer=optimizer, generators=generators,
                              config=config.to_dict(), ema=ema)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and dev.type == "cuda")
@@ -239,7 +241,8 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
 
     def checkpoint() -> None:
         save_state(ckpt, model=model, optimizer=optimizer, generators=generators, step=step, epoch=0,
-                   config=config.to_dict(), ema=ema, extra={"loss": history[-1] if history else None})
+                   config=config.to_dict(), ema=ema, extra={"loss": history[-1] if history else None},
+                   train_seconds=before + time.time() - started)
 
     model.train()
     # An "epoch" is one shuffled pass; the order generator alone decides it, so a resumed run
@@ -271,7 +274,8 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
     info_out = {"task": "diffusion", "finished": step >= config.steps, "steps_this_run": step - first_step,
                 "dataset": config.dataset, "config": config.to_dict(),
                 "git_commit": git_commit(), "steps_done": step, "final_loss": history[-1] if history else float("nan"),
-                "train_seconds_this_run": round(time.time() - started, 1), "torch": torch.__version__}
+                "train_seconds_this_run": round(time.time() - started, 1),
+        "train_seconds_total": round(before + time.time() - started, 1), "torch": torch.__version__}
     path = save_diffusion_model(out, ema.eval(), config.variant, flags, schedule, rescale_timesteps=False,
                                 extra=info_out)
     return DiffusionTrainResult(path, ema, history, info_out)

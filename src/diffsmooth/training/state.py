@@ -2,7 +2,8 @@
 
 A training checkpoint is a folder with ``state.safetensors`` (model, EMA, optimizer tensors,
 random generator states) and ``state.json`` (step, epoch, optimizer scalars and param groups,
-the training config). ``load_state`` refuses a checkpoint whose config differs from the
+the training config, ``train_seconds``: wall seconds of every run up to this checkpoint, read back
+by ``trained_seconds``). ``load_state`` refuses a checkpoint whose config differs from the
 run's in anything but the length of training, so that resuming continues the same run.
 """
 
@@ -18,7 +19,7 @@ from torch import nn
 from diffsmooth.errors import InputError
 from diffsmooth.files import git_commit, save_safetensors, write_json
 
-__all__ = ["git_commit", "has_state", "load_state", "resume_state", "save_state"]
+__all__ = ["git_commit", "has_state", "load_state", "resume_state", "save_state", "trained_seconds"]
 
 STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
@@ -53,8 +54,10 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
 
 def save_state(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                generators: dict[str, torch.Generator], step: int, epoch: int, config: dict[str, Any],
-               ema: nn.Module | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write the full training state into ``directory`` atomically (temp file + rename)."""
+               ema: nn.Module | None = None, extra: dict[str, Any] | None = None,
+               train_seconds: float | None = None) -> Path:
+    """Write the full training state into ``directory`` atomically (temp file + rename);
+    ``train_seconds``: wall seconds of training so far, all runs of this training together."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -67,6 +70,8 @@ def save_state(directory: str | Path, *, model: nn.Module, optimizer: torch.opti
     meta = {"format": FORMAT, "step": step, "epoch": epoch, "config": config, "optimizer": opt_meta,
             "generators": {name: str(g.device) for name, g in generators.items()},
             "git_commit": git_commit(), "extra": extra or {}}
+    if train_seconds is not None:
+        meta["train_seconds"] = round(float(train_seconds), 1)
     save_safetensors(directory / STATE_FILE, tensors)
     write_json(directory / META_FILE, meta)
     return directory
@@ -76,6 +81,18 @@ def has_state(directory: str | Path) -> bool:
     """Whether ``directory`` holds a complete training checkpoint."""
     d = Path(directory)
     return (d / STATE_FILE).is_file() and (d / META_FILE).is_file()
+
+
+def trained_seconds(directory: str | Path) -> float:
+    """Wall seconds of training recorded in the checkpoint in ``directory`` (0 if there is none,
+    or if it was written before checkpoints recorded time)."""
+    meta_path = Path(directory) / META_FILE
+    if not has_state(directory):
+        return 0.0
+    try:
+        return float(json.loads(meta_path.read_text()).get("train_seconds", 0.0))
+    except (OSError, ValueError, TypeError):
+        return 0.0
 
 
 def _comparable(config: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, Any]:
