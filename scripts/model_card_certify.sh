@@ -43,7 +43,7 @@ for part in "${parts[@]}"; do
       done ;;
     densepure)
       for sigma in 0.25 0.5; do
-        $DS certify "${common[@]}" --sigma "$sigma" --method densepure --runs "$RUNS" --reverse-steps "$STEPS" \
+        $DS certify "${common[@]}" --sigma "$sigma" --method densepure --runs "$RUNS" --steps "$STEPS" \
             --n "$DP_N" --n0 32 --max "$DP_MAX" --out "$OUT/densepure_sigma$sigma.tsv"
       done ;;
     *) echo "unknown part $part: grid, trained, denoised or densepure" >&2; exit 2 ;;
