@@ -77,7 +77,7 @@ def main() -> None:
     for name in list_shipped():
         if name.startswith("fmnist_ddpm"):
             model = load_diffusion_model(shipped_diffusion(name))
-            net = model.model
+            net = model.unet
             flops = forward_flops(OneShotDenoiser(model, 0.5), SHAPE)  # one UNet call per purification
         elif name.startswith("fmnist_dncnn"):
             net = load_denoiser(shipped_path(name))
