@@ -128,6 +128,7 @@ CONFIGS: dict[str, Config] = {
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {},
     "fp32-cl": {"channels_last": True},
+    "fp32-compile": {"compile": "default"},
     "bf16": {"precision": "bfloat16"},
     "bf16-cl": {"precision": "bfloat16", "channels_last": True},
     "bf16-cl-graphs": {"precision": "bfloat16", "channels_last": True, "cuda_graphs": True},
@@ -136,7 +137,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                          "cuda_graphs": True},
     "fp16-cl-graphs": {"precision": "float16", "channels_last": True, "cuda_graphs": True},
 }
-DEFAULT_VARIANTS = {"cuda": ("bf16-cl", "bf16-cl-graphs", "bf16-cl-compile"), "cpu": ("fp32-cl", "bf16-cl")}
+DEFAULT_VARIANTS = {"cuda": ("bf16-cl", "bf16-cl-graphs", "bf16-cl-compile"), "cpu": ("fp32-cl", "fp32-compile")}
 
 
 # -- measurement helpers ------------------------------------------------------------------------

@@ -15,10 +15,12 @@
 # Resumable: rerun the same command after an interruption. Results go to $OUT (not in the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-model-card-runs}; N=${N:-2000}; N0=${N0:-100}; MAX=${MAX:-500}; BATCH=${BATCH:-700}
+OUT=${OUT:-model-card-runs}; N=${N:-2000}; N0=${N0:-100}; MAX=${MAX:-500}; BATCH=${BATCH:-1000}
 SIGMAS=${SIGMAS:-"0.25 0.5 1.0"}; DP_MAX=${DP_MAX:-100}; DP_N=${DP_N:-200}; RUNS=${RUNS:-3}; STEPS=${STEPS:-4}
 DS=.venv/bin/diffsmooth
-common=(--dataset fashion-mnist --n0 "$N0" --alpha 0.001 --batch "$BATCH" --seed 0 --resume --quiet)
+# --compile: the base compiled once at BATCH (a divisor of N, so every estimation batch runs compiled);
+# 1.4x faster than eager for the DiffSmooth base on this CPU, outputs equal to 2e-7.
+common=(--dataset fashion-mnist --n0 "$N0" --alpha 0.001 --batch "$BATCH" --seed 0 --compile default --resume --quiet)
 mkdir -p "$OUT"
 parts=("$@"); (( ${#parts[@]} )) || parts=(grid trained denoised densepure)
 

@@ -149,13 +149,13 @@ class NoiseSchedule:
         return mean, math.sqrt(beta * (1.0 - abar_s) / (1.0 - abar_t))
 
     def _coefficients(self, t: int | torch.Tensor, like: torch.Tensor) -> tuple[Any, Any]:
-        abar = _alphas_cumprod(self)
         if isinstance(t, torch.Tensor):
+            abar = _alphas_cumprod(self)
             picked = torch.from_numpy(abar).to(like.device)[t.to(like.device)]
             shape = (-1,) + (1,) * (like.dim() - 1)
             return picked.sqrt().to(like.dtype).view(shape), (1 - picked).sqrt().to(like.dtype).view(shape)
         # Python floats: the scaling then runs in the input's dtype on its device.
-        value = float(abar[int(t)])
+        value = _alpha_cumprod_at(self, int(t))
         return math.sqrt(value), math.sqrt(1.0 - value)
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +177,12 @@ class NoiseSchedule:
 @functools.lru_cache(maxsize=16)
 def _alphas_cumprod(schedule: NoiseSchedule) -> np.ndarray:
     return np.cumprod(1.0 - _BETAS[schedule.name](schedule), axis=0)
+
+
+@torch.compiler.assume_constant_result
+def _alpha_cumprod_at(schedule: NoiseSchedule, t: int) -> float:
+    """``abar_t`` as a Python float; a constant to ``torch.compile`` (no tracing into the cache)."""
+    return float(_alphas_cumprod(schedule)[t])
 
 
 def list_schedules() -> list[str]:
