@@ -9,8 +9,10 @@
 #   denoised  Denoised Smoothing (the shipped DnCNN + the clean classifier) at 0.25 and 0.5; n = N
 #   densepure DensePure (RUNS reverse runs of STEPS steps vote) at 0.25 and 0.5: on DP_MAX images with
 #             n = DP_N only (each sample costs RUNS x STEPS UNet calls)
+#   tables    print the model card's tables from what the parts wrote: certified accuracy with
+#             standard errors, and paired differences DiffSmooth (soft) - RS / - DDS per radius
 #
-# Usage: OMP_NUM_THREADS=1 scripts/model_card_certify.sh [PART ...]   (default: all four parts)
+# Usage: OMP_NUM_THREADS=1 scripts/model_card_certify.sh [PART ...]   (default: the four runs, then tables)
 #        SIGMAS="0.5" scripts/model_card_certify.sh grid               (one sigma; run two at once on 2 cores)
 # Resumable: rerun the same command after an interruption. Results go to $OUT (not in the repo).
 set -euo pipefail
@@ -22,7 +24,8 @@ DS=.venv/bin/diffsmooth
 # 1.4x faster than eager for the DiffSmooth base on this CPU, outputs equal to 2e-7.
 common=(--dataset fashion-mnist --n0 "$N0" --alpha 0.001 --batch "$BATCH" --seed 0 --compile default --resume --quiet)
 mkdir -p "$OUT"
-parts=("$@"); (( ${#parts[@]} )) || parts=(grid trained denoised densepure)
+parts=("$@"); (( ${#parts[@]} )) || parts=(grid trained denoised densepure tables)
+RADII=(0 0.25 0.5 0.75 1.0 1.25 1.5)
 
 for part in "${parts[@]}"; do
   case $part in
@@ -48,7 +51,20 @@ for part in "${parts[@]}"; do
         $DS certify "${common[@]}" --sigma "$sigma" --method densepure --runs "$RUNS" --steps "$STEPS" \
             --n "$DP_N" --n0 32 --max "$DP_MAX" --out "$OUT/densepure_sigma$sigma.tsv"
       done ;;
-    *) echo "unknown part $part: grid, trained, denoised or densepure" >&2; exit 2 ;;
+    tables)
+      for sigma in $SIGMAS; do
+        [[ -f $OUT/sigma$sigma/index.json ]] || continue
+        echo "### sigma = $sigma"
+        files=("$OUT/sigma$sigma")
+        for extra in "$OUT"/rs_*_sigma"$sigma"*.tsv "$OUT/denoised_sigma$sigma.tsv" "$OUT/densepure_sigma$sigma.tsv"; do
+          [[ -f $extra ]] && files+=("$extra")
+        done
+        g=$(printf '%g' "$sigma")  # labels write sigma as %g: 1.0 -> 1
+        ours=diffsmooth_sigma${g}_m5_ls0.25_soft
+        $DS analyze "${files[@]}" --radii "${RADII[@]}" --errors \
+            --paired "$ours,rs_sigma$g" "$ours,dds_sigma$g" \
+            --plot "$OUT/certified_sigma$sigma.png" --overwrite --title "Fashion-MNIST, sigma=$sigma, n=$N, $MAX images"
+      done ;;
+    *) echo "unknown part $part: grid, trained, denoised, densepure or tables" >&2; exit 2 ;;
   esac
 done
-echo "done; tables: .venv/bin/diffsmooth analyze $OUT/sigma0.5 --errors --paired ..." >&2
