@@ -9,7 +9,6 @@ end of every epoch and finally the model with ``save_classifier`` (``out.safeten
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,9 @@ from torch import nn
 
 from diffsmooth.classifiers import Classifier, create_classifier, load_classifier, save_classifier
 from diffsmooth.errors import InputError
-from diffsmooth.training.loop import (
-    batches,
-    cosine_lr,
-    global_rng_from,
-    load_train_tensors,
-    resolve_device,
-    set_lr,
-    steps_per_epoch,
-)
+from diffsmooth.training.loop import load_train_tensors, resolve_device, run_epochs
 from diffsmooth.training.losses import get_loss, loss_defaults
-from diffsmooth.training.state import git_commit, trained_seconds, resume_state, save_state
+from diffsmooth.training.state import git_commit
 
 
 @dataclass(frozen=True)
@@ -138,8 +129,6 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
     images used for the recorded accuracies. ``stop_after`` ends this call after that many
     epochs (time-sliced jobs); the model saved then is marked ``"finished": false``.
     """
-    from tqdm.auto import tqdm
-
     config.validate()
     dev = resolve_device(device)
     out = Path(out)
@@ -156,51 +145,27 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
     loss_fn = get_loss(config.method)
     hparams = {**loss_defaults(config.method), **config.hparams}
     purifier = _purifier(config, dev)
-    per_epoch = steps_per_epoch(len(images), config.batch_size)
-    total = per_epoch * config.epochs
-    step, epoch, history = 0, 0, []
-    before = 0.0  # wall seconds of the earlier runs of this training
-    if resume:
-        before = trained_seconds(ckpt)
-        step, epoch = resume_state(ckpt, model=model, optimizer=optimizer, generators=generators,
-                                   config=config.to_dict())
-    started, first_epoch = time.time(), epoch
-    bar = tqdm(total=total, initial=step, disable=quiet, desc=f"{config.method} sigma={config.sigma}",
-               unit="step", dynamic_ncols=True)
-    while epoch < config.epochs and (stop_after is None or epoch - first_epoch < stop_after):
-        model.train()
-        running, count = 0.0, 0
-        with global_rng_from(order_gen, dev):
-            for idx in batches(len(images), config.batch_size, order_gen):
-                x, y = images[idx].to(dev), labels[idx].to(dev)
-                if purifier is not None:
-                    denoiser, p_sigma = purifier
-                    with torch.no_grad():
-                        x = denoiser(x + p_sigma * torch.randn(x.shape, generator=noise_gen, device=dev)).float()
-                set_lr(optimizer, cosine_lr(config.lr, step, total))
-                out_ = loss_fn(model, x, y, config.sigma, noise_gen, epoch, **hparams)
-                if not torch.isfinite(out_.loss):
-                    raise RuntimeError(f"loss became {float(out_.loss)} at step {step}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                out_.loss.backward()
-                optimizer.step()
-                step += 1
-                running, count = running + float(out_.loss.detach()), count + 1
-                bar.set_postfix(epoch=epoch + 1, loss=f"{running / count:.4f}")
-                bar.update(1)
-        epoch += 1
-        history.append(running / max(count, 1))
-        save_state(ckpt, model=model, optimizer=optimizer, generators=generators, step=step, epoch=epoch,
-                   config=config.to_dict(), extra={"loss": history[-1]}, train_seconds=before + time.time() - started)
-    bar.close()
+
+    def loss_of(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        x, y = images[idx].to(dev), labels[idx].to(dev)
+        if purifier is not None:
+            denoiser, p_sigma = purifier
+            with torch.no_grad():
+                x = denoiser(x + p_sigma * torch.randn(x.shape, generator=noise_gen, device=dev)).float()
+        return loss_fn(model, x, y, config.sigma, noise_gen, epoch, **hparams).loss
+
+    run = run_epochs(loss_of, model=model, optimizer=optimizer, generators=generators, config=config.to_dict(),
+                     checkpoint_dir=ckpt, resume=resume, epochs=config.epochs, stop_after=stop_after,
+                     num_images=len(images), batch_size=config.batch_size, lr=config.lr, device=dev, quiet=quiet,
+                     desc=f"{config.method} sigma={config.sigma}")
     test_x, test_y, _ = load_train_tensors(config.dataset, config.data_dir, "test", eval_limit)
     eval_gen = torch.Generator(device=dev).manual_seed(1234)
     info_out = {
-        "task": "classifier", "finished": epoch >= config.epochs, "method": config.method, "sigma": config.sigma,
+        "task": "classifier", "finished": run.epoch >= config.epochs, "method": config.method, "sigma": config.sigma,
         "config": config.to_dict(),
-        "hparams": hparams, "git_commit": git_commit(), "epochs_done": epoch, "steps_done": step,
-        "train_seconds_this_run": round(time.time() - started, 1),
-        "train_seconds_total": round(before + time.time() - started, 1), "final_epoch_loss": history[-1] if history else None,
+        "hparams": hparams, "git_commit": git_commit(), "epochs_done": run.epoch, "steps_done": run.step,
+        "train_seconds_this_run": run.seconds_this_run, "train_seconds_total": run.seconds_total,
+        "final_epoch_loss": run.history[-1] if run.history else None,
         "test_accuracy": accuracy(model, test_x, test_y),
         "test_images": len(test_x), "torch": torch.__version__,
     }
@@ -208,4 +173,4 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
         info_out["noisy_test_accuracy"] = accuracy(model, test_x, test_y, config.sigma, eval_gen)
     model.eval()
     path = save_classifier(out, model, info_out)
-    return TrainResult(path, model, history, info_out)
+    return TrainResult(path, model, run.history, info_out)

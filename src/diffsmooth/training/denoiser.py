@@ -14,7 +14,6 @@ classifier, f's accuracy on denoised noisy test images.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,8 @@ from torch import nn
 
 from diffsmooth.denoisers import PRESETS, DnCNN, create_dncnn, load_denoiser, save_denoiser
 from diffsmooth.errors import InputError
-from diffsmooth.training.loop import (batches, cosine_lr, global_rng_from, load_train_tensors, resolve_device,
-                                     set_lr, steps_per_epoch)
-from diffsmooth.training.state import git_commit, trained_seconds, resume_state, save_state
+from diffsmooth.training.loop import load_train_tensors, resolve_device, run_epochs
+from diffsmooth.training.state import git_commit
 
 OBJECTIVES = ("mse", "stability", "mse+stability")
 
@@ -184,8 +182,6 @@ def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_d
     ``epochs`` may grow); ``eval_limit`` caps the test images of the recorded numbers;
     ``stop_after`` ends this call after that many epochs (the saved model says ``"finished": false``).
     """
-    from tqdm.auto import tqdm
-
     config.validate()
     dev = resolve_device(device)
     out = Path(out)
@@ -198,54 +194,28 @@ def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_d
     noise_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
     generators = {"order": order_gen, "noise": noise_gen}
     switch = config.phase_switch()
-    total = steps_per_epoch(len(images), config.batch_size) * config.epochs
-    step, epoch, history = 0, 0, []
-    before = 0.0  # wall seconds of the earlier runs of this training
-    if resume:
-        before = trained_seconds(ckpt)
-        step, epoch = resume_state(ckpt, model=model, optimizer=optimizer, generators=generators,
-                                   config=config.to_dict())
-    started, first_epoch = time.time(), epoch
-    bar = tqdm(total=total, initial=step, disable=quiet, desc=f"{config.arch} {config.objective} sigma={config.sigma}",
-               unit="step", dynamic_ncols=True)
-    while epoch < config.epochs and (stop_after is None or epoch - first_epoch < stop_after):
-        model.train()
-        stability = epoch >= switch
-        running, count = 0.0, 0
-        with global_rng_from(order_gen, dev):
-            for idx in batches(len(images), config.batch_size, order_gen):
-                x = images[idx].to(dev)
-                set_lr(optimizer, cosine_lr(config.lr, step, total))
-                if stability:
-                    loss = denoiser_stability_loss(model, classifier, x, config.sigma, noise_gen)
-                else:
-                    loss = denoiser_mse_loss(model, x, config.sigma, noise_gen)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"loss became {float(loss)} at step {step}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                running, count = running + float(loss.detach()), count + 1
-                bar.set_postfix(epoch=epoch + 1, loss=f"{running / count:.4f}")
-                bar.update(1)
-        epoch += 1
-        history.append(running / max(count, 1))
-        save_state(ckpt, model=model, optimizer=optimizer, generators=generators, step=step, epoch=epoch,
-                   config=config.to_dict(), extra={"loss": history[-1]}, train_seconds=before + time.time() - started)
-    bar.close()
+
+    def loss_of(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        x = images[idx].to(dev)
+        if epoch >= switch:
+            return denoiser_stability_loss(model, classifier, x, config.sigma, noise_gen)
+        return denoiser_mse_loss(model, x, config.sigma, noise_gen)
+
+    run = run_epochs(loss_of, model=model, optimizer=optimizer, generators=generators, config=config.to_dict(),
+                     checkpoint_dir=ckpt, resume=resume, epochs=config.epochs, stop_after=stop_after,
+                     num_images=len(images), batch_size=config.batch_size, lr=config.lr, device=dev, quiet=quiet,
+                     desc=f"{config.arch} {config.objective} sigma={config.sigma}")
     test_x, test_y, _ = load_train_tensors(config.dataset, config.data_dir, "test", eval_limit)
     model.eval()
     info_out = {
-        "task": "denoiser", "finished": epoch >= config.epochs, "objective": config.objective,
-        "sigma": config.sigma, "config": config.to_dict(), "git_commit": git_commit(), "epochs_done": epoch,
-        "steps_done": step, "train_seconds_this_run": round(time.time() - started, 1),
-        "train_seconds_total": round(before + time.time() - started, 1),
-        "final_epoch_loss": history[-1] if history else None, "test_images": len(test_x), "torch": torch.__version__,
+        "task": "denoiser", "finished": run.epoch >= config.epochs, "objective": config.objective,
+        "sigma": config.sigma, "config": config.to_dict(), "git_commit": git_commit(), "epochs_done": run.epoch,
+        "steps_done": run.step, "train_seconds_this_run": run.seconds_this_run,
+        "train_seconds_total": run.seconds_total, "final_epoch_loss": run.history[-1] if run.history else None, "test_images": len(test_x), "torch": torch.__version__,
         **evaluate_denoiser(model, test_x, test_y, config.sigma, classifier,
                             torch.Generator(device=dev).manual_seed(1234)),
     }
     if classifier is not None:
         info_out["classifier_sha256"] = getattr(classifier, "checkpoint_sha256", None)
     path = save_denoiser(out, model, info_out)
-    return DenoiserTrainResult(path, model, history, info_out)
+    return DenoiserTrainResult(path, model, run.history, info_out)

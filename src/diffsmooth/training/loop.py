@@ -1,17 +1,23 @@
-"""Pieces shared by the classifier and diffusion training loops."""
+"""Pieces shared by the training loops: data, batches, learning rate, RNG, and the epoch loop of
+the classifier and denoiser trainers (``run_epochs``)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from diffsmooth.data import load_dataset
 from diffsmooth.data.info import DatasetInfo
 from diffsmooth.files import resolve_device  # noqa: F401  (re-exported for the trainers)
+from diffsmooth.training.state import resume_state, save_state, trained_seconds
 
 
 def load_train_tensors(dataset: str, data_dir: str | Path | None, split: str = "train",
@@ -65,3 +71,63 @@ def global_rng_from(generator: torch.Generator, device: torch.device) -> Iterato
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         yield
+
+
+@dataclass
+class EpochRun:
+    """Where an epoch-based training stands after ``run_epochs``: steps and epochs done (all runs),
+    mean loss of each epoch of this run, and wall seconds of this run and of all runs together."""
+
+    step: int
+    epoch: int
+    history: list[float]
+    seconds_this_run: float
+    seconds_total: float
+
+
+def run_epochs(loss_of: Callable[[torch.Tensor, int], torch.Tensor], *, model: nn.Module,
+               optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator], config: dict[str, Any],
+               checkpoint_dir: Path, resume: bool, epochs: int, stop_after: int | None, num_images: int,
+               batch_size: int, lr: float, device: torch.device, quiet: bool, desc: str) -> EpochRun:
+    """The epoch loop the classifier and denoiser trainers share.
+
+    Each epoch draws a shuffled order of ``num_images`` from ``generators["order"]`` (torch's global
+    RNG seeded from it for the epoch, see ``global_rng_from``); per batch of indices ``idx`` (long
+    (B,)) it sets the cosine learning rate, takes ``loss = loss_of(idx, epoch)`` (a finite scalar, or
+    ``RuntimeError``) and one optimizer step. After every epoch the full state goes to
+    ``checkpoint_dir`` (``save_state``, with the wall seconds of all runs). ``resume`` continues
+    from that state (same ``config`` required); ``stop_after`` ends the call after that many epochs.
+    """
+    from tqdm.auto import tqdm
+
+    total = steps_per_epoch(num_images, batch_size) * epochs
+    step, epoch, history, before = 0, 0, [], 0.0
+    if resume:
+        before = trained_seconds(checkpoint_dir)
+        step, epoch = resume_state(checkpoint_dir, model=model, optimizer=optimizer, generators=generators,
+                                   config=config)
+    started, first_epoch = time.time(), epoch
+    bar = tqdm(total=total, initial=step, disable=quiet, desc=desc, unit="step", dynamic_ncols=True)
+    while epoch < epochs and (stop_after is None or epoch - first_epoch < stop_after):
+        model.train()
+        running, count = 0.0, 0
+        with global_rng_from(generators["order"], device):
+            for idx in batches(num_images, batch_size, generators["order"]):
+                set_lr(optimizer, cosine_lr(lr, step, total))
+                loss = loss_of(idx, epoch)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"loss became {float(loss)} at step {step}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                running, count = running + float(loss.detach()), count + 1
+                bar.set_postfix(epoch=epoch + 1, loss=f"{running / count:.4f}")
+                bar.update(1)
+        epoch += 1
+        history.append(running / max(count, 1))
+        save_state(checkpoint_dir, model=model, optimizer=optimizer, generators=generators, step=step, epoch=epoch,
+                   config=config, extra={"loss": history[-1]}, train_seconds=before + time.time() - started)
+    bar.close()
+    seconds = time.time() - started
+    return EpochRun(step, epoch, history, round(seconds, 1), round(before + seconds, 1))
