@@ -34,7 +34,8 @@ def _tiny_classifier(seed: int = 0) -> nn.Module:
 
 
 SMALL = {"gaussian": {}, "consistency": {"m_train": 2}, "macer": {"m_train": 4, "lbd": 1.0},
-         "smoothadv": {"m_train": 2, "epsilon": 0.25, "num_steps": 1, "warmup": 1}}
+         "smoothadv": {"m_train": 2, "epsilon": 0.25, "num_steps": 1, "warmup": 1},
+         "smoothmix": {"m_train": 2, "num_steps": 2}}
 
 
 def test_registry_lists_all_methods_and_rejects_unknown():
@@ -44,7 +45,7 @@ def test_registry_lists_all_methods_and_rejects_unknown():
         get_loss("mixup")
 
 
-@pytest.mark.parametrize("method", ["gaussian", "consistency", "macer", "smoothadv"])
+@pytest.mark.parametrize("method", sorted(SMALL))
 def test_loss_is_finite_and_falls_on_a_fixed_batch(method, digits_batch):
     x, y = digits_batch
     model = _tiny_classifier()
