@@ -30,10 +30,7 @@ for part in "${parts[@]}"; do
       done ;;
     audit)
       for run in rs_sigma0.5 dds_sigma0.5 diffsmooth_sigma0.5_m5_ls0.25_soft; do
-        # the first AUDIT_MAX rows of the model card's run: a copy keeps the audit off the full file
-        head -n $(( AUDIT_MAX + 1 )) "$OUT/sigma0.5/$run.tsv" > "$OUT/audit_input_$run.tsv"
-        cp "$OUT/sigma0.5/$run.tsv.json" "$OUT/audit_input_$run.tsv.json"
-        $DS attack --audit "$OUT/audit_input_$run.tsv" --steps "$STEPS" --eot "$EOT" --n "$PRED_N" \
+        $DS attack --audit "$OUT/sigma0.5/$run.tsv" --max "$AUDIT_MAX" --steps "$STEPS" --eot "$EOT" --n "$PRED_N" \
             --batch "$BATCH" --seed 1 --quiet --out "$OUT/audit_$run.tsv" 2>&1 | tee "$OUT/audit_$run.txt"
       done ;;
     *) echo "unknown part $part: empirical or audit" >&2; exit 2 ;;

@@ -55,6 +55,12 @@ def test_audit_of_a_correct_run_finds_nothing(tmp_path, capsys):
     assert " 0 flipped" in printed and " 0 below Cohen's bound" in printed
     audited = [r for r in read_rows(certified)[1] if r.correct and r.radius > 0]
     assert len(audited) >= 3 and len(report.read_text().splitlines()) == 1 + len(audited)
+    # --max K audits the certified-correct rows among the file's first K images (in file order)
+    first = tmp_path / "first.tsv"
+    assert main(["attack", "--audit", str(certified), "--max", "3", "--steps", "1", "--eot", "1",
+                 "--n", "20", "--batch", "20", "--device", "cpu", "--out", str(first)]) == 0
+    wanted = [r.idx for r in read_rows(certified)[1][:3] if r.correct and r.radius > 0]
+    assert [int(line.split("\t")[0]) for line in first.read_text().splitlines()[1:]] == wanted
 
 
 @pytest.mark.parametrize("extra,message", [

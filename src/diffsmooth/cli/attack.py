@@ -23,7 +23,8 @@ def register(sub, formatter) -> None:
         "scores), then run PREDICT at the attacked point. Writes one PREDICT TSV per eps (idx label predict correct "
         "time norm loss) + manifest into --out-dir, with index.json; resumable and torchrun-sharded like certify. "
         "`diffsmooth analyze` reads the folder (empirical robust accuracy = its clean accuracy column). "
-        "With --audit RESULTS.tsv it attacks every certified-correct row inside 0.95 x its radius instead and "
+        "With --audit RESULTS.tsv it attacks every certified-correct row (of the file's rows picked by --indices, "
+        "--skip, --max) inside 0.95 x its radius instead and "
         "counts certificates that the attack breaks.",
     )
     # An audit reads sigma from the manifest; --steps is PGD's here, DensePure's chain takes --reverse-steps.
@@ -109,7 +110,7 @@ def _audit(args: argparse.Namespace) -> int:
     from diffsmooth.data import load_dataset
     from diffsmooth.methods import MethodSpec, build_base
     from diffsmooth.results import manifest_path, read_manifest, read_results
-    from diffsmooth.runner import generator_for
+    from diffsmooth.runner import generator_for, select_indices
     from diffsmooth.smoothing import SmoothedClassifier
 
     results = read_results(args.audit)
@@ -126,7 +127,10 @@ def _audit(args: argparse.Namespace) -> int:
     config = _config(args)
     device = pick_device(args.device)
     dataset = load_dataset(recorded["method"]["dataset"], split=recorded.get("split", "test"), data_dir=args.data_dir)
-    rows = auditable_rows(results.rows, method.sigma)
+    # --indices / --skip / --max pick the certify file's rows (images) as they pick a dataset's images
+    chosen = [r for r in results.rows if r.idx in set(args.indices)] if args.indices else results.rows
+    chosen = [chosen[i] for i in select_indices(len(chosen), args.skip, args.max)]
+    rows = auditable_rows(chosen, method.sigma)
     base = build_base(replace(method, compile=None, cuda_graphs=False), device)
     smoothed = SmoothedClassifier(base, dataset.info.num_classes, method.sigma)
     report = audit(smoothed, rows, dataset.__getitem__, config, n=args.n, alpha=args.alpha,
