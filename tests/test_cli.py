@@ -190,6 +190,7 @@ def test_demo_with_the_shipped_models(tmp_path, fmnist_dir, capsys):
     printed = capsys.readouterr().out
     for label in ("RS", "DDS", "DiffSmooth (soft)", "DiffSmooth (hard)"):
         assert f"| {label} " in printed
+    assert "Each cell: % of images classified correctly with a certified l2 radius >= r" in printed
     assert "DiffSmooth (soft) - RS (points, paired standard error): r=0.5: " in printed
     assert "2 images are too few to rank the methods (the errors assume >= 30)" in printed
     # n = 8, alpha 0.001: p_lower = 0.001^(1/8) = 0.4217 < 1/2, so no radius at all

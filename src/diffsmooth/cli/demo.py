@@ -103,9 +103,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 EXPLANATION = (
-    "Each cell: the % of images whose smoothed prediction is correct with a certified l2 radius >= r (each certificate\n"
-    "holds with probability 1 - alpha); RS classifies noisy images, DDS purifies them first, DiffSmooth purifies then\n"
-    "votes over m locally noised copies (soft: mean probabilities, hard: majority)."
+    "Each cell: % of images classified correctly with a certified l2 radius >= r (each certificate holds with\n"
+    "probability 1 - alpha). RS classifies noisy images; DDS purifies them first; DiffSmooth purifies, then votes "
+    "over m locally noised copies."
 )
 
 
