@@ -32,11 +32,13 @@ CLASSIFIERS=(fmnist_cnn_lite_gaussian_0.50 fmnist_cnn_lite_gaussian_0.25 fmnist_
              fmnist_cnn_lite_smoothadv_0.50 fmnist_cnn_lite_consistency_0.25 fmnist_cnn_lite_smoothadv_0.25
              fmnist_cnn_lite_smoothmix_0.50 fmnist_cnn_lite_smoothmix_0.25)
 DENOISERS=(fmnist_dncnn_0.50 fmnist_dncnn_0.25)
-EPOCHS=${EPOCHS:-20}
-# SmoothMix costs ~6 plain epochs per epoch (m = 2 copies, 2 PGD steps): 10 epochs (about the
-# compute of SmoothAdv's 20). DnCNN (depth 10, width 32, 0.12 GFLOP per image): 6 epochs of MSE.
-declare -A EPOCHS_OF=([fmnist_cnn_lite_smoothmix_0.50]=10 [fmnist_cnn_lite_smoothmix_0.25]=10)
-DENOISER_EPOCHS=${DENOISER_EPOCHS:-6}
+EPOCHS=${EPOCHS:-10}
+# Every budget is sized so that each model trains within one 3-hour session on one core (a session's
+# machine keeps nothing outside the repository): classifiers 10 epochs; SmoothMix costs ~9 plain
+# epochs per epoch (m = 2 copies, 2 PGD steps): 5 epochs (about the compute of SmoothAdv's 10);
+# DnCNN (depth 10, width 32, 0.12 GFLOP per image): 3 epochs of MSE.
+declare -A EPOCHS_OF=([fmnist_cnn_lite_smoothmix_0.50]=5 [fmnist_cnn_lite_smoothmix_0.25]=5)
+DENOISER_EPOCHS=${DENOISER_EPOCHS:-3}
 
 # Extra options per classifier: method, sigma and the method's hyper-parameters.
 declare -A METHOD=(
@@ -47,8 +49,8 @@ declare -A METHOD=(
   [fmnist_cnn_lite_gaussian_1.00]="--method gaussian --sigma 1.0"
   [fmnist_cnn_lite_consistency_0.25]="--method consistency --sigma 0.25 --m-train 2 --lbd 10 --eta 0.5"
   [fmnist_cnn_lite_consistency_0.50]="--method consistency --sigma 0.5 --m-train 2 --lbd 10 --eta 0.5"
-  [fmnist_cnn_lite_smoothadv_0.25]="--method smoothadv --sigma 0.25 --m-train 1 --epsilon 0.5 --num-steps 2 --warmup 5"
-  [fmnist_cnn_lite_smoothadv_0.50]="--method smoothadv --sigma 0.5 --m-train 1 --epsilon 1.0 --num-steps 2 --warmup 5"
+  [fmnist_cnn_lite_smoothadv_0.25]="--method smoothadv --sigma 0.25 --m-train 1 --epsilon 0.5 --num-steps 2 --warmup 2"
+  [fmnist_cnn_lite_smoothadv_0.50]="--method smoothadv --sigma 0.5 --m-train 1 --epsilon 1.0 --num-steps 2 --warmup 2"
   [fmnist_cnn_lite_smoothmix_0.25]="--method smoothmix --sigma 0.25 --m-train 2 --num-steps 2 --eta 5 --warmup 1"
   [fmnist_cnn_lite_smoothmix_0.50]="--method smoothmix --sigma 0.5 --m-train 2 --num-steps 2 --eta 5 --warmup 1"
 )
@@ -68,11 +70,11 @@ resume_flag() { [[ -f $CK/$1/state/state.json ]] && echo --resume || true; }
 # train_ddpm: train (or continue) the DDPM.
 train_ddpm() {
   mkdir -p "$CK/$DDPM"
-  # 40,000 steps of 64 images (about 43 epochs); AdamW 1e-3, cosine decay; EMA 0.9995.
+  # 18,000 steps of 64 images (about 19 epochs, ~2 h on one core); AdamW 1e-3, cosine decay; EMA 0.9995.
   "$PY" -m diffsmooth train-diffusion --dataset fashion-mnist --variant improved --num-channels 16 \
       --norm-groups 8 --channel-mult 1,2,2 --num-res-blocks 1 --attention-resolutions 7 --num-heads 1 \
       --dropout 0 --schedule cosine --diffusion-steps 1000 --focus-sigmas 0.12,1.0 --focus-fraction 0.9 \
-      --steps 40000 --batch-size 64 --lr 1e-3 --warmup-steps 500 --ema 0.9995 --seed 0 \
+      --steps 18000 --batch-size 64 --lr 1e-3 --warmup-steps 500 --ema 0.9995 --seed 0 \
       --checkpoint-every 500 --quiet --out "$CK/$DDPM/model" --checkpoint-dir "$CK/$DDPM/state" \
       $(resume_flag "$DDPM") >> "$CK/$DDPM.log" 2>&1
 }
