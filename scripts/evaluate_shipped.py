@@ -60,7 +60,7 @@ def training_of(name: str) -> dict:
     keep = ("method", "sigma", "epochs", "steps", "batch_size", "lr", "objective", "arch", "train_limit", "hparams")
     return {"dataset": config.get("dataset", info.get("dataset")), **{k: config[k] for k in keep if k in config},
             "done": info.get("epochs_done", info.get("steps_done")),
-            "seconds_last_run": info.get("train_seconds_this_run"), "git_commit": info.get("git_commit")}
+            "train_seconds": info.get("train_seconds_total", info.get("train_seconds_this_run")), "git_commit": info.get("git_commit")}
 
 
 def main() -> None:

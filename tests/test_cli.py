@@ -196,7 +196,7 @@ def test_demo_with_the_shipped_models(tmp_path, fmnist_dir, capsys):
     # n = 8, alpha 0.001: p_lower = 0.001^(1/8) = 0.4217 < 1/2, so no radius at all
     assert "With n = 8, no radius above 0.00 can be certified" in printed
     names = sorted(p.name for p in out_dir.iterdir())
-    assert {"table.md", "certified_accuracy.png", "purification.png", "rs_sigma0.25.tsv"} <= set(names)
+    assert {"table.md", "certified_accuracy.png", "purification.png", "rs_sigma0.5.tsv"} <= set(names)
 
 
 def test_purify_stats_prints_the_diagnostic_and_writes_json(tmp_path, fmnist_dir, denoiser_path, capsys):
