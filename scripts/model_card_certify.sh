@@ -14,15 +14,22 @@
 #
 # Usage: OMP_NUM_THREADS=1 scripts/model_card_certify.sh [PART ...]   (default: the four runs, then tables)
 #        SIGMAS="0.5" scripts/model_card_certify.sh grid               (one sigma; run two at once on 2 cores)
+#        PROCS=2 SIGMAS="0.5" scripts/model_card_certify.sh grid       (one run on 2 cores: torchrun, each
+#                                                                       process a share of the images)
 # Resumable: rerun the same command after an interruption. Results go to $OUT (not in the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-model-card-runs}; N=${N:-2000}; N0=${N0:-100}; MAX=${MAX:-500}; BATCH=${BATCH:-1000}
 SIGMAS=${SIGMAS:-"0.25 0.5 1.0"}; DP_MAX=${DP_MAX:-100}; DP_N=${DP_N:-200}; RUNS=${RUNS:-3}; STEPS=${STEPS:-4}
-DS=.venv/bin/diffsmooth
+PROCS=${PROCS:-1}
+# Under torchrun the long spellings --num-samples / --max-images stand for --n / --max (torchrun's own
+# parser reads --n and --max as abbreviations of its options); each image's noise is seeded by
+# (seed, idx), so the rows equal a one-process run's.
+if (( PROCS > 1 )); then DS=(.venv/bin/torchrun --standalone --nproc-per-node "$PROCS" -m diffsmooth); dev=(--device cpu)
+else DS=(.venv/bin/diffsmooth); dev=(); fi
 # --compile: the base compiled once at BATCH (a divisor of N, so every estimation batch runs compiled);
 # 1.4x faster than eager for the DiffSmooth base on this CPU, outputs equal to 2e-7.
-common=(--dataset fashion-mnist --n0 "$N0" --alpha 0.001 --batch "$BATCH" --seed 0 --compile default --resume --quiet)
+common=("${dev[@]}" --dataset fashion-mnist --n0 "$N0" --alpha 0.001 --batch "$BATCH" --seed 0 --compile default --resume --quiet)
 mkdir -p "$OUT"
 parts=("$@"); (( ${#parts[@]} )) || parts=(grid trained denoised densepure tables)
 RADII=(0 0.25 0.5 0.75 1.0 1.25 1.5)
@@ -31,25 +38,25 @@ for part in "${parts[@]}"; do
   case $part in
     grid)
       for sigma in $SIGMAS; do
-        $DS certify "${common[@]}" --sigma "$sigma" --method rs dds diffsmooth --m 5 --local-sigma 0.25 \
-            --vote soft hard --n "$N" --max "$MAX" --out-dir "$OUT/sigma$sigma"
+        "${DS[@]}" certify "${common[@]}" --sigma "$sigma" --method rs dds diffsmooth --local-m 5 --local-sigma 0.25 \
+            --vote soft hard --num-samples "$N" --max-images "$MAX" --out-dir "$OUT/sigma$sigma"
       done ;;
     trained)
       for sigma in 0.25 0.50; do
         for method in consistency smoothadv smoothmix; do
-          $DS certify "${common[@]}" --sigma "$sigma" --method rs --classifier "fmnist_cnn_${method}_$sigma" \
-              --n "$N" --max "$MAX" --out "$OUT/rs_${method}_sigma$sigma.tsv"
+          "${DS[@]}" certify "${common[@]}" --sigma "$sigma" --method rs --classifier "fmnist_cnn_${method}_$sigma" \
+              --num-samples "$N" --max-images "$MAX" --out "$OUT/rs_${method}_sigma$sigma.tsv"
         done
       done ;;
     denoised)
       for sigma in 0.25 0.5; do
-        $DS certify "${common[@]}" --sigma "$sigma" --method denoised --n "$N" --max "$MAX" \
+        "${DS[@]}" certify "${common[@]}" --sigma "$sigma" --method denoised --num-samples "$N" --max-images "$MAX" \
             --out "$OUT/denoised_sigma$sigma.tsv"
       done ;;
     densepure)
       for sigma in 0.25 0.5; do
-        $DS certify "${common[@]}" --sigma "$sigma" --method densepure --runs "$RUNS" --steps "$STEPS" \
-            --n "$DP_N" --n0 32 --max "$DP_MAX" --out "$OUT/densepure_sigma$sigma.tsv"
+        "${DS[@]}" certify "${common[@]}" --sigma "$sigma" --method densepure --runs "$RUNS" --steps "$STEPS" \
+            --num-samples "$DP_N" --n0 32 --max-images "$DP_MAX" --out "$OUT/densepure_sigma$sigma.tsv"
       done ;;
     tables)
       for sigma in $SIGMAS; do
@@ -61,7 +68,7 @@ for part in "${parts[@]}"; do
         done
         g=$(printf '%g' "$sigma")  # labels write sigma as %g: 1.0 -> 1
         ours=diffsmooth_sigma${g}_m5_ls0.25_soft
-        $DS analyze "${files[@]}" --radii "${RADII[@]}" --errors \
+        .venv/bin/diffsmooth analyze "${files[@]}" --radii "${RADII[@]}" --errors \
             --paired "$ours,rs_sigma$g" "$ours,dds_sigma$g" \
             --plot "$OUT/certified_sigma$sigma.png" --overwrite --title "Fashion-MNIST, sigma=$sigma, n=$N, $MAX images"
       done ;;
