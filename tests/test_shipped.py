@@ -24,5 +24,5 @@ def test_every_method_the_model_card_compares_has_its_shipped_model():
     assert "fmnist_ddpm" in names and "fmnist_cnn_clean" in names
     for sigma in ("0.12", "0.25", "0.50", "1.00"):
         assert f"fmnist_cnn_gaussian_{sigma}" in names
-    for method in ("consistency", "smoothadv"):
+    for method in ("consistency", "smoothadv", "smoothmix"):
         assert {f"fmnist_cnn_{method}_0.25", f"fmnist_cnn_{method}_0.50"} <= names
