@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
-# The defaults suit the shipped models (their cost per noise sample sets how many images fit in ~2 minutes).
+# The defaults suit the shipped models (their cost per noise sample sets how many images fit in 3 minutes).
 DEFAULT_SIGMA, DEFAULT_N, DEFAULT_MAX = 0.5, 500, 60
 RANK_RADII = (0.5, 0.75, 1.0)  # where the paired comparison decides whether the demo's sample ranks the methods
 MIN_RANK_IMAGES = 30  # below this the normal approximation behind "two standard errors" is not trusted
