@@ -13,7 +13,7 @@
 # Needs scripts/model_card_certify.sh grid first for the audit. Resumable; results go to $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-model-card-runs}; MAX=${MAX:-100}; AUDIT_MAX=${AUDIT_MAX:-150}; STEPS=${STEPS:-20}; EOT=${EOT:-8}
+OUT=${OUT:-model-card-runs}; MAX=${MAX:-100}; AUDIT_MAX=${AUDIT_MAX:-125}; STEPS=${STEPS:-20}; EOT=${EOT:-8}
 PRED_N=${PRED_N:-1000}; BATCH=${BATCH:-700}
 DS=.venv/bin/diffsmooth
 parts=("$@"); (( ${#parts[@]} )) || parts=(empirical audit)
