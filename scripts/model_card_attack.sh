@@ -10,18 +10,20 @@
 #              estimated with fresh samples: flipped predictions and p_c below Cohen's bound counted
 #
 # Usage: OMP_NUM_THREADS=1 scripts/model_card_attack.sh [empirical|audit ...]   (default: both)
+#        SIGMAS=0.25 scripts/model_card_attack.sh empirical   (one sigma: run SIGMAS=0.25 and SIGMAS=0.5
+#                                                             at once, one per core)
 # Needs scripts/model_card_certify.sh grid first for the audit. Resumable; results go to $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-model-card-runs}; MAX=${MAX:-100}; AUDIT_MAX=${AUDIT_MAX:-125}; STEPS=${STEPS:-20}; EOT=${EOT:-8}
-PRED_N=${PRED_N:-1000}; BATCH=${BATCH:-700}
+PRED_N=${PRED_N:-1000}; BATCH=${BATCH:-700}; SIGMAS=${SIGMAS:-"0.25 0.5"}
 DS=.venv/bin/diffsmooth
 parts=("$@"); (( ${#parts[@]} )) || parts=(empirical audit)
 
 for part in "${parts[@]}"; do
   case $part in
     empirical)
-      for sigma in 0.25 0.5; do
+      for sigma in $SIGMAS; do
         for method in rs dds diffsmooth; do
           $DS attack --dataset fashion-mnist --method "$method" --sigma "$sigma" --m 5 --local-sigma 0.25 \
               --eps 0.25 0.5 --steps "$STEPS" --eot "$EOT" --restarts 1 --n "$PRED_N" --alpha 0.001 \
