@@ -40,6 +40,16 @@ def test_attack_writes_one_predict_file_per_eps_and_resumes(tmp_path, fmnist_dir
     out = capsys.readouterr().out
     assert "empirical: full" in out and "r=0.25,r=0.5" in out
     assert png.read_bytes()[:4] == b"\x89PNG"
+    # certified accuracy beside the attack is read on the attacked images (idx 0-2) only: a certify
+    # file over five images, the last two abstained, reads 100% there (60% over all five)
+    certified = tmp_path / "cert.tsv"
+    certified.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+                         + "".join(f"{i}\t{i}\t{i}\t1.0\t1\t0:00:01\n" for i in range(3))
+                         + "".join(f"{i}\t{i}\t-1\t0.0\t0\t0:00:01\n" for i in (3, 4)))
+    assert main(["analyze", str(full), str(certified), "--format", "csv", "--errors"]) == 0
+    robust = capsys.readouterr().out.split("\n\n")[-1]
+    assert "certified: cert,3,100.0 ± 0.0,100.0 ± 0.0" in robust
+    assert main(["analyze", str(full), str(certified), "--plot", str(png), "--overwrite"]) == 0
 
 
 def test_audit_of_a_correct_run_finds_nothing(tmp_path, capsys):

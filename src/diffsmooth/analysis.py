@@ -159,23 +159,48 @@ def paired_table(comparisons: Sequence[Paired], radii: Sequence[float]) -> str:
 
 
 def robustness_table(attacks: dict[str, dict[float, Path]], certified: Sequence[tuple[str, Path]],
-                     fmt: str = "markdown") -> str:
+                     fmt: str = "markdown", errors: bool = False) -> str:
     """Empirical robust accuracy (PREDICT correct at the attacked point: an upper bound on the true
-    robust accuracy) per eps, beside certified accuracy at radius eps (a lower bound), in percent."""
+    robust accuracy) per eps, beside certified accuracy at radius eps (a lower bound), in percent;
+    with ``errors`` each cell carries its standard error over test images.
+
+    Certified accuracy is taken over the attacked images only (matched by ``idx``), so that a
+    certify run over more images (the model card's 500 beside an attack on the first 100) is read
+    on the same images as the attack; its ``images`` column says how many it holds of them."""
     radii = sorted({eps for runs in attacks.values() for eps in runs})
+    attacked = _attacked_images(attacks)
     summaries = []
     for label, runs in attacks.items():
         values = {eps: summarize(path, ()).clean_accuracy for eps, path in runs.items()}
         summaries.append(Summary(f"empirical: {label}", "attack", max(summarize(p, ()).images for p in runs.values()),
                                  0.0, 0.0, {float(e): values.get(e, float("nan")) for e in radii}, None, 0.0))
     for label, path in certified:
-        s = summarize(path, radii, label)
-        summaries.append(Summary(f"certified: {label}", "certify", s.images, 0.0, 0.0, s.certified, None, 0.0))
-    return _short_table(summaries, radii, fmt)
+        rows = certified_rows(path, attacked)
+        summaries.append(Summary(f"certified: {label}", "certify", len(rows), 0.0, 0.0,
+                                 {float(r): certified_accuracy(rows, r) for r in radii}, None, 0.0))
+    return _short_table(summaries, radii, fmt, errors)
 
 
-def _short_table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str) -> str:
-    full = table(summaries, radii, fmt)
+def _attacked_images(attacks: dict[str, dict[float, Path]]) -> set[int]:
+    """The ``idx`` of every image some attack file holds."""
+    return {r.idx for runs in attacks.values() for path in runs.values() for r in read_results(path).rows}
+
+
+def certified_rows(path: Path, images: set[int] | None = None) -> list[Row]:
+    """The rows of certify results ``path``, only those whose ``idx`` is in ``images`` when given.
+
+    Raises ``InputError`` for PREDICT results (they certify no radius) and when no row is left."""
+    results = read_results(path)
+    if results.mode != "certify":
+        raise InputError(f"{path} holds PREDICT results, which certify no radius; plot CERTIFY results")
+    rows = [r for r in results.rows if images is None or r.idx in images]
+    if not rows:
+        raise InputError(f"{path} holds none of the attacked images; certify the images the attack ran on")
+    return rows
+
+
+def _short_table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str, errors: bool = False) -> str:
+    full = table(summaries, radii, fmt, errors=errors)
     keep = 2 + len(radii)  # run, images, one column per radius
     if fmt == "csv":
         return "\n".join(",".join(line.split(",")[:keep]) for line in full.splitlines()) + "\n"
@@ -201,7 +226,8 @@ def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | N
          attacks: dict[str, dict[float, Path]] | None = None) -> None:
     """Certified accuracy against radius for several runs in one figure (PNG/PDF by suffix); with
     ``attacks`` (label -> eps -> attack TSV) the empirical robust accuracy per eps as markers: an upper
-    bound to read against the certified curves' lower bound."""
+    bound to read against the certified curves' lower bound, which are then drawn over the attacked
+    images only."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,13 +235,8 @@ def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | N
 
     from diffsmooth.visualize import save_figure
 
-    curves = []
-    for path in paths:
-        results = read_results(path)
-        mode, rows = results.mode, results.rows
-        if mode != "certify":
-            raise InputError(f"{path} holds PREDICT results, which certify no radius; plot CERTIFY results")
-        curves.append(rows)
+    attacked = _attacked_images(attacks) if attacks else None
+    curves = [certified_rows(path, attacked) for path in paths]
     points = {label: sorted((eps, summarize(path, ()).clean_accuracy) for eps, path in runs.items())
               for label, runs in (attacks or {}).items()}
     top = max([r.radius for rows in curves for r in rows if r.correct]

@@ -26,7 +26,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--labels", nargs="+", default=None, help="one name per results file (default: file names)")
     p.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown", help="table format")
     p.add_argument("--errors", action="store_true",
-                   help="give each certified accuracy its standard error over test images (72.4 ± 2.0)")
+                   help="give each certified (and empirical robust) accuracy its standard error over test "
+                        "images (72.4 ± 2.0)")
     p.add_argument("--paired", nargs="+", default=[], metavar="A,B",
                    help="also print certified accuracy of run A minus run B (labels as in the table) per radius, "
                    "paired over the same images, with its standard error; * marks differences beyond 2 errors")
@@ -83,7 +84,7 @@ def _analyze(args: argparse.Namespace) -> int:
         from diffsmooth.analysis import robustness_table
 
         certified = [(s.label, path) for s, path in zip(summaries, args.results) if s.mode == "certify"]
-        sys.stdout.write("\n" + robustness_table(attacks, certified, args.format))
+        sys.stdout.write("\n" + robustness_table(attacks, certified, args.format, errors=args.errors))
     if args.plot is not None:
         certified = [(path, label) for path, label, s in zip(args.results, labels, summaries) if s.mode == "certify"]
         plot([p for p, _ in certified], [label for _, label in certified], args.plot, args.title, attacks=attacks)
