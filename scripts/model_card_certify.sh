@@ -5,10 +5,11 @@
 #   grid      RS / DDS / DiffSmooth (m 5, local sigma 0.25, soft and hard) at each sigma in SIGMAS,
 #             certified as one grid per sigma (one purification per noisy batch; each configuration's
 #             rows equal a separate run's); n = N
-#   trained   RS with the Consistency, SmoothAdv and SmoothMix classifiers at 0.25 and 0.5; n = N
-#   denoised  Denoised Smoothing (the shipped DnCNN + the clean classifier) at 0.25 and 0.5; n = N
-#   densepure DensePure (RUNS reverse runs of STEPS steps vote) at 0.25 and 0.5: on DP_MAX images with
-#             n = DP_N only (each sample costs RUNS x STEPS UNet calls)
+#   trained   RS with the Consistency, SmoothAdv and SmoothMix classifiers at each sigma in BASELINE_SIGMAS
+#             (0.25 and 0.5, the sigmas they are shipped for); n = N
+#   denoised  Denoised Smoothing (the shipped DnCNN + the clean classifier) at each BASELINE_SIGMAS; n = N
+#   densepure DensePure (RUNS reverse runs of STEPS steps vote) at each BASELINE_SIGMAS: on DP_MAX images
+#             with n = DP_N only (each sample costs RUNS x STEPS UNet calls)
 #   tables    print the model card's tables from what the parts wrote: certified accuracy with
 #             standard errors, and paired differences DiffSmooth (soft) - RS / - DDS per radius
 #
@@ -16,11 +17,12 @@
 #        SIGMAS="0.5" scripts/model_card_certify.sh grid               (one sigma; run two at once on 2 cores)
 #        PROCS=2 SIGMAS="0.5" scripts/model_card_certify.sh grid       (one run on 2 cores: torchrun, each
 #                                                                       process a share of the images)
+#        BASELINE_SIGMAS=0.25 scripts/model_card_certify.sh densepure  (one sigma; the other on the other core)
 # Resumable: rerun the same command after an interruption. Results go to $OUT (not in the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-model-card-runs}; N=${N:-2000}; N0=${N0:-100}; MAX=${MAX:-500}; BATCH=${BATCH:-1000}
-SIGMAS=${SIGMAS:-"0.25 0.5 1.0"}; DP_MAX=${DP_MAX:-100}; DP_N=${DP_N:-200}; RUNS=${RUNS:-3}; STEPS=${STEPS:-4}
+SIGMAS=${SIGMAS:-"0.25 0.5 1.0"}; BASELINE_SIGMAS=${BASELINE_SIGMAS:-"0.25 0.5"}; DP_MAX=${DP_MAX:-100}; DP_N=${DP_N:-200}; RUNS=${RUNS:-3}; STEPS=${STEPS:-4}
 PROCS=${PROCS:-1}
 # Under torchrun the long spellings --num-samples / --max-images stand for --n / --max (torchrun's own
 # parser reads --n and --max as abbreviations of its options); each image's noise is seeded by
@@ -41,19 +43,20 @@ for part in "${parts[@]}"; do
             --vote soft hard --num-samples "$N" --max-images "$MAX" --out-dir "$OUT/sigma$sigma"
       done ;;
     trained)
-      for sigma in 0.25 0.50; do
+      for sigma in $BASELINE_SIGMAS; do
+        sigma=$(printf '%.2f' "$sigma")  # the classifiers' names: 0.5 -> 0.50
         for method in consistency smoothadv smoothmix; do
           "${DS[@]}" certify "${common[@]}" --sigma "$sigma" --method rs --classifier "fmnist_cnn_${method}_$sigma" \
               --num-samples "$N" --max-images "$MAX" --out "$OUT/rs_${method}_sigma$sigma.tsv"
         done
       done ;;
     denoised)
-      for sigma in 0.25 0.5; do
+      for sigma in $BASELINE_SIGMAS; do
         "${DS[@]}" certify "${common[@]}" --sigma "$sigma" --method denoised --num-samples "$N" --max-images "$MAX" \
             --out "$OUT/denoised_sigma$sigma.tsv"
       done ;;
     densepure)
-      for sigma in 0.25 0.5; do
+      for sigma in $BASELINE_SIGMAS; do
         "${DS[@]}" certify "${common[@]}" --sigma "$sigma" --method densepure --runs "$RUNS" --steps "$STEPS" \
             --num-samples "$DP_N" --n0 32 --max-images "$DP_MAX" --out "$OUT/densepure_sigma$sigma.tsv"
       done ;;
