@@ -205,6 +205,21 @@ def test_densepure_checks_and_describe(tiny_ddpm):
     assert info["denoiser"]["mode"] == "multi-step-ddpm"
 
 
+@pytest.mark.slow
+def test_compiled_densepure_votes_as_eager(tiny_ddpm):
+    """`--compile default` on the DensePure base (the model card's run): torch.compile once failed
+    its own guard on the reverse step's schedule lookup; the compiled votes equal the eager ones."""
+    from diffsmooth.fast import accelerate
+
+    f = Linear(channels=1, size=28, classes=10, seed=3)
+    x = noisy(b=4, size=28, seed=5)
+    make = lambda: DensePure(MultiStepDenoiser(tiny_ddpm, 0.5, steps=2, method="ddpm"), f, runs=3, seed=7)  # noqa: E731
+    with torch.inference_mode():
+        eager = make()(x)
+        compiled = accelerate(make(), compile=True)(x)
+    assert torch.equal(compiled, eager)
+
+
 @pytest.mark.parametrize("method", ["denoised", "densepure"])
 def test_new_baselines_certify_end_to_end_with_the_separate_bound(method, classifier_path, denoiser_path, tmp_path):
     """Tiny random checkpoints through build_base and the certifier with the separate-pb bound."""

@@ -141,8 +141,9 @@ class NoiseSchedule:
     def posterior(self, x_t: torch.Tensor, t: int, x0: torch.Tensor, s: int) -> tuple[torch.Tensor, float]:
         """Mean and standard deviation of ``q(x_s | x_t, x0)`` for an earlier step ``s < t`` of a
         respaced chain (its beta is ``1 - abar_t / abar_s``): the DDPM reverse step's Gaussian."""
-        abar = _alphas_cumprod(self)
-        abar_t, abar_s = float(abar[int(t)]), float(abar[int(s)])
+        # Python floats through the compile-constant accessor: reading the cached numpy array here
+        # made torch.compile fail its own guard on the DensePure base (torch 2.14.1).
+        abar_t, abar_s = _alpha_cumprod_at(self, int(t)), _alpha_cumprod_at(self, int(s))
         beta = 1.0 - abar_t / abar_s
         mean = (math.sqrt(abar_s) * beta / (1.0 - abar_t)) * x0 + (
             math.sqrt(1.0 - beta) * (1.0 - abar_s) / (1.0 - abar_t)) * x_t
