@@ -50,6 +50,12 @@ def test_attack_writes_one_predict_file_per_eps_and_resumes(tmp_path, fmnist_dir
     robust = capsys.readouterr().out.split("\n\n")[-1]
     assert "certified: cert,3,100.0 ± 0.0,100.0 ± 0.0" in robust
     assert main(["analyze", str(full), str(certified), "--plot", str(png), "--overwrite"]) == 0
+    other = tmp_path / "other.tsv"  # none of the attacked images: one line, exit 2
+    other.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n7\t7\t7\t1.0\t1\t0:00:01\n")
+    capsys.readouterr()
+    assert main(["analyze", str(full), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "holds none of the attacked images" in err and len(err.strip().splitlines()) == 1
 
 
 def test_audit_of_a_correct_run_finds_nothing(tmp_path, capsys):
