@@ -9,7 +9,8 @@
 #             (0.25 and 0.5, the sigmas they are shipped for); n = N
 #   denoised  Denoised Smoothing (the shipped DnCNN + the clean classifier) at each BASELINE_SIGMAS; n = N
 #   densepure DensePure (RUNS reverse runs of STEPS steps vote) at each BASELINE_SIGMAS: on DP_MAX images
-#             with n = DP_N only (each sample costs RUNS x STEPS UNet calls)
+#             with n0 = 32, n = DP_N only (each sample costs RUNS x STEPS UNet calls); then RS / DDS /
+#             DiffSmooth (soft) with the same settings on the same images, for the comparison
 #   tables    print the model card's tables from what the parts wrote: certified accuracy with
 #             standard errors, and paired differences DiffSmooth (soft) - RS / - DDS per radius
 #
@@ -22,7 +23,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-model-card-runs}; N=${N:-2000}; N0=${N0:-100}; MAX=${MAX:-500}; BATCH=${BATCH:-1000}
-SIGMAS=${SIGMAS:-"0.25 0.5 1.0"}; BASELINE_SIGMAS=${BASELINE_SIGMAS:-"0.25 0.5"}; DP_MAX=${DP_MAX:-100}; DP_N=${DP_N:-200}; RUNS=${RUNS:-3}; STEPS=${STEPS:-4}
+SIGMAS=${SIGMAS:-"0.25 0.5 1.0"}; BASELINE_SIGMAS=${BASELINE_SIGMAS:-"0.25 0.5"}
+DP_MAX=${DP_MAX:-100}; DP_N=${DP_N:-200}; RUNS=${RUNS:-3}; STEPS=${STEPS:-4}
 PROCS=${PROCS:-1}
 # Under torchrun the long spellings --num-samples / --max-images stand for --n / --max (torchrun's own
 # parser reads --n and --max as abbreviations of its options); each image's noise is seeded by
@@ -59,13 +61,17 @@ for part in "${parts[@]}"; do
       for sigma in $BASELINE_SIGMAS; do
         "${DS[@]}" certify "${common[@]}" --sigma "$sigma" --method densepure --runs "$RUNS" --steps "$STEPS" \
             --num-samples "$DP_N" --n0 32 --max-images "$DP_MAX" --out "$OUT/densepure_sigma$sigma.tsv"
+        "${DS[@]}" certify "${dev[@]}" --dataset fashion-mnist --n0 32 --alpha 0.001 --batch $((DP_N + 32)) --seed 0 \
+            --resume --quiet --sigma "$sigma" --method rs dds diffsmooth --local-m 5 --local-sigma 0.25 --vote soft \
+            --num-samples "$DP_N" --max-images "$DP_MAX" --out-dir "$OUT/dpref_sigma$sigma"
       done ;;
     tables)
       for sigma in $SIGMAS; do
         [[ -f $OUT/sigma$sigma/index.json ]] || continue
         echo "### sigma = $sigma"
         files=("$OUT/sigma$sigma")
-        for extra in "$OUT"/rs_*_sigma"$sigma"*.tsv "$OUT/denoised_sigma$sigma.tsv" "$OUT/densepure_sigma$sigma.tsv"; do
+        # DensePure (other n, fewer images) gets its own comparison below
+        for extra in "$OUT"/rs_*_sigma"$sigma"*.tsv "$OUT/denoised_sigma$sigma.tsv"; do
           [[ -f $extra ]] && files+=("$extra")
         done
         g=$(printf '%g' "$sigma")  # labels write sigma as %g: 1.0 -> 1
@@ -75,6 +81,12 @@ for part in "${parts[@]}"; do
         .venv/bin/diffsmooth analyze "${files[@]}" --radii "${radii[@]}" --errors \
             --paired "$ours,rs_sigma$g" "$ours,dds_sigma$g" \
             --plot "$OUT/certified_sigma$sigma.png" --overwrite --title "Fashion-MNIST, sigma=$sigma, n=$N, $MAX images"
+        if [[ -f $OUT/densepure_sigma$sigma.tsv && -f $OUT/dpref_sigma$sigma/index.json ]]; then
+          echo "### DensePure beside RS / DDS / DiffSmooth, n = $DP_N, $DP_MAX images, sigma = $sigma"
+          dp=densepure_sigma$sigma
+          .venv/bin/diffsmooth analyze "$OUT/dpref_sigma$sigma" "$OUT/$dp.tsv" --radii "${radii[@]:0:4}" --errors \
+              --paired "$dp,rs_sigma$g" "$dp,dds_sigma$g" "$ours,$dp"
+        fi
       done ;;
     *) echo "unknown part $part: grid, trained, denoised, densepure or tables" >&2; exit 2 ;;
   esac

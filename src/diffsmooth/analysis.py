@@ -189,11 +189,13 @@ def _attacked_images(attacks: dict[str, dict[float, Path]]) -> set[int]:
 def certified_rows(path: Path, images: set[int] | None = None) -> list[Row]:
     """The rows of certify results ``path``, only those whose ``idx`` is in ``images`` when given.
 
-    Raises ``InputError`` for PREDICT results (they certify no radius) and when no row is left."""
+    Raises ``InputError`` for PREDICT results (they certify no radius) and when ``images`` leaves no row."""
     results = read_results(path)
     if results.mode != "certify":
         raise InputError(f"{path} holds PREDICT results, which certify no radius; plot CERTIFY results")
-    rows = [r for r in results.rows if images is None or r.idx in images]
+    if images is None:
+        return results.rows
+    rows = [r for r in results.rows if r.idx in images]
     if not rows:
         raise InputError(f"{path} holds none of the attacked images; certify the images the attack ran on")
     return rows
