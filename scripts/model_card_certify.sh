@@ -12,7 +12,8 @@
 #             with n0 = 32, n = DP_N only (each sample costs RUNS x STEPS UNet calls); then RS / DDS /
 #             DiffSmooth (soft) with the same settings on the same images, for the comparison
 #   tables    print the model card's tables from what the parts wrote: certified accuracy with
-#             standard errors, and paired differences DiffSmooth (soft) - RS / - DDS per radius
+#             standard errors, and paired differences DiffSmooth (soft) - RS / - DDS / - Denoised
+#             Smoothing per radius
 #
 # Usage: OMP_NUM_THREADS=1 scripts/model_card_certify.sh [PART ...]   (default: the four runs, then tables)
 #        SIGMAS="0.5" scripts/model_card_certify.sh grid               (one sigma; run two at once on 2 cores)
@@ -78,8 +79,9 @@ for part in "${parts[@]}"; do
         # radii 0, sigma/2, ..., 5 sigma/2: n = 2,000 and alpha 0.001 certify at most 2.70 sigma
         radii=($(awk -v s="$sigma" 'BEGIN { for (k = 0; k <= 5; k++) printf "%g ", k * s / 2 }'))
         ours=diffsmooth_sigma${g}_m5_ls0.25_soft
-        .venv/bin/diffsmooth analyze "${files[@]}" --radii "${radii[@]}" --errors \
-            --paired "$ours,rs_sigma$g" "$ours,dds_sigma$g" \
+        pairs=("$ours,rs_sigma$g" "$ours,dds_sigma$g")
+        [[ -f $OUT/denoised_sigma$sigma.tsv ]] && pairs+=("$ours,denoised_sigma$sigma")
+        .venv/bin/diffsmooth analyze "${files[@]}" --radii "${radii[@]}" --errors --paired "${pairs[@]}" \
             --plot "$OUT/certified_sigma$sigma.png" --overwrite --title "Fashion-MNIST, sigma=$sigma, n=$N, $MAX images"
         if [[ -f $OUT/densepure_sigma$sigma.tsv && -f $OUT/dpref_sigma$sigma/index.json ]]; then
           echo "### DensePure beside RS / DDS / DiffSmooth, n = $DP_N, $DP_MAX images, sigma = $sigma"
