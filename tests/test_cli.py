@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffsmooth.cli import main
+from diffsmooth.files import file_sha256
 from diffsmooth.results import read_rows
 
 
@@ -172,6 +174,23 @@ def test_certify_three_images_with_each_method(tmp_path, fmnist_dir, classifier_
         assert manifest["base"]["denoiser"]["sigma"] == 0.25
     if method == "diffsmooth":
         assert manifest["base"]["m"] == 3 and manifest["base"]["vote"] == "hard"
+
+
+def test_models_are_named_as_the_trainers_out_named_them(tmp_path, fmnist_dir, classifier_path):
+    """`train-denoiser --out models/dncnn` writes models/dncnn.safetensors + .json: `--denoiser
+    models/dncnn` (and the same for `--classifier`) finds them."""
+    from diffsmooth.denoisers import create_dncnn, save_denoiser
+
+    dncnn = create_dncnn("dncnn", 1, generator=torch.Generator().manual_seed(0), depth=3, width=4, sigma=0.25)
+    weights = save_denoiser(tmp_path / "dncnn", dncnn.eval())
+    out = tmp_path / "d.tsv"
+    args = rs_args(fmnist_dir, str(classifier_path).removesuffix(".safetensors"), out, "--max", "2",
+                   "--denoiser", str(tmp_path / "dncnn"))
+    args[args.index("--method") + 1] = "denoised"
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "d.tsv.json").read_text())
+    assert manifest["base"]["denoiser"]["sha256"] == file_sha256(weights)
+    assert manifest["base"]["classifier"]["sha256"] == file_sha256(classifier_path)
 
 
 def test_purify_writes_a_grid_and_reports_t_star(tmp_path, fmnist_dir, denoiser_path, capsys):

@@ -137,10 +137,14 @@ def build_denoiser(spec: MethodSpec) -> nn.Module:
 
 
 def _resolve(source: str, what: str) -> Path:
-    """A path as given, or the path of a shipped model of that name."""
+    """A path as given, the ``.safetensors`` of a model saved under that name (what a trainer's
+    ``--out`` names), or the path of a shipped model of that name."""
     path = Path(source).expanduser()
     if path.exists():
         return path
+    saved = path.with_name(path.name + ".safetensors")
+    if path.name and saved.is_file():
+        return saved
     from diffsmooth import shipped
 
     if source in shipped.list_shipped():
