@@ -6,7 +6,8 @@
   SIGMAS (one noise draw per image, seed 1234);
 - the DDPM's one-shot purification at each sigma (``purification_quality``: MSE and mean
   per-image PSNR of the purified and of the noisy, clipped image) and each DnCNN's at its sigma,
-  on the first --psnr-images test images, plus the clean classifier's accuracy on them;
+  on the first --psnr-images test images, plus the clean classifier's accuracy on them, beside the
+  DDPM's one-shot purification of the same noisy images (what DDS classifies);
 - MFLOP per noise sample of each method's whole base (DiffSmooth: purifier + m copies).
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/evaluate_shipped.py [--psnr-images 2000] [--json out.json]
@@ -84,9 +85,21 @@ def markdown(report: dict) -> str:
     lines += ["", "| purifier | sigma | PSNR noisy | PSNR purified | MSE purified | previous DDPM | target |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for key, q in report["purification"].items():
+        if key.startswith("dncnn"):
+            continue
         before = PREVIOUS_PSNR.get(q["sigma"]) if key.startswith("ddpm") else None
         extra = f"{before:.2f} | {before + 2:.2f}" if before is not None else "- | -"
         lines.append(f"| `{q['model']}` | {q['sigma']:g} | {q['psnr_noisy']:.2f} | {q['psnr']:.2f} | {q['mse']:.5f} | {extra} |")
+    dncnn = [q for key, q in report["purification"].items() if key.startswith("dncnn")]
+    if dncnn:
+        lines += ["", "| denoiser | sigma | PSNR noisy | PSNR denoised | MSE | clean classifier acc % |",
+                  "|---|---:|---:|---:|---:|---:|"]
+    for q in dncnn:
+        lines.append(f"| `{q['model']}` | {q['sigma']:g} | {q['psnr_noisy']:.2f} | {q['psnr']:.2f} | {q['mse']:.5f} | "
+                     f"{100 * q['clean_clf_acc']:.2f} |")
+        lines.append(f"| `fmnist_ddpm`, one shot | {q['sigma']:g} | {q['psnr_noisy']:.2f} | {q['ddpm_psnr']:.2f} | - | "
+                     f"{100 * q['ddpm_clean_clf_acc']:.2f} |")
+        lines.append(f"| noisy input | {q['sigma']:g} | - | - | - | {100 * q['clean_clf_acc_noisy']:.2f} |")
     lines += ["", "| base at sigma 0.5 | MFLOP per noise sample |", "|---|---:|"]
     lines += [f"| {label} | {value} |" for label, value in report["bases"].items()]
     return "\n".join(lines)
@@ -133,10 +146,16 @@ def main() -> None:
             noisy_x = noisy(xp, sigma, 4321)
             with torch.no_grad():
                 out = torch.cat([net(noisy_x[i:i + 500]) for i in range(0, len(xp), 500)])
+            purifier = OneShotDenoiser(load_diffusion_model(shipped_diffusion()), sigma)
+            with torch.no_grad():
+                purified = torch.cat([purifier(noisy_x[i:i + 250]) for i in range(0, len(xp), 250)])
             row = {"sigma": sigma, "images": len(xp), "mse": float(((out - xp) ** 2).mean()),
                    "psnr": float(per_image_psnr(out.clamp(0, 1), xp).mean()),
                    "psnr_noisy": float(per_image_psnr(noisy_x.clamp(0, 1), xp).mean()),
-                   "clean_clf_acc": float((predict(clean, out) == yp).float().mean()), "model": name}
+                   "clean_clf_acc": float((predict(clean, out) == yp).float().mean()),
+                   "clean_clf_acc_noisy": float((predict(clean, noisy_x) == yp).float().mean()),
+                   "ddpm_psnr": float(per_image_psnr(purified.clamp(0, 1), xp).mean()),
+                   "ddpm_clean_clf_acc": float((predict(clean, purified) == yp).float().mean()), "model": name}
             report["purification"][f"dncnn sigma {sigma:g}"] = row
             print(" ", row, flush=True)
     for label, spec in {
