@@ -217,3 +217,27 @@ def test_cli_train_denoiser_and_smoothmix(tmp_path, capsys):
     assert main(["train-denoiser", "--dataset", "digits", "--sigma", "0.5", "--objective", "l1",
                  "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "unknown denoiser objective 'l1'" in capsys.readouterr().err
+
+
+def test_train_denoiser_starts_from_a_shipped_denoiser_by_name(tmp_path, capsys):
+    """--init and --classifier take what --denoiser / --classifier of certify take: a path, a model's
+    saved name without .safetensors, or a shipped model's name."""
+    from diffsmooth.cli import main
+    from diffsmooth.shipped import shipped_denoiser
+
+    save_classifier(tmp_path / "clf", _tiny_classifier())  # given below by its name, without .safetensors
+    assert main(["train-denoiser", "--dataset", "digits", "--sigma", "0.5", "--objective", "stability",
+                 "--init", "fmnist_dncnn_0.50", "--classifier", str(tmp_path / "clf"), "--epochs", "1",
+                 "--batch-size", "32", "--train-limit", "32", "--eval-limit", "16", "--lr", "1e-12",
+                 "--out", str(tmp_path / "dn"), "--quiet"]) == 0
+    trained, start = load_denoiser(tmp_path / "dn"), load_denoiser(shipped_denoiser(0.5))
+    assert trained.config.depth == start.config.depth == 10
+    convs = [k for k, v in start.state_dict().items() if v.ndim == 4]
+    # one step of Adam at lr 1e-12 moves each weight by about 1e-12: the shipped weights, not a fresh init
+    assert all(torch.allclose(trained.state_dict()[k], start.state_dict()[k], rtol=0, atol=1e-9) for k in convs)
+    capsys.readouterr()
+    assert main(["train-denoiser", "--dataset", "digits", "--sigma", "0.5", "--init", str(tmp_path / "nothing"),
+                 "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and "is neither an existing path nor a shipped model" in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("bad*"))

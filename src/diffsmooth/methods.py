@@ -137,22 +137,9 @@ def build_denoiser(spec: MethodSpec) -> nn.Module:
 
 
 def _resolve(source: str, what: str) -> Path:
-    """A path as given, the ``.safetensors`` of a model saved under that name (what a trainer's
-    ``--out`` names), or the path of a shipped model of that name."""
-    path = Path(source).expanduser()
-    if path.exists():
-        return path
-    saved = path.with_name(path.name + ".safetensors")
-    if path.name and saved.is_file():
-        return saved
-    from diffsmooth import shipped
+    from diffsmooth.shipped import resolve_model
 
-    if source in shipped.list_shipped():
-        return shipped.shipped_path(source)
-    raise InputError(
-        f"{what} {source!r} is neither an existing path nor a shipped model "
-        f"({', '.join(shipped.list_shipped())}); check the path"
-    )
+    return resolve_model(source, what)
 
 
 def _shipped(spec: MethodSpec, what: str, pick: Callable[[Any], Any]) -> str:

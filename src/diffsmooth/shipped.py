@@ -40,6 +40,24 @@ def shipped_path(name: str) -> Path:
     raise InputError(f"no shipped model {name!r}; shipped: {known}")
 
 
+def resolve_model(source: str, what: str) -> Path:
+    """Where model ``source`` is: the path as given, the ``.safetensors`` of a model saved under that
+    name (what a trainer's ``--out`` names), or the shipped model of that name.
+
+    ``what`` names the option in the error (``"denoiser"``, ``"classifier"`` ...); raises
+    ``InputError`` listing the shipped names when none of these exists."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    saved = path.with_name(path.name + ".safetensors")
+    if path.name and saved.is_file():
+        return saved
+    if source in list_shipped():
+        return shipped_path(source)
+    raise InputError(f"{what} {source!r} is neither an existing path nor a shipped model "
+                     f"({', '.join(list_shipped())}); check the path")
+
+
 def shipped_classifier(method: str = "clean", sigma: float = 0.0, arch: str = "fmnist_cnn") -> Path:
     """Path of the shipped classifier trained with ``method`` at noise ``sigma``.
 

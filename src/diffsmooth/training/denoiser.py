@@ -128,16 +128,16 @@ def _load_frozen_classifier(config: DenoiserTrainConfig, device: torch.device) -
             raise InputError(f"--objective {config.objective} needs --classifier for dataset {config.dataset!r}")
         path = shipped.shipped_classifier("clean")
     else:
-        path = Path(source).expanduser()
-        if not path.exists() and source in shipped.list_shipped():
-            path = shipped.shipped_path(source)
+        path = shipped.resolve_model(source, "--classifier")
     classifier = load_classifier(path).to(device).eval()
     return classifier.requires_grad_(False)
 
 
 def _build(config: DenoiserTrainConfig, in_channels: int) -> DnCNN:
     if config.init is not None:
-        model = load_denoiser(config.init)
+        from diffsmooth.shipped import resolve_model
+
+        model = load_denoiser(resolve_model(config.init, "--init"))
         if model.config.in_channels != in_channels:
             raise InputError(f"--init {config.init} denoises {model.config.in_channels}-channel images, "
                              f"{config.dataset} has {in_channels}; start from a matching denoiser")
