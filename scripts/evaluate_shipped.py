@@ -115,6 +115,7 @@ def main() -> None:
     x, y = test.tensors()
     report: dict = {"test_images": len(x), "models": {}, "classifiers": {}, "purification": {}, "bases": {}}
     clean = load_classifier(shipped_path("fmnist_cnn_clean")).eval()
+    ddpm = load_diffusion_model(shipped_diffusion())  # the DDPM beside each DnCNN, on the same noisy images
     xp, yp = x[:args.psnr_images], y[:args.psnr_images]
     for name in list_shipped():
         if name.startswith("fmnist_ddpm"):
@@ -146,7 +147,7 @@ def main() -> None:
             noisy_x = noisy(xp, sigma, 4321)
             with torch.no_grad():
                 out = torch.cat([net(noisy_x[i:i + 500]) for i in range(0, len(xp), 500)])
-            purifier = OneShotDenoiser(load_diffusion_model(shipped_diffusion()), sigma)
+            purifier = OneShotDenoiser(ddpm, sigma)
             with torch.no_grad():
                 purified = torch.cat([purifier(noisy_x[i:i + 250]) for i in range(0, len(xp), 250)])
             row = {"sigma": sigma, "images": len(xp), "mse": float(((out - xp) ** 2).mean()),

@@ -47,9 +47,9 @@ def test_denoised_smoothing_uses_the_shipped_dncnn_for_sigma_and_the_clean_class
 
 
 # MODEL_CARD.md's DnCNN rows (first 2,000 test images): mean PSNR gain of the denoised output over the
-# clipped noisy input, in dB. Over 200 images the per-image gains vary by well under 1 dB (their
-# standard deviation is about 1.5 dB, so the mean's standard error is ~0.1 dB): 1 dB below the card
-# only fails when the shipped denoiser is not the one the card measured.
+# clipped noisy input, in dB. The per-image gains have a standard deviation of about 1.5 dB, so the mean
+# over 200 images (other noise than the card's) has a standard error of ~0.1 dB: 1 dB below the card
+# (10 standard errors) only fails when the shipped denoiser is not the one the card measured.
 CARD_PSNR_GAIN = {0.25: 8.05, 0.5: 8.98}
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from diffsmooth.errors import InputError
+from diffsmooth.shipped import resolve_model
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class _Models:
     def classifier(self, spec: MethodSpec, shipped_for: Callable[[], str]) -> nn.Module:
         from diffsmooth.classifiers import load_classifier
 
-        path = _resolve(spec.classifier or shipped_for(), "classifier")
+        path = resolve_model(spec.classifier or shipped_for(), "classifier")
         key = ("classifier", str(path.resolve()))
         if key not in self._cache:
             self._cache[key] = load_classifier(path)
@@ -124,7 +124,7 @@ class _Models:
         source = spec.denoiser
         if source is None:
             source = _shipped(spec, "denoiser", lambda s: s.shipped_diffusion())
-        path = _resolve(source, "denoiser")
+        path = resolve_model(source, "denoiser")
         key = ("denoiser", str(path.resolve()), spec.denoiser_preset, spec.sigma)
         if key not in self._cache:
             self._cache[key] = OneShotDenoiser(load_diffusion_model(path, preset=spec.denoiser_preset), spec.sigma)
@@ -134,12 +134,6 @@ class _Models:
 def build_denoiser(spec: MethodSpec) -> nn.Module:
     """The one-shot purifier of ``spec`` for its sigma: noisy [0,1] images -> purified [0,1]."""
     return _Models().denoiser(spec)
-
-
-def _resolve(source: str, what: str) -> Path:
-    from diffsmooth.shipped import resolve_model
-
-    return resolve_model(source, what)
 
 
 def _shipped(spec: MethodSpec, what: str, pick: Callable[[Any], Any]) -> str:
@@ -187,7 +181,7 @@ def _build_denoised(spec: MethodSpec, models: _Models) -> nn.Module:
 
     source = spec.denoiser or _shipped(spec, "denoiser", lambda s: s.shipped_denoiser(spec.sigma))
     clean = models.classifier(spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("clean", 0.0)))
-    return DenoisedSmoothing(load_denoiser(_resolve(source, "denoiser")), clean, method="denoised")
+    return DenoisedSmoothing(load_denoiser(resolve_model(source, "denoiser")), clean, method="denoised")
 
 
 def _build_densepure(spec: MethodSpec, models: _Models) -> nn.Module:
@@ -195,7 +189,7 @@ def _build_densepure(spec: MethodSpec, models: _Models) -> nn.Module:
     from diffsmooth.diffusion import MultiStepDenoiser, load_diffusion_model
 
     source = spec.denoiser or _shipped(spec, "denoiser", lambda s: s.shipped_diffusion())
-    model = load_diffusion_model(_resolve(source, "denoiser"), preset=spec.denoiser_preset)
+    model = load_diffusion_model(resolve_model(source, "denoiser"), preset=spec.denoiser_preset)
     clean = models.classifier(spec, lambda: _shipped(spec, "classifier", lambda s: s.shipped_classifier("clean", 0.0)))
     chain = MultiStepDenoiser(model, spec.sigma, steps=spec.steps, method=spec.reverse_chain)
     return DensePure(chain, clean, runs=spec.runs, seed=spec.run_seed)

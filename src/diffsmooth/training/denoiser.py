@@ -24,6 +24,7 @@ from torch import nn
 
 from diffsmooth.denoisers import PRESETS, DnCNN, create_dncnn, load_denoiser, save_denoiser
 from diffsmooth.errors import InputError
+from diffsmooth.shipped import resolve_model
 from diffsmooth.training.loop import load_train_tensors, resolve_device, run_epochs
 from diffsmooth.training.state import git_commit
 
@@ -128,15 +129,13 @@ def _load_frozen_classifier(config: DenoiserTrainConfig, device: torch.device) -
             raise InputError(f"--objective {config.objective} needs --classifier for dataset {config.dataset!r}")
         path = shipped.shipped_classifier("clean")
     else:
-        path = shipped.resolve_model(source, "--classifier")
+        path = resolve_model(source, "--classifier")
     classifier = load_classifier(path).to(device).eval()
     return classifier.requires_grad_(False)
 
 
 def _build(config: DenoiserTrainConfig, in_channels: int) -> DnCNN:
     if config.init is not None:
-        from diffsmooth.shipped import resolve_model
-
         model = load_denoiser(resolve_model(config.init, "--init"))
         if model.config.in_channels != in_channels:
             raise InputError(f"--init {config.init} denoises {model.config.in_channels}-channel images, "
