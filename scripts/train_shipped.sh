@@ -26,6 +26,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH}  # this checkout's code, whatever is installed
 
 DDPM=fmnist_ddpm_lite
+DDPM_STEPS=${DDPM_STEPS:-40000}
 # In the order the demo and the model card need them.
 CLASSIFIERS=(fmnist_cnn_lite_gaussian_0.50 fmnist_cnn_lite_gaussian_0.25 fmnist_cnn_lite_clean
              fmnist_cnn_lite_gaussian_0.12 fmnist_cnn_lite_gaussian_1.00 fmnist_cnn_lite_consistency_0.50
@@ -70,11 +71,12 @@ resume_flag() { [[ -f $CK/$1/state/state.json ]] && echo --resume || true; }
 # train_ddpm: train (or continue) the DDPM.
 train_ddpm() {
   mkdir -p "$CK/$DDPM"
-  # 11,000 steps of 64 images (about 12 epochs, ~1 h 45 min on one core); AdamW 1e-3, cosine decay; EMA 0.9995.
+  # 40,000 steps of 64 images (about 43 epochs); AdamW 1e-3, cosine decay; EMA 0.9995. Longer than one
+  # session on one core: resumable (the state in $CK/NAME/state; scripts/ddpm_state.sh keeps it in the repository).
   "$PY" -m diffsmooth train-diffusion --dataset fashion-mnist --variant improved --num-channels 16 \
       --norm-groups 8 --channel-mult 1,2,2 --num-res-blocks 1 --attention-resolutions 7 --num-heads 1 \
       --dropout 0 --schedule cosine --diffusion-steps 1000 --focus-sigmas 0.12,1.0 --focus-fraction 0.9 \
-      --steps 11000 --batch-size 64 --lr 1e-3 --warmup-steps 500 --ema 0.9995 --seed 0 \
+      --steps "$DDPM_STEPS" --batch-size 64 --lr 1e-3 --warmup-steps 500 --ema 0.9995 --seed 0 \
       --checkpoint-every 250 --quiet --out "$CK/$DDPM/model" --checkpoint-dir "$CK/$DDPM/state" \
       $(resume_flag "$DDPM") >> "$CK/$DDPM.log" 2>&1
 }
