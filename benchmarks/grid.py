@@ -27,7 +27,7 @@ import torch
 from diffsmooth.cost import forward_flops
 from diffsmooth.defenses import DenoisedSmoothing, DiffSmooth, Grid
 from diffsmooth.methods import MethodSpec, build_base, build_grid
-from diffsmooth.runner import generator_for
+from diffsmooth.sampling import generator_for
 from diffsmooth.smoothing import SmoothedClassifier
 
 SIGMA = 0.5

@@ -17,7 +17,7 @@ import torch
 
 from diffsmooth.data import load_dataset
 from diffsmooth.methods import MethodSpec, build_smoothed
-from diffsmooth.runner import generator_for
+from diffsmooth.sampling import generator_for
 from diffsmooth.stats import certified_radius, certified_radius_separate, clopper_pearson_lower, separate_pb_bounds
 
 

@@ -42,7 +42,8 @@ import torch
 
 from diffsmooth.data import load_dataset
 from diffsmooth.methods import MethodSpec, build_base
-from diffsmooth.runner import generator_for
+from diffsmooth.sampling import generator_for
+from diffsmooth.sequential import SequentialOptions
 from diffsmooth.smoothing import Certificate, SmoothedClassifier
 
 HERE = Path(__file__).resolve().parent
@@ -175,15 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     smoothed = SmoothedClassifier(memo, num_classes=10, sigma=args.sigma)
     common = (args.n0, args.n_max, args.alpha, args.batch)
 
+    def sequential(options: SequentialOptions) -> Callable:
+        return lambda x, g: smoothed.certify_sequential_batch(x, *common, g, options)
+
     modes: list[tuple[str, Callable, tuple[float, ...] | None]] = [
         (f"fixed n={args.n_max}", lambda x, g: smoothed.certify_batch(x, *common, g), None),
-        ("seq r=0.5", lambda x, g: smoothed.certify_sequential_batch(x, *common, g, radii=[0.5]), (0.5,)),
-        ("seq table r=0.25..1", lambda x, g: smoothed.certify_sequential_batch(x, *common, g, radii=TABLE_RADII),
-         TABLE_RADII),
+        ("seq r=0.5", sequential(SequentialOptions(radii=[0.5])), (0.5,)),
+        ("seq table r=0.25..1", sequential(SequentialOptions(radii=TABLE_RADII)), TABLE_RADII),
     ]
     for tol in (float(t) for t in args.tolerances.split(",")):
-        modes.append((f"seq radius tol={tol:g}",
-                      lambda x, g, tol=tol: smoothed.certify_sequential_batch(x, *common, g, tolerance=tol), None))
+        modes.append((f"seq radius tol={tol:g}", sequential(SequentialOptions(tolerance=tol)), None))
     # Group by group: the fixed run labels a group's noisy images, the sequential modes then
     # look them up, and the memo is emptied (it holds one group's labels at a time).
     certs: dict[str, list[Certificate]] = {name: [] for name, _, _ in modes}

@@ -85,7 +85,7 @@ def _fmnist(device: torch.device) -> tuple[DiffusionModel, nn.Module, str]:
     """The shipped models where installed; each missing one replaced by random weights of its
     shipped configuration (scripts/train_shipped.sh)."""
     from diffsmooth import shipped
-    from diffsmooth.errors import InputError
+    from diffsmooth.validate import InputError
 
     notes = []
     try:

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from diffsmooth.attacks import AttackConfig, empirical_accuracy
+from diffsmooth.attacks import AttackConfig, EmpiricalSettings, empirical_accuracy
 from diffsmooth.data import load_dataset
 from diffsmooth.methods import MethodSpec, build_base
-from diffsmooth.runner import generator_for
+from diffsmooth.sampling import generator_for
 from diffsmooth.smoothing import SmoothedClassifier
 
 
@@ -46,6 +46,7 @@ def main() -> None:
     data = load_dataset("fashion-mnist", "test")
     indices = list(range(0, len(data), args.skip))[: args.images]
     config = AttackConfig(steps=args.steps, eot=args.eot, restarts=args.restarts, batch_size=args.batch_size)
+    settings = EmpiricalSettings(config, n=args.n, alpha=args.alpha, batch_size=args.batch_size)
     print(f"{len(indices)} images, sigma {args.sigma}, {config}, PREDICT n={args.n} alpha={args.alpha}, "
           f"torch threads {torch.get_num_threads()}")
     header = ["method", "clean"] + [f"eps {e}" for e in args.eps] + ["s/image/eps (attack+predict)", "s/image clean"]
@@ -66,9 +67,9 @@ def main() -> None:
             clean_s += time.perf_counter() - t0
             clean_correct += sum(p.prediction == y for p, y in zip(clean, labels))
             # The attack's stream differs from the clean PREDICT's (seed + 1).
-            records += empirical_accuracy(smoothed, xs, labels, args.eps, config, n=args.n, alpha=args.alpha,
-                                          batch_size=args.batch_size, indices=chunk,
-                                          generators=[generator_for(args.seed + 1, i, "cpu") for i in chunk])
+            records += empirical_accuracy(smoothed, xs, labels, args.eps, settings,
+                                          generators=[generator_for(args.seed + 1, i, "cpu") for i in chunk],
+                                          indices=chunk)
         k = len(indices)
         accs = [sum(r.correct for r in records if r.eps == e) / k for e in args.eps]
         seconds = sum(r.seconds for r in records) / len(records)

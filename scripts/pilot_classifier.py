@@ -15,8 +15,8 @@ import time
 import torch
 
 from diffsmooth.classifiers import create_classifier
-from diffsmooth.data import load_dataset
 from diffsmooth.cost import forward_flops
+from diffsmooth.data import load_dataset
 from diffsmooth.training import ClassifierTrainConfig, accuracy, train_classifier
 
 HELD_OUT = 2000

@@ -17,11 +17,10 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
-@pytest.fixture(scope="session")
-def fmnist_dir(tmp_path_factory) -> Path:
+def write_fmnist(folder: Path) -> Path:
     """A Fashion-MNIST folder with 40 train and 12 test images: class k is a bright
     block at a class-specific place, so even tiny models can tell classes apart."""
-    folder = tmp_path_factory.mktemp("fashion-mnist")
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for prefix, count in (("train", 40), ("t10k", 12)):
         labels = np.arange(count) % 10
@@ -32,6 +31,12 @@ def fmnist_dir(tmp_path_factory) -> Path:
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir(tmp_path_factory) -> Path:
+    """The synthetic Fashion-MNIST folder of ``write_fmnist``."""
+    return write_fmnist(tmp_path_factory.mktemp("fashion-mnist"))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from diffsmooth.analysis import plot, summarize, table
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 TSV = """idx\tlabel\tpredict\tradius\tcorrect\ttime
 0\t3\t3\t0.8\t1\t0:00:01.500000

@@ -12,6 +12,8 @@ from torch import nn
 from diffsmooth import SmoothedClassifier
 from diffsmooth.attacks import (
     AttackConfig,
+    AuditSettings,
+    EmpiricalSettings,
     attack,
     attack_surface,
     audit,
@@ -22,8 +24,8 @@ from diffsmooth.attacks import (
     summarize_audit,
 )
 from diffsmooth.defenses import DenoisedSmoothing, DiffSmooth, Gaussian
-from diffsmooth.errors import InputError
 from diffsmooth.results import Row, read_rows, write_results
+from diffsmooth.validate import InputError
 
 
 def seeded(seed):
@@ -139,8 +141,9 @@ def test_empirical_accuracy_predicts_at_the_attacked_point():
     xs = constant_images([0.6, 0.6])
     smoothed = SmoothedClassifier(HalfSpace(), 2, sigma=0.25)
     records = empirical_accuracy(
-        smoothed, xs, [1, 1], [0.2, 0.9], AttackConfig(steps=10, eot=4),
-        n=500, alpha=0.001, batch_size=1000, generators=[seeded(1), seeded(2)], indices=[7, 9],
+        smoothed, xs, [1, 1], [0.2, 0.9], EmpiricalSettings(AttackConfig(steps=10, eot=4), n=500, alpha=0.001,
+                                                            batch_size=1000),
+        generators=[seeded(1), seeded(2)], indices=[7, 9],
     )
     assert [(r.idx, r.eps) for r in records] == [(7, 0.2), (7, 0.9), (9, 0.2), (9, 0.9)]
     assert [r.predict for r in records] == [1, 0, 1, 0]
@@ -215,8 +218,8 @@ def test_audit_finds_a_planted_violation():
     d = HalfSpace.signed_distance(xs)
     rows = [Row(i, 1, 1, 1, 0.0, float(d[i]) / 0.8) for i in range(3)]
     smoothed = SmoothedClassifier(HalfSpace(), 2, sigma=0.25)
-    records = audit_rows(smoothed, rows, xs, AttackConfig(steps=10, eot=4), n=500, alpha=0.001,
-                         batch_size=1000, generators=[seeded(i) for i in range(3)])
+    records = audit_rows(smoothed, rows, xs, AuditSettings(AttackConfig(steps=10, eot=4), n=500, alpha=0.001,
+                                                           batch_size=1000), generators=[seeded(i) for i in range(3)])
     report = summarize_audit(records, certify_alpha=0.001, alpha=0.001)
     assert report.audited == 3 and report.flipped == 3 and report.below_bound == 3
     for row, record in zip(rows, records):
@@ -235,8 +238,9 @@ def test_audit_of_a_correct_certify_run_finds_no_violation():
     rows = [Row(i, 1, -1 if c.abstained else c.prediction, int(c.prediction == 1), 0.0, c.radius)
             for i, c in enumerate(certs)]
     assert sum(r.correct for r in rows) == 10
-    report = audit(smoothed, rows, lambda i: (xs[i], 1), AttackConfig(steps=10, eot=4), n=2000, alpha=0.001,
-                   certify_alpha=0.001, batch_size=4000, generator_for=lambda i: seeded(1000 + i), group=4)
+    report = audit(smoothed, rows, lambda i: (xs[i], 1),
+                   AuditSettings(AttackConfig(steps=10, eot=4), n=2000, alpha=0.001, batch_size=4000),
+                   certify_alpha=0.001, generator_for=lambda i: seeded(1000 + i), group=4)
     assert report.audited == 10 and report.flipped == 0 and report.below_bound == 0
     assert report.expected_at_most == pytest.approx(10 * 0.0015)
     # The attack spent its budget: p_c at the attacked point sits near Cohen's bound for
@@ -261,8 +265,9 @@ def test_audit_violations_stay_within_alpha_over_many_certificates():
     todo = auditable_rows(rows, sigma=0.25)
     assert len(todo) > k / 2
     xs_todo = torch.stack([xs[r.idx] for r in todo])
-    records = audit_rows(smoothed, todo, xs_todo, AttackConfig(steps=10, eot=2), n=200, alpha=alpha,
-                         batch_size=10_000, generators=[seeded(5000 + r.idx) for r in todo])
+    records = audit_rows(smoothed, todo, xs_todo,
+                         AuditSettings(AttackConfig(steps=10, eot=2), n=200, alpha=alpha, batch_size=10_000),
+                         generators=[seeded(5000 + r.idx) for r in todo])
     report = summarize_audit(records, certify_alpha, alpha)
     rate = certify_alpha + alpha / 2
     assert report.below_bound <= report.audited * rate + 3 * math.sqrt(report.audited * rate * (1 - rate))
@@ -286,8 +291,8 @@ def test_bad_eps(eps):
 
 def test_bad_eps_lists():
     smoothed = SmoothedClassifier(HalfSpace(), 2, sigma=0.25)
-    run = lambda eps: empirical_accuracy(smoothed, constant_images([0.6]), [1], eps, AttackConfig(),  # noqa: E731
-                                         n=10, alpha=0.01, batch_size=10)
+    run = lambda eps: empirical_accuracy(smoothed, constant_images([0.6]), [1], eps,  # noqa: E731
+                                         EmpiricalSettings(AttackConfig(), n=10, alpha=0.01, batch_size=10))
     with pytest.raises(InputError, match="^eps must be a positive"):
         run([0.25, 0.0])
     with pytest.raises(InputError, match="^give at least one eps"):
@@ -303,8 +308,8 @@ def test_bad_eps_lists():
         (dict(eot=0), "^eot "),
         (dict(restarts=1.5), "^restarts "),
         (dict(step_scale=0.0), "^step_scale "),
-        (dict(target="g"), "^target "),
-        (dict(purifier_gradient="exact"), "^purifier_gradient "),
+        (dict(target="g"), "^unknown target "),
+        (dict(purifier_gradient="exact"), "^unknown purifier_gradient "),
     ],
 )
 def test_bad_attack_config(change, word):
@@ -350,11 +355,11 @@ def test_inconsistent_certify_rows(row, word):
 def test_audit_rows_refuses_rows_that_are_not_certified_correct():
     smoothed = SmoothedClassifier(HalfSpace(), 2, sigma=0.25)
     with pytest.raises(InputError, match=r"^rows \[0\] are not certified-correct"):
-        audit_rows(smoothed, [Row(0, 1, 0, 0, 0.0, 0.3)], constant_images([0.6]), AttackConfig(),
-                   n=10, alpha=0.01, batch_size=10)
+        audit_rows(smoothed, [Row(0, 1, 0, 0, 0.0, 0.3)], constant_images([0.6]),
+                   AuditSettings(AttackConfig(), n=10, alpha=0.01, batch_size=10))
     with pytest.raises(InputError, match="label 0 but the dataset's image 0 is class 1"):
-        audit(smoothed, [Row(0, 0, 0, 1, 0.0, 0.3)], lambda i: (constant_images([0.6])[0], 1), AttackConfig(),
-              n=10, alpha=0.01, certify_alpha=0.01, batch_size=10)
+        audit(smoothed, [Row(0, 0, 0, 1, 0.0, 0.3)], lambda i: (constant_images([0.6])[0], 1),
+              AuditSettings(AttackConfig(), n=10, alpha=0.01, batch_size=10), certify_alpha=0.01)
 
 
 # -- gradients through the methods ---------------------------------------------------------

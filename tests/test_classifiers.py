@@ -21,7 +21,7 @@ from diffsmooth.classifiers import (
     load_classifier,
     save_classifier,
 )
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "classifiers"
 COHEN_R20 = FIXTURES / "cohen_cifar_resnet20_checkpoint.pth.tar"

@@ -107,7 +107,7 @@ def test_analyze_errors_and_paired_differences(tmp_path, capsys):
 
 
 BAD = [
-    (["--sigma", "0"], "--sigma must be a positive"),
+    (["--sigma", "0"], "--sigma must be a finite noise level > 0"),
     (["--alpha", "1.5"], "--alpha must lie strictly between 0 and 1"),
     (["--n", "0"], "--n must be a whole number >= 1"),
     (["--classifier", "/nonexistent/model.safetensors"], "is neither an existing path nor a shipped model"),
@@ -137,7 +137,7 @@ def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path, fmnist_dir, c
     """The console entry point as a user runs it: exit 2, one line, no file."""
     out = tmp_path / "r.tsv"
     result = cli(*rs_args(fmnist_dir, classifier_path, out, "--sigma", "0"))
-    assert result.returncode == 2 and "--sigma must be a positive" in result.stderr
+    assert result.returncode == 2 and "--sigma must be a finite noise level > 0" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 

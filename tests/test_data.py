@@ -21,7 +21,7 @@ from diffsmooth.data import (
     read_idx,
 )
 from diffsmooth.data import idx as idx_module
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +68,21 @@ def test_registry_and_infos_without_loading():
         load_dataset("svhn")
     with pytest.raises(InputError, match="split='train' or split='test'"):
         load_dataset("digits", split="val")
+
+
+def test_a_dataset_is_registered_once_with_its_info_and_its_loader(monkeypatch):
+    from diffsmooth.data import ArrayImageDataset, register_dataset, registry
+
+    monkeypatch.setattr(registry, "_DATASETS", dict(registry._DATASETS))  # forget "tiny" after the test
+    info = DatasetInfo("tiny", 2, 1, 2, (0.5,), (0.5,))
+
+    @register_dataset(info)
+    def _tiny(given, split, data_dir):
+        return ArrayImageDataset(given, torch.zeros(3, 1, 2, 2, dtype=torch.uint8), [0, 1, 0], split)
+
+    assert "tiny" in list_datasets() and dataset_info("tiny") is info
+    ds = load_dataset("tiny", split="train")
+    assert ds.info is info and len(ds) == 3 and ds.split == "train"
 
 
 def test_read_idx_hand_made_int32_file(tmp_path):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from diffsmooth.defenses import DenoisedSmoothing, DiffSmooth, Gaussian
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 class Blur(nn.Module):
@@ -123,7 +123,7 @@ def test_channel_mismatch_names_both_sides():
 
 @pytest.mark.parametrize(
     "kwargs,word",
-    [(dict(m=0), "^m "), (dict(local_sigma=-1.0), "^local_sigma"), (dict(vote="mean"), "^vote"), (dict(local_noise="x"), "^local_noise")],
+    [(dict(m=0), "^m "), (dict(local_sigma=-1.0), "^local_sigma"), (dict(vote="mean"), "^unknown vote"), (dict(local_noise="x"), "^unknown local_noise")],
 )
 def test_bad_parameters(kwargs, word):
     with pytest.raises(InputError, match=word):

@@ -12,9 +12,8 @@ from torch import nn
 from diffsmooth.classifiers import create_classifier, save_classifier
 from diffsmooth.data import load_dataset
 from diffsmooth.denoisers import DnCNN, create_dncnn, load_denoiser, save_denoiser
-from diffsmooth.errors import InputError
-from diffsmooth.training import (DenoiserTrainConfig, denoiser_mse_loss, denoiser_stability_loss,
-                                 train_denoiser)
+from diffsmooth.training import DenoiserTrainConfig, denoiser_mse_loss, denoiser_stability_loss, train_denoiser
+from diffsmooth.validate import InputError
 
 
 def salman_dncnn(channels: int, width: int, depth: int = 17) -> nn.Sequential:
@@ -190,7 +189,7 @@ def test_train_mse_then_stability_end_to_end_and_resume(tmp_path):
 @pytest.mark.parametrize("change,message", [
     (dict(objective="denoise"), "unknown denoiser objective 'denoise'"),
     (dict(arch="memnet"), "unknown denoiser 'memnet'"),
-    (dict(sigma=0.0), "--sigma must be > 0"),
+    (dict(sigma=0.0), "--sigma must be a finite noise level > 0"),
     (dict(mse_epochs=1), "--mse-epochs applies to --objective mse\\+stability only"),
 ])
 def test_bad_configs(tmp_path, change, message):

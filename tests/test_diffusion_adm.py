@@ -1,5 +1,6 @@
 """ADM UNet: equality with the reference networks, official flags, full presets' key layout."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -8,8 +9,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffsmooth.diffusion import adm_unet, build_preset, known_flags, preset_state_shapes
-from diffsmooth.errors import InputError
+from diffsmooth.diffusion import (
+    ADMConfig,
+    ADMUNet,
+    adm_config,
+    adm_unet,
+    build_preset,
+    known_flags,
+    preset_state_shapes,
+)
+from diffsmooth.validate import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diffusion"
 
@@ -82,6 +91,23 @@ def test_imagenet_preset_strict_round_trip_on_meta():
     assert out.shape == (1, 6, 224, 224)
 
 
+
+def test_official_flags_map_one_to_one_onto_a_frozen_config():
+    flags = dict(image_size=64, num_channels=64, num_res_blocks=1, num_head_channels=32, attention_resolutions="16,8",
+                 learn_sigma=True, resblock_updown=True, use_new_attention_order=True, diffusion_steps=1000)
+    config = adm_config("guided", **flags)
+    assert config == ADMConfig(in_channels=3, model_channels=64, out_channels=6, num_res_blocks=1, attention_ds=(4, 8),
+                               channel_mult=(1, 2, 3, 4), dropout=0.0, num_heads=4, num_head_channels=32,
+                               num_heads_upsample=-1, use_scale_shift_norm=True, resblock_updown=True,
+                               conv_resample=True, legacy_attention_order=False, num_classes=None, norm_groups=32)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.num_heads = 2  # type: ignore[misc]
+    with torch.device("meta"):
+        direct, from_flags = ADMUNet(config), adm_unet("guided", **flags)
+    assert direct.config == from_flags.config == config
+    assert ({k: v.shape for k, v in direct.state_dict().items()}
+            == {k: v.shape for k, v in from_flags.state_dict().items()})
+
 def test_grayscale_28px_config_runs():
     unet = adm_unet("improved", image_size=28, in_channels=1, num_channels=32, num_res_blocks=1,
                     channel_mult="1,2,2", attention_resolutions="7", learn_sigma=False, num_heads=2)
@@ -116,7 +142,7 @@ def test_unknown_flag_lists_known_ones():
 
 
 @pytest.mark.parametrize("variant,flags,match", [
-    ("edm", {}, "known: improved, guided"),
+    ("edm", {}, "choose one of: improved, guided"),
     ("guided", {"image_size": 32}, "channel_mult"),  # guided has no 32px default
     ("improved", {"image_size": 32, "attention_resolutions": "5"}, "attention_resolutions"),
     ("improved", {"image_size": 32, "num_channels": 24}, "divisible by 32"),

@@ -16,7 +16,7 @@ from diffsmooth.diffusion import (
     save_diffusion_model,
 )
 from diffsmooth.diffusion.checkpoints import file_sha256
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diffusion"
 
@@ -59,7 +59,7 @@ def test_checkpoint_fitting_no_preset(tmp_path):
     torch.save({"time_embed.0.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(InputError, match="fits no diffusion preset.*known presets"):
         load_diffusion_model(path)
-    with pytest.raises(InputError, match="unknown diffusion preset 'cifar'; known: guided"):
+    with pytest.raises(InputError, match="unknown diffusion preset 'cifar'; choose one of: guided"):
         load_diffusion_model(path, preset="cifar")
 
 

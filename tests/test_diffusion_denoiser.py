@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffsmooth.diffusion import DiffusionModel, NoiseSchedule, OneShotDenoiser, adm_unet
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diffusion"
 
@@ -135,7 +135,7 @@ def test_multistep_ddpm_is_reproducible_with_a_generator(guided):
         c = denoiser(x, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
-    with pytest.raises(InputError, match="known: ddim, ddpm"):
+    with pytest.raises(InputError, match="choose one of: ddim, ddpm"):
         MultiStepDenoiser(model, 0.25, steps=3, method="euler")
     with pytest.raises(InputError, match="steps"):
         MultiStepDenoiser(model, 0.25, steps=147)

@@ -15,7 +15,7 @@ from diffsmooth.diffusion.diagnostics import (
     purification_diagnostic,
     purification_quality,
 )
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 D = 28 * 28
 
@@ -109,8 +109,8 @@ def test_diagnose_model_on_tiny_unet_is_reproducible_and_records_t_star(denoiser
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"sigma": 0.0}, "sigma must be a positive number"),
-    ({"draws": 0}, "draws and reverse_runs must be >= 1"),
+    ({"sigma": 0.0}, "sigma must be a finite noise level > 0"),
+    ({"draws": 0}, "draws must be a whole number >= 1"),
     ({"images": torch.rand(0, 1, 28, 28)}, r"expected clean images \(N, C, H, W\)"),
 ])
 def test_bad_arguments(kwargs, match):

@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
 from diffsmooth.diffusion.checkpoints import file_sha256
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 def _tiny_unet():

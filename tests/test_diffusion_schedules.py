@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffsmooth.diffusion import NoiseSchedule
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diffusion"
 
@@ -64,7 +64,7 @@ def test_bad_sigma_is_refused(sigma):
 
 
 def test_unknown_schedule_lists_known_ones():
-    with pytest.raises(InputError, match="known: cosine, linear"):
+    with pytest.raises(InputError, match="choose one of: cosine, linear"):
         NoiseSchedule("sigmoid", 1000)
     with pytest.raises(InputError, match="keys"):
         NoiseSchedule.from_dict({"name": "linear"})

@@ -17,11 +17,10 @@ import torch
 
 from diffsmooth.cli import main
 from diffsmooth.data import load_dataset
-from diffsmooth.results import part_path, part_paths
 from diffsmooth.methods import MethodSpec, build_base
-from diffsmooth.results import manifest_path, read_rows, write_results
-from diffsmooth.runner import generator_for
-from diffsmooth.smoothing import SmoothedClassifier, shard_share
+from diffsmooth.results import manifest_path, part_path, part_paths, read_rows, write_results
+from diffsmooth.sampling import generator_for, shard_share
+from diffsmooth.smoothing import SmoothedClassifier
 
 N0, N, ALPHA, SIGMA = 20, 200, 0.01, 0.25
 
@@ -180,7 +179,7 @@ def test_shards_draw_their_share_and_certify_with_the_total_n(classifier_path):
 
 
 def test_shard_needs_a_sum_of_counts(classifier_path):
-    from diffsmooth.errors import InputError
+    from diffsmooth.validate import InputError
 
     with pytest.raises(InputError, match="needs reduce_counts"):
         SmoothedClassifier(lambda x: x, 10, SIGMA, shard=(0, 2))

@@ -12,9 +12,14 @@ from diffsmooth.diffusion import OneShotDenoiser
 from diffsmooth.diffusion.adm import adm_unet
 from diffsmooth.diffusion.presets import DiffusionModel
 from diffsmooth.diffusion.schedules import NoiseSchedule
-from diffsmooth.errors import InputError
-from diffsmooth.fast import FastConfig, accelerate, auto_batch_size, pad_batch
-from diffsmooth.fast import _largest_fitting  # the search behind auto_batch_size, testable without a GPU
+from diffsmooth.fast import (
+    FastConfig,
+    _largest_fitting,  # the search behind auto_batch_size, testable without a GPU
+    accelerate,
+    auto_batch_size,
+    pad_batch,
+)
+from diffsmooth.validate import InputError
 
 
 def _prototype_task(seed: int = 0):

@@ -1,17 +1,11 @@
 """Golden results of the shipped methods: any change to the noise streams, the chunking, the
 packing or the models shows up here instead of passing silently.
 
-Each shipped method certifies three images of the synthetic Fashion-MNIST fixture (n0 = 10,
-n = 70 with batch 32: full chunks, remainders packed across images).  The TSVs in
-``tests/fixtures/golden/`` were written by this code; after an intended change (new shipped
-models, a new noise scheme) rewrite them with ``DIFFSMOOTH_WRITE_GOLDEN=1`` and say why in the
-commit.
+The cases and how to rewrite the goldens after an intended change are in ``tests/golden.py``;
+this module only compares.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 
@@ -20,23 +14,15 @@ from diffsmooth.cli import main
 from diffsmooth.files import file_sha256
 from diffsmooth.methods import MethodSpec, build_base
 
-GOLDEN = Path(__file__).parent / "fixtures" / "golden"
-METHODS = ("rs", "dds", "diffsmooth")
+from golden import CASES, args, golden_path, without_time
 
 
-def without_time(text: str) -> list[list[str]]:
-    return [line.split("\t")[:-1] for line in text.splitlines()]
-
-
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(CASES))
 def test_shipped_method_matches_its_golden_rows(tmp_path, fmnist_dir, method):
+    golden = golden_path(method)
+    assert golden.is_file(), f"{golden} is missing; write it with `.venv/bin/python tests/golden.py write`"
     out = tmp_path / f"{method}.tsv"
-    assert main(["certify", "--method", method, "--data-dir", str(fmnist_dir), "--sigma", "0.25", "--n0", "10",
-                 "--n", "70", "--batch", "32", "--max", "3", "--m", "3", "--seed", "11", "--device", "cpu",
-                 "--quiet", "--out", str(out)]) == 0
-    golden = GOLDEN / f"{method}_sigma0.25.tsv"
-    if os.environ.get("DIFFSMOOTH_WRITE_GOLDEN") == "1":
-        golden.write_text(out.read_text())
+    assert main(args(method, fmnist_dir, out)) == 0
     assert without_time(out.read_text()) == without_time(golden.read_text())
 
 

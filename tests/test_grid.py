@@ -12,8 +12,8 @@ from diffsmooth.cli import main
 from diffsmooth.data import load_dataset
 from diffsmooth.defenses import DiffSmooth, Grid
 from diffsmooth.methods import MethodSpec, build_grid
-from diffsmooth.results import read_index, read_rows
-from diffsmooth.runner import RunSpec, configuration_label, run, run_grid
+from diffsmooth.results import configuration_label, read_index, read_rows
+from diffsmooth.runner import Job, RunSpec, run
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +48,14 @@ def test_grid_rows_equal_the_separate_runs(tmp_path, fmnist_dir, classifier_path
     dataset = load_dataset("fashion-mnist", data_dir=fmnist_dir)
     spec = RunSpec("certify", methods[0], n0=12, n=40, alpha=0.01, batch_size=32, seed=5)
     indices = [0, 1, 2, 3]
-    report = run_grid(spec, methods, dataset.__getitem__, indices, tmp_path / "grid", num_classes=10, progress=False)
+    report = run(Job(spec, dataset.__getitem__, indices, tmp_path / "grid", num_classes=10, grid=methods,
+                     progress=False))
     assert len(report.by_configuration) == len(methods) == 11
     index = read_index(tmp_path / "grid")
-    assert [e["label"] for e in index] == [configuration_label(m) for m in methods]
+    assert [e["label"] for e in index] == [configuration_label(m.to_dict()) for m in methods]
     for method, entry in zip(methods, index):
         alone = tmp_path / f"{entry['label']}.tsv"
-        run(replace(spec, method=method), dataset.__getitem__, indices, alone, num_classes=10, progress=False)
+        run(Job(replace(spec, method=method), dataset.__getitem__, indices, alone, num_classes=10, progress=False))
         assert strip(read_rows(entry["path"])[1]) == strip(read_rows(alone)[1]), entry["label"]
         # The grid's file carries the manifest a separate run writes: same spec, same base.
         grid_manifest = json.loads((tmp_path / "grid" / f"{entry['label']}.tsv.json").read_text())

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from diffsmooth.errors import InputError
 from diffsmooth.methods import MethodSpec
 from diffsmooth.results import read_rows
-from diffsmooth.runner import RunSpec, generator_for, run, select_indices
+from diffsmooth.runner import Job, RunSpec, run, select_indices
+from diffsmooth.sampling import generator_for
+from diffsmooth.validate import InputError
 
 
 def images(idx):
@@ -30,7 +31,7 @@ SPEC = RunSpec("certify", MethodSpec("rs", "toy", 0.25), n0=20, n=200, alpha=0.0
 
 
 def certify(out, indices=range(6), **kw):
-    return run(SPEC, images, list(indices), out, num_classes=2, base=Threshold(), progress=False, **kw)
+    return run(Job(SPEC, images, list(indices), out, num_classes=2, base=Threshold(), progress=False, **kw))
 
 
 def strip_time(rows):
@@ -48,7 +49,7 @@ def test_rows_manifest_and_per_index_seeding(tmp_path):
     assert manifest["base"] == {"method": "threshold"} and manifest["throughput"]["images"] == 6
     # The same images in another order and grouping give the same rows: seeding is per (seed, idx).
     other = tmp_path / "o.tsv"
-    run(SPEC, images, [5, 3, 1, 0, 2, 4], other, num_classes=2, base=Threshold(), progress=False)
+    run(Job(SPEC, images, [5, 3, 1, 0, 2, 4], other, num_classes=2, base=Threshold(), progress=False))
     assert sorted(strip_time(read_rows(other)[1])) == strip_time(rows)
 
 
@@ -72,7 +73,7 @@ def test_existing_file_needs_resume_or_overwrite_and_resume_refuses_other_settin
         certify(out)
     other = RunSpec("certify", MethodSpec("rs", "toy", 0.5), n0=20, n=300, alpha=0.01, batch_size=64, seed=3)
     with pytest.raises(InputError, match=r"different settings \(method.sigma, n\)"):
-        run(other, images, [0, 1, 2], out, num_classes=2, base=Threshold(), progress=False, resume=True)
+        run(Job(other, images, [0, 1, 2], out, num_classes=2, base=Threshold(), progress=False, resume=True))
     assert out.read_text() == before
     certify(out, indices=range(1), overwrite=True)
     assert len(read_rows(out)[1]) == 1
@@ -82,16 +83,16 @@ def test_bad_input_leaves_no_file(tmp_path):
     out = tmp_path / "r.tsv"
     bad = RunSpec("certify", MethodSpec("rs", "toy", 0.25), n0=20, n=0, alpha=0.01, batch_size=64)
     with pytest.raises(InputError, match="^--n must"):
-        run(bad, images, [0], out, num_classes=2, base=Threshold(), progress=False)
+        run(Job(bad, images, [0], out, num_classes=2, base=Threshold(), progress=False))
     with pytest.raises(InputError, match="gives .* scores per image but the dataset has 3 classes"):
-        run(SPEC, images, [0], out, num_classes=3, base=lambda x: torch.zeros(x.shape[0], 5), progress=False)
+        run(Job(SPEC, images, [0], out, num_classes=3, base=lambda x: torch.zeros(x.shape[0], 5), progress=False))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_predict_rows(tmp_path):
     out = tmp_path / "p.tsv"
     spec = RunSpec("predict", MethodSpec("rs", "toy", 0.25), n=100, alpha=0.01, batch_size=64)
-    run(spec, images, [0, 1], out, num_classes=2, base=Threshold(), progress=False)
+    run(Job(spec, images, [0, 1], out, num_classes=2, base=Threshold(), progress=False))
     assert out.read_text().splitlines()[0] == "idx\tlabel\tpredict\tcorrect\ttime"
     assert read_rows(out)[0] == "predict"
 

@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from closed_forms import HalfSpace
 from scipy.stats import beta as scipy_beta
 from scipy.stats import binom, norm
 from statsmodels.stats.proportion import proportion_confint
 
 from diffsmooth import Certificate, SequentialCertificate, SmoothedClassifier
-from diffsmooth.errors import InputError
+from diffsmooth.sequential import SequentialOptions
 from diffsmooth.stats import (
     LookSchedule,
     clopper_pearson_lower,
@@ -20,9 +21,7 @@ from diffsmooth.stats import (
     look_schedule,
     sequential_lower,
 )
-
-from closed_forms import HalfSpace
-
+from diffsmooth.validate import InputError
 
 # -- the confidence sequence (stats) ---------------------------------------------------------
 
@@ -154,7 +153,8 @@ def binomial_bound(alpha, k):
     return alpha + 3 * math.sqrt(alpha * (1 - alpha) / k)
 
 
-SOUND = dict(n0=20, n_max=1000, alpha=0.01, batch_size=4096, n_first=16)
+SOUND = dict(n0=20, n_max=1000, alpha=0.01, batch_size=4096)
+SOUND_FIRST = 16  # n_first of the soundness runs
 
 
 def soundness_points(rng, k, near):
@@ -177,7 +177,8 @@ def test_radius_mode_is_sound_over_many_certifications(options):
     distances = soundness_points(np.random.default_rng(1), k, near=[0.0, 0.05, -0.05, 0.15])
     xs = base.at_distances(distances)
     smoothed = SmoothedClassifier(base, 2, sigma)
-    certs = smoothed.certify_sequential_batch(xs, **SOUND, generators=[seeded(1000 + i) for i in range(k)], **options)
+    certs = smoothed.certify_sequential_batch(xs, **SOUND, generators=[seeded(1000 + i) for i in range(k)],
+                                              options=SequentialOptions(n_first=SOUND_FIRST, **options))
     assert len(overclaims(base, xs, certs)) / k <= binomial_bound(SOUND["alpha"], k)
     # The test says something: most points certify, many stop early, radii come close to the truth.
     certified = [c for c in certs if not c.abstained]
@@ -195,7 +196,8 @@ def test_fixed_radius_mode_is_sound_over_many_certifications():
     distances = soundness_points(np.random.default_rng(2), k, near=[0.05, 0.15, -0.05, -0.15, 0.0])
     xs = base.at_distances(distances)
     certs = SmoothedClassifier(base, 2, sigma).certify_sequential_batch(
-        xs, **SOUND, generators=[seeded(5000 + i) for i in range(k)], radii=radii
+        xs, **SOUND, generators=[seeded(5000 + i) for i in range(k)],
+        options=SequentialOptions(radii=radii, n_first=SOUND_FIRST)
     )
     wrong = 0
     for d, cert in zip(distances, certs):
@@ -218,14 +220,14 @@ def test_constant_base_stops_at_the_closed_form_look():
     # Fixed radius 0.5 needs p_lower >= Phi(1).
     args = (x, 10, n_max, alpha, 1000, seeded(0))
     base, calls = always(0)
-    cert = SmoothedClassifier(base, 2, sigma).certify_sequential(*args, radii=[0.5])
+    cert = SmoothedClassifier(base, 2, sigma).certify_sequential(*args, options=SequentialOptions(radii=[0.5]))
     look = next(j for j, p in enumerate(closed) if sigma * norm.ppf(p) >= 0.5)
     assert (cert.looks, cert.n, cert.stop, cert.radii) == (look + 1, schedule.sizes[look], "cap", ((0.5, True),))
     assert cert.p_lower == pytest.approx(max(closed[: look + 1]), rel=1e-12)
     assert cert.radius == pytest.approx(sigma * norm.ppf(cert.p_lower), rel=1e-12)
     assert calls == [10] + np.diff((0,) + schedule.sizes).tolist()[: look + 1] and cert.counts == (cert.n, 0) and cert.selection_counts == (10, 0)
     # Radius mode, capped at 1.0: the first look whose radius reaches the cap.
-    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(*args, max_radius=1.0)
+    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(*args, options=SequentialOptions(max_radius=1.0))
     look = next(j for j, p in enumerate(closed) if sigma * norm.ppf(max(closed[: j + 1])) >= 1.0)
     assert (cert.n, cert.stop) == (schedule.sizes[look], "cap")
     # No cap, no tolerance: the whole budget, and the last look's bound.
@@ -235,7 +237,7 @@ def test_constant_base_stops_at_the_closed_form_look():
     # Tolerance 0.2: the first look whose radius is within 0.2 of what n_max would give.
     best = sigma * norm.ppf(closed[-1])
     look = next(j for j in range(len(closed)) if best - sigma * norm.ppf(max(closed[: j + 1])) < 0.2)
-    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(*args, tolerance=0.2)
+    cert = SmoothedClassifier(always(0)[0], 2, sigma).certify_sequential(*args, options=SequentialOptions(tolerance=0.2))
     assert (cert.n, cert.stop) == (schedule.sizes[look], "tolerance") and look < len(closed) - 1
     assert best - cert.radius < 0.2
 
@@ -254,14 +256,14 @@ def test_noise_depends_only_on_the_image_generator():
     base = HalfSpace(W, B)
     smoothed = SmoothedClassifier(base, 2, sigma=0.1)
     xs = base.at_distances([0.02, 0.1, -0.2, 0.3, 0.001])
-    options = dict(radii=[0.05, 0.1], n_first=16)
-    alone = [smoothed.certify_sequential(x, 10, 500, 0.01, 100, seeded(i), **options) for i, x in enumerate(xs)]
-    packed = smoothed.certify_sequential_batch(xs, 10, 500, 0.01, 100, [seeded(i) for i in range(5)], **options)
+    options = SequentialOptions(radii=[0.05, 0.1], n_first=16)
+    alone = [smoothed.certify_sequential(x, 10, 500, 0.01, 100, seeded(i), options) for i, x in enumerate(xs)]
+    packed = smoothed.certify_sequential_batch(xs, 10, 500, 0.01, 100, [seeded(i) for i in range(5)], options)
     order = [4, 2, 0, 3, 1]
-    shuffled = smoothed.certify_sequential_batch(xs[order], 10, 500, 0.01, 100, [seeded(i) for i in order], **options)
+    shuffled = smoothed.certify_sequential_batch(xs[order], 10, 500, 0.01, 100, [seeded(i) for i in order], options)
     assert alone == packed == [shuffled[order.index(i)] for i in range(5)]
     assert len({c.n for c in alone}) > 1  # they stopped at different looks
-    other = smoothed.certify_sequential(xs[0], 10, 500, 0.01, 100, seeded(99), **options)
+    other = smoothed.certify_sequential(xs[0], 10, 500, 0.01, 100, seeded(99), options)
     assert other.selection_counts != alone[0].selection_counts or other.counts != alone[0].counts
 
 
@@ -276,7 +278,7 @@ def test_stopped_images_leave_the_shared_batches():
     # Image 0 is far from the boundary (settles at the first look); image 1 has p_A = 0.9.
     xs = torch.tensor([1.0, 0.5 + sigma * norm.ppf(0.9)]).reshape(2, 1, 1, 1)
     certs = SmoothedClassifier(base, 2, sigma).certify_sequential_batch(
-        xs, 10, 1000, 0.01, 1000, [seeded(0), seeded(1)], radii=[0.05]
+        xs, 10, 1000, 0.01, 1000, [seeded(0), seeded(1)], SequentialOptions(radii=[0.05])
     )
     schedule = look_schedule(1000, 0.01)
     steps = np.diff((0,) + schedule.sizes).tolist()
@@ -303,7 +305,7 @@ def test_stopped_images_leave_the_shared_batches():
 def test_bad_options_raise_one_clear_line(options, message):
     smoothed = SmoothedClassifier(always(0)[0], 2, 0.5)
     with pytest.raises(InputError, match=message):
-        smoothed.certify_sequential(torch.zeros(1, 2, 2), 10, 100, 0.01, 100, **options)
+        smoothed.certify_sequential(torch.zeros(1, 2, 2), 10, 100, 0.01, 100, options=SequentialOptions(**options))
 
 
 @pytest.mark.parametrize("change,word", [(dict(n_max=0), "n_max"), (dict(n0=0), "n0"), (dict(alpha=1.0), "alpha")])

@@ -4,15 +4,11 @@ import math
 
 import pytest
 import torch
+from closed_forms import HalfSpace
 from scipy.stats import norm
 
 from diffsmooth import Certificate, SmoothedClassifier
-from diffsmooth.errors import InputError
-
-from closed_forms import HalfSpace
-
-
-
+from diffsmooth.validate import InputError
 
 W = [1.0, -0.5, 0.25, 2.0]
 B = -1.2

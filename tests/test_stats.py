@@ -232,7 +232,7 @@ def test_proportion_standard_error_closed_forms():
     assert proportion_standard_error(50, 100) == pytest.approx(0.05)  # sqrt(0.25 / 100)
     assert proportion_standard_error(0, 10) == 0.0 and proportion_standard_error(10, 10) == 0.0
     assert proportion_standard_error(1, 4) == pytest.approx(math.sqrt(0.25 * 0.75 / 4))
-    with pytest.raises(ValueError, match="positive whole number"):
+    with pytest.raises(ValueError, match="whole number >= 1"):
         proportion_standard_error(0, 0)
 
 

@@ -13,13 +13,26 @@ from torch import nn
 from diffsmooth.classifiers import create_classifier, load_classifier
 from diffsmooth.cli import main
 from diffsmooth.data import load_dataset
-from diffsmooth.diffusion import OneShotDenoiser, adm_unet, load_diffusion_model
-from diffsmooth.errors import InputError
-from diffsmooth.training import (ClassifierTrainConfig, DiffusionTrainConfig, consistency_terms, ddpm_loss,
-                                 get_loss, list_losses, loss_defaults, macer_radius_term, smoothadv_attack,
-                                 sample_timesteps, smoothed_soft_loss, timestep_probabilities, train_classifier,
-                                 train_diffusion)
-from diffsmooth.diffusion import NoiseSchedule
+from diffsmooth.diffusion import NoiseSchedule, OneShotDenoiser, adm_unet, load_diffusion_model
+from diffsmooth.training import (
+    ClassifierTrainConfig,
+    DenoiserTrainConfig,
+    DiffusionTrainConfig,
+    LossInput,
+    consistency_terms,
+    ddpm_loss,
+    get_loss,
+    list_losses,
+    loss_defaults,
+    macer_radius_term,
+    sample_timesteps,
+    smoothadv_attack,
+    smoothed_soft_loss,
+    timestep_probabilities,
+    train_classifier,
+    train_diffusion,
+)
+from diffsmooth.validate import InputError
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +67,12 @@ def test_loss_is_finite_and_falls_on_a_fixed_batch(method, digits_batch):
 
     def fixed_loss() -> float:
         with torch.no_grad():
-            return float(loss_fn(model, x, y, 0.25, torch.Generator().manual_seed(7), 0, **hp).loss)
+            return float(loss_fn(LossInput(model, x, y, 0.25, torch.Generator().manual_seed(7), 0), **hp).loss)
 
     before = fixed_loss()
     gen = torch.Generator().manual_seed(1)
     for _ in range(15):
-        out = loss_fn(model, x, y, 0.25, gen, 0, **hp)
+        out = loss_fn(LossInput(model, x, y, 0.25, gen, 0), **hp)
         assert math.isfinite(float(out.loss.detach()))
         opt.zero_grad()
         out.loss.backward()
@@ -124,12 +137,12 @@ def test_gaussian_noise_is_fresh_every_batch_and_reproducible(digits_batch):
     x, y = digits_batch
     rec, gen = _Recorder(), torch.Generator().manual_seed(5)
     loss = get_loss("gaussian")
-    loss(rec, x, y, 0.5, gen)
-    loss(rec, x, y, 0.5, gen)
+    loss(LossInput(rec, x, y, 0.5, gen))
+    loss(LossInput(rec, x, y, 0.5, gen))
     assert not torch.equal(rec.seen[0], rec.seen[1])
     noise = rec.seen[0] - x
     assert float(noise.std()) == pytest.approx(0.5, rel=0.05)
-    loss(rec, x, y, 0.5, torch.Generator().manual_seed(5))
+    loss(LossInput(rec, x, y, 0.5, torch.Generator().manual_seed(5)))
     assert torch.equal(rec.seen[2], rec.seen[0])
 
 
@@ -265,6 +278,33 @@ def test_cli_focused_narrow_ddpm_records_its_settings_and_stops_and_resumes(tmp_
     assert {m.num_groups for m in unet.modules() if isinstance(m, nn.GroupNorm)} == {8}
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["train-diffusion", "--out", "d"], DiffusionTrainConfig()),
+    (["train-classifier", "--out", "c", "--sigma", "0.25"], ClassifierTrainConfig(sigma=0.25)),
+    (["train-denoiser", "--out", "n", "--sigma", "0.25"], DenoiserTrainConfig(sigma=0.25)),
+])
+def test_cli_defaults_are_the_library_defaults(tmp_path, monkeypatch, argv, expected):
+    import functools
+
+    import diffsmooth.training as training
+
+    class Called(Exception):
+        pass
+
+    def recorder(trainer):
+        @functools.wraps(trainer)  # the command line reads the trainer's keyword defaults
+        def record(config, out, **kwargs):
+            raise Called(config)
+        return record
+
+    for name in ("train_diffusion", "train_classifier", "train_denoiser"):
+        monkeypatch.setattr(training, name, recorder(getattr(training, name)))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Called) as called:
+        main(argv)
+    assert called.value.args[0] == expected
+
+
 def test_cli_trains_and_writes_loadable_files(tmp_path, capsys):
     ddpm = tmp_path / "ddpm"
     assert main(["train-diffusion", "--dataset", "digits", "--num-channels", "32", "--channel-mult", "1,2",
@@ -293,7 +333,7 @@ def test_cli_trains_and_writes_loadable_files(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "gaussian", "--sigma", "0.25", "--eta", "1"], "--eta do(es) not apply"),
-    (["--method", "gaussian", "--sigma", "-1"], "--sigma must be >= 0"),
+    (["--method", "gaussian", "--sigma", "-1"], "--sigma must be a finite noise level >= 0"),
     (["--method", "macer", "--sigma", "0"], "macer needs --sigma > 0"),
     (["--sigma", "0.25", "--dataset", "nope"], "unknown dataset 'nope'"),
 ])

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffsmooth.errors import InputError
-from diffsmooth.training import get_loss, loss_defaults
+from diffsmooth.training import LossInput, get_loss, loss_defaults
 from diffsmooth.training.losses import smoothmix_attack, smoothmix_mixup
+from diffsmooth.validate import InputError
 
 
 class Linear(nn.Module):
@@ -75,7 +74,7 @@ def test_loss_by_hand_with_the_mask_on_misclassified_images():
     x = torch.tensor([[[[0.4, 0.7]]], [[[0.9, 0.1]]]], dtype=torch.float64)
     y = torch.tensor([1, 2])  # image 0 is classified 1 (correct), image 1 is classified 0 (wrong)
     sigma, m, eta = 0.25, 2, 5.0
-    out = get_loss("smoothmix")(model, x, y, sigma, torch.Generator().manual_seed(4), 0,
+    out = get_loss("smoothmix")(LossInput(model, x, y, sigma, torch.Generator().manual_seed(4), 0),
                                 m_train=m, num_steps=1, step_scale=2.0, eta=eta, warmup=1)
     gen = torch.Generator().manual_seed(4)  # the documented draw order: noises, then lambda
     noise = sigma * torch.randn((2, m, 1, 1, 2), generator=gen, dtype=torch.float64)
@@ -96,7 +95,7 @@ def test_loss_by_hand_with_the_mask_on_misclassified_images():
     assert out.parts["mixup_kl"] == pytest.approx(kl / 4, abs=1e-10)
     assert float(out.loss.detach()) == pytest.approx(ce / 4 + eta * kl / 4, abs=1e-10)
     # warm-up: eta * (epoch + 1) / warmup in the first epochs
-    warm = get_loss("smoothmix")(model, x, y, sigma, torch.Generator().manual_seed(4), 0,
+    warm = get_loss("smoothmix")(LossInput(model, x, y, sigma, torch.Generator().manual_seed(4), 0),
                                  m_train=m, num_steps=1, step_scale=2.0, eta=eta, warmup=4)
     assert float(warm.loss.detach()) == pytest.approx(ce / 4 + eta / 4 * kl / 4, abs=1e-10)
 
@@ -104,4 +103,4 @@ def test_loss_by_hand_with_the_mask_on_misclassified_images():
 def test_needs_positive_sigma():
     model = Linear(W)
     with pytest.raises(InputError, match="^smoothmix needs --sigma > 0"):
-        get_loss("smoothmix")(model, torch.zeros(1, 1, 1, 2), torch.tensor([0]), 0.0, torch.Generator())
+        get_loss("smoothmix")(LossInput(model, torch.zeros(1, 1, 1, 2), torch.tensor([0]), 0.0, torch.Generator()))

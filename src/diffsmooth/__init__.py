@@ -40,7 +40,7 @@ _GROUPS: dict[str, dict[str, str]] = {
     # Attacks and audits.
     "attacks": {"AttackConfig": "diffsmooth.attacks", "attack": "diffsmooth.attacks",
                 "empirical_accuracy": "diffsmooth.attacks", "audit": "diffsmooth.attacks"},
-    "errors": {"InputError": "diffsmooth.errors"},
+    "errors": {"InputError": "diffsmooth.validate"},
 }
 _EXPORTS = {name: module for group in _GROUPS.values() for name, module in group.items()}
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffsmooth.errors import InputError
 from diffsmooth.results import Row, read_results
 from diffsmooth.stats import paired_difference, proportion_standard_error
+from diffsmooth.validate import InputError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffsmooth.errors import InputError
+from diffsmooth import validate
+from diffsmooth.validate import InputError
 
 VOTES = ("soft", "hard")
 """DiffSmooth's aggregations of the m local copies: mean softmax, or majority of labels."""
@@ -147,21 +148,13 @@ class DiffSmooth(nn.Module):
         seed: int = 42,
     ) -> None:
         super().__init__()
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise InputError(f"m (the number of local noise samples) must be a whole number >= 1, got {m!r}")
-        if not isinstance(local_sigma, (int, float)) or not 0.0 <= local_sigma < float("inf"):
-            raise InputError(f"local_sigma must be a finite number >= 0, got {local_sigma!r}")
-        if vote not in VOTES:
-            raise InputError(f"vote must be one of {', '.join(VOTES)}, got {vote!r}")
-        if local_noise not in LOCAL_NOISES:
-            raise InputError(f"local_noise must be one of {', '.join(LOCAL_NOISES)}, got {local_noise!r}")
         self.denoiser = denoiser
         self.classifier = classifier
-        self.m = m
-        self.local_sigma = float(local_sigma)
-        self.vote = vote
-        self.local_noise = local_noise
-        self.seed = int(seed)
+        self.m = validate.whole(m, "m")
+        self.local_sigma = validate.sigma(local_sigma, "local_sigma", zero_ok=True)
+        self.vote = validate.choice(vote, "vote", VOTES)
+        self.local_noise = validate.choice(local_noise, "local_noise", LOCAL_NOISES)
+        self.seed = validate.seed(seed)
         self._fixed: Tensor | None = None
         self._fresh: torch.Generator | None = None
 
@@ -302,8 +295,7 @@ class DensePure(nn.Module):
 
     def __init__(self, denoiser: nn.Module, classifier: nn.Module, runs: int = 5, seed: int = 0) -> None:
         super().__init__()
-        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-            raise InputError(f"runs (the number of reverse-diffusion runs voting) must be a whole number >= 1, got {runs!r}")
+        validate.whole(runs, "runs")
         deterministic = getattr(denoiser, "method", "ddpm") == "ddim" or getattr(denoiser, "steps", 2) == 1
         if runs > 1 and deterministic:
             raise InputError(f"runs={runs} with a deterministic reverse chain (ddim or one step) repeats one run "
@@ -311,7 +303,7 @@ class DensePure(nn.Module):
         self.denoiser = denoiser
         self.classifier = classifier
         self.runs = runs
-        self.seed = int(seed)
+        self.seed = validate.seed(seed)
         self._generator: torch.Generator | None = None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffsmooth.errors import InputError
+from diffsmooth import validate
+from diffsmooth.validate import InputError
 
 PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -60,12 +61,11 @@ class FastConfig:
     static_batch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise InputError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        if self.compile is not None and self.compile not in COMPILE_MODES:
-            raise InputError(f"unknown compile mode {self.compile!r}; choose one of: {', '.join(COMPILE_MODES)}")
-        if self.static_batch is not None and (isinstance(self.static_batch, bool) or self.static_batch < 1):
-            raise InputError(f"static_batch must be a whole number >= 1 or None, got {self.static_batch!r}")
+        validate.choice(self.precision, "precision", PRECISIONS)
+        if self.compile is not None:
+            validate.choice(self.compile, "compile mode", COMPILE_MODES)
+        if self.static_batch is not None:
+            validate.whole(self.static_batch, "static_batch")
 
     @property
     def fixed_shapes(self) -> bool:

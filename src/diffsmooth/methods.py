@@ -10,7 +10,6 @@ Denoised Smoothing, DensePure), the Gaussian classifier for ``local_sigma``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffsmooth.errors import InputError
+from diffsmooth import validate
 from diffsmooth.shipped import resolve_model
+from diffsmooth.validate import InputError
 
 
 @dataclass(frozen=True)
@@ -74,33 +74,20 @@ class MethodSpec:
         from diffsmooth.diffusion.denoiser import REVERSE_CHAINS
         from diffsmooth.fast import COMPILE_MODES, PRECISIONS
 
-        _choice("--method", self.method, METHODS)
-        if not _positive(self.sigma):
-            raise InputError(f"--sigma must be a positive noise level in [0,1] pixel units (e.g. 0.25), got {self.sigma}")
-        if isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1:
-            raise InputError(f"--m must be a whole number >= 1 of local noise samples, got {self.m}")
-        if not (_positive(self.local_sigma) or self.local_sigma == 0):
-            raise InputError(f"--local-sigma must be a finite number >= 0, got {self.local_sigma}")
-        _choice("--vote", self.vote, VOTES)
-        _choice("--local-noise", self.local_noise, LOCAL_NOISES)
-        if isinstance(self.local_noise_seed, bool) or not isinstance(self.local_noise_seed, int) or self.local_noise_seed < 0:
-            raise InputError(f"--local-noise-seed must be a whole number >= 0, got {self.local_noise_seed}")
-        for flag, value in (("--runs", self.runs), ("--steps", self.steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{flag} must be a whole number >= 1, got {value}")
-        _choice("--reverse-chain", self.reverse_chain, REVERSE_CHAINS)
-        _choice("--precision", self.precision, PRECISIONS)
+        validate.choice(self.method, "--method", METHODS)
+        validate.sigma(self.sigma, "--sigma")
+        validate.whole(self.m, "--m")
+        validate.sigma(self.local_sigma, "--local-sigma", zero_ok=True)
+        validate.choice(self.vote, "--vote", VOTES)
+        validate.choice(self.local_noise, "--local-noise", LOCAL_NOISES)
+        validate.seed(self.local_noise_seed, "--local-noise-seed")
+        validate.whole(self.runs, "--runs")
+        validate.whole(self.steps, "--steps")
+        validate.choice(self.reverse_chain, "--reverse-chain", REVERSE_CHAINS)
+        validate.seed(self.run_seed, "--run-seed")
+        validate.choice(self.precision, "--precision", PRECISIONS)
         if self.compile is not None:
-            _choice("--compile", self.compile, COMPILE_MODES)
-
-
-def _positive(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
-
-
-def _choice(flag: str, value: object, known: Any) -> None:
-    if value not in known:
-        raise InputError(f"unknown {flag} {value!r}; choose one of: {', '.join(known)}")
+            validate.choice(self.compile, "--compile", COMPILE_MODES)
 
 
 class _Models:

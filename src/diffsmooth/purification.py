@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffsmooth.errors import InputError
+from diffsmooth import validate
 from diffsmooth.methods import MethodSpec, build_denoiser
-from diffsmooth.runner import generator_for
+from diffsmooth.sampling import generator_for
+from diffsmooth.validate import InputError
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,7 @@ def purification_stats(
 
     spec.validate()
     for name, value, low in (("--draws", draws, 1), ("--runs", reverse_runs, 0), ("--steps", reverse_steps, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InputError(f"{name} must be a whole number >= {low}, got {value}")
+        validate.whole(value, name, low)
     device = torch.device(device)
     denoiser = build_denoiser(spec).eval().to(device)
     clean = torch.stack([images(i)[0] for i in indices]).to(device)

@@ -1,14 +1,19 @@
-"""Certify or predict a dataset's images into a results store.
+"""Certify or predict a dataset's images into results files: one entry, ``run(job)``.
 
-A run has three steps, each usable alone (torchrun ranks use them with their own share):
+A run reads top-down, each step a call into a side room that does not call back:
 
-1. ``ResultsStore.check`` (in ``results``): what is done already; reads only.
-2. ``prepare``: validate the spec, build and probe the base on a real image; writes nothing.
-3. ``execute``: loop over images in groups, certify each group, hand the rows to a ``Sink``.
+1. ``placement.locate``: which process this is (torchrun) and which images or samples it takes;
+2. the store (``results``): what is done already (read only), and later the files it writes;
+3. ``prepare``: validate, build the base (``methods``) and probe it on a real image (writes nothing);
+4. ``execute``: certify the images in groups (``smoothing``), each group's rows to the store as
+   the group completes;
+5. under torchrun, rank 0 merges the part files (``placement``).
 
-Each image's noise comes from a generator seeded by ``(seed, idx)``, so a run that is
-interrupted and resumed, or split across processes, writes the same rows as one
-uninterrupted run.  Everything is checked and loaded before any file is created.
+Each image's noise comes from a generator seeded by ``(seed, idx)`` (``sampling.generator_for``),
+so a run that is interrupted and resumed, or split across processes, writes the same rows as one
+uninterrupted run.  Everything is checked and loaded before any file is created.  What is done to
+each group of images is a ``Task``: CERTIFY / PREDICT of a ``RunSpec`` here, an attack in
+``attacks.run``.
 """
 
 from __future__ import annotations
@@ -17,29 +22,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 
-from diffsmooth.errors import InputError
+from diffsmooth import placement, validate
 from diffsmooth.methods import MethodSpec, build_base, build_grid
-from diffsmooth.results import ResultsStore, Row, Sink, StoreSet, environment, manifest_path, read_manifest
-from diffsmooth.smoothing import SmoothedClassifier
+from diffsmooth.results import Row, configuration_label, environment, grid_store, run_store
+from diffsmooth.sampling import generator_for
+from diffsmooth.sequential import SequentialOptions
+from diffsmooth.smoothing import BOUNDS, SmoothedClassifier
 from diffsmooth.stats import FIRST_LOOK
+from diffsmooth.validate import InputError
 
 Images = Callable[[int], tuple[torch.Tensor, int]]
 """idx -> (image (C, H, W) with pixels in [0,1], label)."""
 
 MODES = ("certify", "predict")
 SAMPLINGS = ("fixed", "sequential")
-SEQUENTIAL_COLUMNS = ("samples",)
-"""Extra column of a sequential run's TSV: the estimation samples the image used (after Cohen's)."""
-
-
-def _whole(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be a whole number >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class RunSpec:
     """Everything that decides a run's results (except which images it covers).
 
     ``mode`` is "certify" or "predict"; ``n0`` is unused by predict.  ``validate`` is the one
-    check of these numbers, worded with the command line's option names.
+    check of these numbers, worded with the command line's option names; the command line
+    takes its defaults from these fields.
     """
 
     mode: str
@@ -58,8 +59,6 @@ class RunSpec:
     batch_size: int = 1000
     seed: int = 0
     split: str = "test"
-    eps: tuple[float, ...] | None = None
-    attack: dict[str, Any] | None = None
     bound: str = "cohen"
     sampling: str = "fixed"
     n_max: int | None = None
@@ -71,57 +70,41 @@ class RunSpec:
     def defaults(self) -> dict[str, Any]:
         """The settings' defaults, nested like ``to_dict``: a setting missing from a manifest written
         before it existed counts as its default when resuming."""
-        from diffsmooth.methods import MethodSpec
-
         method = MethodSpec(self.method.method, self.method.dataset, self.method.sigma)
         return RunSpec(self.mode, method).to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         out = {**asdict(self), "method": self.method.to_dict()}
-        for name in ("eps", "radii"):
-            if out[name] is not None:
-                out[name] = list(out[name])
+        if out["radii"] is not None:
+            out["radii"] = list(out["radii"])
         return out
 
     def validate(self) -> None:
         self.method.validate()
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        _whole("--n0", self.n0, 1)
-        _whole("--n", self.n, 1)
-        _whole("--batch", self.batch_size, 1)
-        _whole("--seed", self.seed, 0)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
-            raise InputError(f"--alpha must lie strictly between 0 and 1 (e.g. 0.001), got {self.alpha}")
-        from diffsmooth.smoothing import BOUNDS
-
-        if self.bound not in BOUNDS:
-            raise InputError(f"unknown --bound {self.bound!r}; choose one of: {', '.join(BOUNDS)}")
-        if self.sampling not in SAMPLINGS:
-            raise InputError(f"unknown --sampling {self.sampling!r}; choose one of: {', '.join(SAMPLINGS)}")
+        validate.choice(self.mode, "mode", MODES)
+        validate.whole(self.n0, "--n0")
+        validate.whole(self.n, "--n")
+        validate.whole(self.batch_size, "--batch")
+        validate.seed(self.seed, "--seed")
+        validate.alpha(self.alpha, "--alpha")
+        validate.choice(self.bound, "--bound", BOUNDS)
+        validate.choice(self.sampling, "--sampling", SAMPLINGS)
         if self.sampling == "sequential":
             if self.mode != "certify":
                 raise InputError("--sampling sequential is for certify")
             if self.n_max is None:
                 raise InputError("--sampling sequential needs --n-max, the most estimation samples an image may use")
-            _whole("--n-max", self.n_max, 1)
+            validate.whole(self.n_max, "--n-max")
             if self.bound != "cohen":
                 raise InputError("--sampling sequential reads its own anytime-valid bound; use --bound cohen")
-            from diffsmooth.smoothing import check_sequential_options
-
-            check_sequential_options(self.method.sigma, self.radii, self.max_radius, self.min_radius, self.tolerance)
+            self.sequential_options()
         elif any(v not in (None, 0.0) for v in (self.n_max, self.radii, self.max_radius, self.min_radius, self.tolerance)):
             raise InputError("--n-max, --radii, --max-radius, --min-radius and --tolerance need --sampling sequential")
-        if (self.attack is None) != (self.eps is None):
-            raise InputError("an attack run needs both eps and the attack settings")
-        if self.attack is not None:
-            from diffsmooth.attacks import AttackConfig
-            from diffsmooth.attacks.empirical import check_eps_list
 
-            if self.mode != "predict":
-                raise InputError("an attack run predicts at the attacked points: mode must be 'predict'")
-            check_eps_list(list(self.eps))
-            AttackConfig(**self.attack)
+    def sequential_options(self) -> SequentialOptions:
+        """The stopping options of a sequential run (checked)."""
+        return SequentialOptions(radii=self.radii, max_radius=self.max_radius, min_radius=self.min_radius,
+                                 tolerance=self.tolerance)
 
     @property
     def samples_per_image(self) -> int:
@@ -129,10 +112,127 @@ class RunSpec:
         n = self.n_max if self.sampling == "sequential" else self.n
         return n + (self.n0 if self.mode == "certify" else 0)
 
+    @property
+    def group_size(self) -> int:
+        """Images certified together: enough to fill a batch when n is small, else one.  Sequential
+        sampling takes as many as fill a batch at its first look, so that images that stop early
+        leave batches the others keep full."""
+        if self.sampling == "sequential":
+            return max(1, self.batch_size // FIRST_LOOK)
+        per_image = self.n if self.mode == "predict" else max(self.n0, self.n)
+        return max(1, self.batch_size // per_image)
 
-def check_run(spec: RunSpec) -> None:
-    """Validate a run spec (the model files are checked when loaded)."""
-    spec.validate()
+
+@dataclass
+class Group:
+    """Images certified together: dataset ``indices``, ``labels``, images ``xs`` (K, C, H, W) in
+    [0,1] on the run's device, and each image's noise generator."""
+
+    indices: list[int]
+    labels: list[int]
+    xs: torch.Tensor
+    generators: list[torch.Generator]
+
+
+class Task(Protocol):
+    """What a run does with each group of images, and which files it writes."""
+
+    spec: RunSpec  # the noise seed, batch, bound and method (the base) of the run
+    grid: tuple[MethodSpec, ...] | None  # several configurations from one noise stream, or None
+    shares_samples: bool  # whether processes may share each image's samples (--split-samples)
+
+    def validate(self) -> None: ...
+
+    def store(self, out: Path, *, resume: bool, overwrite: bool) -> placement.Store: ...
+
+    def rows(self, smoothed: SmoothedClassifier, group: Group) -> dict[str | None, list[Row]]: ...
+
+
+@dataclass(frozen=True)
+class CertifyTask:
+    """CERTIFY (fixed or sequential) or PREDICT of ``spec``; with ``grid``, CERTIFY of every
+    configuration from one noise stream into one file each."""
+
+    spec: RunSpec
+    grid: tuple[MethodSpec, ...] | None = None
+    shares_samples: bool = True
+
+    def validate(self) -> None:
+        self.spec.validate()
+        if self.grid is None:
+            return
+        if self.spec.mode != "certify":
+            raise InputError("several configurations in one run are supported for certify only")
+        if self.spec.sampling != "fixed":
+            raise InputError("--sampling sequential certifies one configuration at a time; give one value per "
+                             "method option with --out, or drop --sampling for the grid")
+        for method in self.grid:
+            replace(self.spec, method=method).validate()
+
+    def store(self, out: Path, *, resume: bool, overwrite: bool) -> placement.Store:
+        if self.grid is None:
+            return run_store(self.spec.to_dict(), out, resume=resume, overwrite=overwrite,
+                             defaults=self.spec.defaults())
+        return grid_store([replace(self.spec, method=m).to_dict() for m in self.grid], out, resume=resume,
+                          overwrite=overwrite, defaults=self.spec.defaults())
+
+    def rows(self, smoothed: SmoothedClassifier, group: Group) -> dict[str | None, list[Row]]:
+        spec, g = self.spec, group
+        start = time.perf_counter()
+        if self.grid is not None:
+            grid = smoothed.certify_grid_batch(g.xs, spec.n0, spec.n, spec.alpha, spec.batch_size, g.generators)
+            seconds = (time.perf_counter() - start) / len(g.indices)
+            return {label: _rows(g, [per_image[k] for per_image in grid], seconds)
+                    for k, label in enumerate(_labels(self.grid))}
+        if spec.sampling == "sequential":
+            results = smoothed.certify_sequential_batch(g.xs, spec.n0, spec.n_max, spec.alpha, spec.batch_size,
+                                                        g.generators, spec.sequential_options())
+            rows = _rows(g, results, (time.perf_counter() - start) / len(g.indices))
+            return {None: [replace(row, extra=(("samples", str(res.n)),)) for row, res in zip(rows, results)]}
+        if spec.mode == "certify":
+            results = smoothed.certify_batch(g.xs, spec.n0, spec.n, spec.alpha, spec.batch_size, g.generators)
+        else:
+            results = smoothed.predict_batch(g.xs, spec.n, spec.alpha, spec.batch_size, g.generators)
+        return {None: _rows(g, results, (time.perf_counter() - start) / len(g.indices))}
+
+
+def _labels(grid: Sequence[MethodSpec]) -> list[str]:
+    return [configuration_label(m.to_dict()) for m in grid]
+
+
+def _rows(group: Group, results: Sequence[Any], seconds: float) -> list[Row]:
+    rows = []
+    for idx, label, res in zip(group.indices, group.labels, results):
+        predict = -1 if res.prediction is None else res.prediction
+        rows.append(Row(idx, label, predict, int(predict == label), seconds, getattr(res, "radius", None)))
+    return rows
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: what to compute (``spec``, with ``grid`` for several configurations written into the
+    folder ``out``; or a ``Task`` such as an attack), on which images, into which files.
+
+    ``images(idx)`` gives (image (C, H, W) in [0,1], label) for each of ``indices``; ``base``
+    certifies a ready base classifier instead of building ``spec.method``'s (the manifest then
+    records its ``describe()``); ``resume`` / ``overwrite`` continue or replace existing files;
+    ``manifest_extra`` is added to every manifest; ``split_samples``: under torchrun, processes
+    share each image's samples instead of the images.
+    """
+
+    spec: RunSpec | Task
+    images: Images
+    indices: Sequence[int]
+    out: Path
+    num_classes: int
+    device: torch.device | str = "cpu"
+    grid: Sequence[MethodSpec] | None = None
+    base: Callable[[torch.Tensor], torch.Tensor] | None = None
+    resume: bool = False
+    overwrite: bool = False
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    split_samples: bool = False
 
 
 @dataclass
@@ -143,36 +243,125 @@ class RunReport:
     skipped: int = 0
     seconds: float = 0.0
     noise_samples: int = 0
-    by_configuration: dict[str, list[Row]] = field(default_factory=dict)  # a grid's rows per configuration
+    by_configuration: dict[str, list[Row]] = field(default_factory=dict)  # a grid's (attack's) rows per file
+
+    def add(self, key: str | None, rows: list[Row]) -> None:
+        if key is None:
+            self.rows += rows
+        else:
+            self.by_configuration.setdefault(key, []).extend(rows)
 
 
 @dataclass
 class Prepared:
-    """A run ready to execute: the smoothed classifier and the manifest's facts."""
+    """A run ready to execute: its task, the smoothed classifier and the manifest's facts."""
 
-    spec: RunSpec
+    task: Task
     smoothed: SmoothedClassifier
     images: Images
     device: torch.device
     manifest: dict[str, Any]
-    rank: int | None = None  # the noise stream's rank when processes share each image's samples
-    labels: list[str] | None = None  # a grid's configurations, in the order of its scores
+    noise_rank: int | None = None  # the noise stream's rank when processes share each image's samples
 
 
-def generator_for(seed: int, idx: int, device: torch.device | str, rank: int | None = None) -> torch.Generator:
-    """The noise generator of image ``idx`` under run seed ``seed``, on ``device``.
+def run(job: Job) -> RunReport | None:
+    """Certify (or predict, or run the task of ``job`` on) the images of ``job`` into ``job.out``; images
+    already there are skipped when resuming.  Returns this process's report (None on torchrun
+    ranks other than 0)."""
+    grid = None if job.grid is None else tuple(job.grid)
+    task = CertifyTask(job.spec, grid) if isinstance(job.spec, RunSpec) else job.spec
+    task.validate()
+    store = task.store(Path(job.out), resume=job.resume, overwrite=job.overwrite)
+    place = placement.locate(store, job.device, job.split_samples)
+    with place.session():
+        with place.checks():
+            done = place.check_store(store, task.shares_samples)
+            todo = [i for i in job.indices if i not in done]
+            share = place.take(todo)
+            probe = share[0] if share else (todo[0] if todo else None)
+            extra = {**job.manifest_extra, **({"distributed": d} if (d := place.describe()) else {})}
+            prepared = prepare(job, task, probe, place.device, extra)
+            prepared.smoothed = place.shard(prepared.smoothed)
+            prepared.noise_rank = place.noise_rank
+        started = time.perf_counter()
+        with place.writing(store, prepared.manifest) as sinks:
+            report = execute(prepared, share, sinks, job.progress and place.main)
+        if not place.main:
+            return None
+        merged = place.merge(store, job.indices, time.perf_counter() - started)
+    if merged is not None:  # the report holds every fresh row, whichever rank certified it
+        fresh = set(todo)
+        report = RunReport(seconds=time.perf_counter() - started,
+                           noise_samples=len(todo) * task.spec.samples_per_image)
+        for key, rows in merged.items():
+            report.add(key, [row for row in rows if row.idx in fresh])
+    report.skipped = len(job.indices) - len(todo)
+    return report
 
-    ``rank``: the process's rank when several processes share each image's samples
-    (``--split-samples``); each then draws from its own stream.
-    """
-    entropy = [int(seed), int(idx)] + ([] if rank is None else [int(rank)])
-    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
+
+def prepare(job: Job, task: Task, probe_idx: int | None, device: torch.device,
+            manifest_extra: dict[str, Any]) -> Prepared:
+    """Build the base (``job.base``, or ``task.spec.method``'s, or a ``defenses.Grid`` of the
+    grid's configurations) and run it once on image ``probe_idx``, so that models that do not fit
+    the data fail before any file is written."""
+    spec = task.spec
+    grid = task.grid
+    base = job.base
+    if base is None:
+        base = (build_base(spec.method, device, static_batch=spec.batch_size) if grid is None
+                else build_grid(grid, device, static_batch=spec.batch_size))
+    if probe_idx is not None:
+        from diffsmooth.fast import FastBase
+
+        # The probe runs eagerly: a compiled base would specialise to its batch of one.
+        _probe(base.base if isinstance(base, FastBase) else base, job.images(probe_idx)[0].to(device), job.num_classes)
+    smoothed = SmoothedClassifier(base, job.num_classes, spec.method.sigma, bound=spec.bound)
+    describe = base.describe() if hasattr(base, "describe") else {"type": type(base).__name__}
+    if grid is not None:
+        describe = {**describe, "configurations": dict(zip(_labels(grid), describe.pop("configurations")))}
+    manifest = {"base": describe, "environment": environment(device), **manifest_extra}
+    return Prepared(task, smoothed, job.images, device, manifest)
 
 
-def select_indices(
-    size: int, skip: int = 1, max_count: int | None = None, indices: Sequence[int] | None = None
-) -> list[int]:
+def execute(prepared: Prepared, indices: Sequence[int], sinks: placement.Sinks, progress: bool = True) -> RunReport:
+    """Run the task on ``indices`` in groups; each group's rows go to ``sinks`` (one sink per file
+    of a grid or an attack) as the group completes."""
+    spec = prepared.task.spec
+    report = RunReport()
+    group_size = spec.group_size
+    bar = _progress(len(indices), progress, spec.mode)
+    try:
+        for start in range(0, len(indices), group_size):
+            chunk = list(indices[start : start + group_size])
+            by_key = prepared.task.rows(prepared.smoothed, _group(prepared, chunk))
+            for key, rows in by_key.items():
+                if sinks is not None:
+                    (sinks[key] if isinstance(sinks, dict) else sinks).write(rows)
+                report.add(key, rows)
+            first = next(iter(by_key.values()))
+            report.seconds += sum(r.seconds for r in first)
+            if spec.sampling == "sequential":
+                report.noise_samples += sum(spec.n0 + int(dict(r.extra)["samples"]) for r in first)
+            else:
+                report.noise_samples += len(chunk) * spec.samples_per_image
+            if bar is not None:
+                bar.update(len(chunk))
+                bar.set_postfix(samples_per_s=f"{report.noise_samples / max(report.seconds, 1e-9):.0f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return report
+
+
+def _group(prepared: Prepared, indices: list[int]) -> Group:
+    loaded = [prepared.images(i) for i in indices]
+    xs = torch.stack([x for x, _ in loaded]).to(prepared.device)
+    gens = [generator_for(prepared.task.spec.seed, i, prepared.device, prepared.noise_rank) for i in indices]
+    return Group(indices, [int(y) for _, y in loaded], xs, gens)
+
+
+def select_indices(size: int, skip: int = 1, max_count: int | None = None,
+                   indices: Sequence[int] | None = None) -> list[int]:
     """The dataset indices a run covers: every ``skip``-th (Cohen's ``--skip``), the first
     ``max_count`` of those (a count of images, unlike Cohen's ``--max``, which bounds the
     index), or the explicit ``indices``."""
@@ -192,216 +381,18 @@ def select_indices(
 
 
 def resolve_batch_size(batch: int | str, method: MethodSpec, device: torch.device, image_shape: tuple[int, int, int],
-                       resume_from: Path | None = None) -> int:
-    """A number for ``--batch``: as given; for "auto" the one recorded by the run being resumed
-    (``resume_from``, a results file), else the largest batch the base fits into free GPU memory."""
+                       recorded: dict[str, Any] | None = None) -> int:
+    """A number for ``--batch``: as given; for "auto" the one ``recorded`` by the run being resumed
+    (its manifest's spec), else the largest batch the base fits into free GPU memory."""
     if batch != "auto":
         return int(batch)
-    if resume_from is not None and manifest_path(resume_from).is_file():
-        return int(read_manifest(manifest_path(resume_from))["spec"]["batch_size"])
+    if recorded is not None:
+        return int(recorded["batch_size"])
     from diffsmooth.fast import auto_batch_size
 
     # Probe an uncompiled base: compilation would specialise to every probed shape.
     probe = build_base(replace(method, compile=None, cuda_graphs=False), device)
     return auto_batch_size(probe, image_shape, device)
-
-
-def prepare(
-    spec: RunSpec,
-    images: Images,
-    probe_idx: int | None,
-    *,
-    num_classes: int,
-    device: torch.device | str = "cpu",
-    base: torch.nn.Module | None = None,
-    manifest_extra: dict[str, Any] | None = None,
-    grid: Sequence[MethodSpec] | None = None,
-) -> Prepared:
-    """Validate, build the base (from ``spec.method``, or a ``defenses.Grid`` of the ``grid``
-    configurations, unless given) and run it once on image ``probe_idx``, so that models that do
-    not fit the data fail before any file is written."""
-    spec.validate()
-    device = torch.device(device)
-    labels = None if grid is None else [configuration_label(m) for m in grid]
-    if base is None:
-        base = (build_base(spec.method, device, static_batch=spec.batch_size) if grid is None
-                else build_grid(grid, device, static_batch=spec.batch_size))
-    if probe_idx is not None:
-        from diffsmooth.fast import FastBase
-
-        # The probe runs eagerly: a compiled base would specialise to its batch of one.
-        _probe(base.base if isinstance(base, FastBase) else base, images(probe_idx)[0].to(device), num_classes)
-    smoothed = SmoothedClassifier(base, num_classes, spec.method.sigma, bound=spec.bound)
-    describe = base.describe() if hasattr(base, "describe") else {"type": type(base).__name__}
-    if labels is not None:
-        members = describe.pop("configurations")
-        describe = {**describe, "configurations": dict(zip(labels, members))}
-    manifest = {"base": describe, "environment": environment(device), **(manifest_extra or {})}
-    return Prepared(spec, smoothed, images, device, manifest, labels=labels)
-
-
-def configuration_label(method: MethodSpec) -> str:
-    """A file-name-safe name that says a configuration's settings, e.g. ``diffsmooth_sigma0.5_m5_ls0.25_soft``."""
-    label = f"{method.method}_sigma{method.sigma:g}"
-    if method.method == "diffsmooth":
-        label += f"_m{method.m}_ls{method.local_sigma:g}_{method.vote}"
-        if method.local_noise != "fixed" or method.local_noise_seed != 42:
-            label += f"_{method.local_noise}{method.local_noise_seed}"
-    if method.classifier is not None:
-        label += "_" + Path(method.classifier).name.split(".")[0]
-    return label
-
-
-def execute(prepared: Prepared, indices: Sequence[int], sink: Sink | dict[str, Sink] | None,
-            progress: bool = True) -> RunReport:
-    """Certify (or predict) ``indices`` in groups; each group's rows go to ``sink`` (a grid: one
-    sink per configuration) as the group completes."""
-    spec = prepared.spec
-    report = RunReport()
-    group = _group_size(spec)
-    bar = _progress(len(indices), progress, spec.mode)
-    try:
-        for start in range(0, len(indices), group):
-            chunk = indices[start : start + group]
-            by_key = _run_group(prepared, chunk)
-            for key, rows in by_key.items():
-                if isinstance(sink, dict):
-                    sink[key].write(rows)
-                elif sink is not None:
-                    sink.write(rows)
-                if key is None:
-                    report.rows += rows
-                else:
-                    report.by_configuration.setdefault(key, []).extend(rows)
-            first = next(iter(by_key.values()))
-            report.seconds += sum(r.seconds for r in first)
-            if spec.sampling == "sequential":
-                report.noise_samples += sum(spec.n0 + int(dict(r.extra)["samples"]) for r in first)
-            else:
-                report.noise_samples += len(chunk) * spec.samples_per_image
-            if bar is not None:
-                bar.update(len(chunk))
-                bar.set_postfix(samples_per_s=f"{report.noise_samples / max(report.seconds, 1e-9):.0f}")
-    finally:
-        if bar is not None:
-            bar.close()
-    return report
-
-
-def run_into(
-    store: ResultsStore | StoreSet,
-    spec: RunSpec,
-    images: Images,
-    indices: Sequence[int],
-    *,
-    num_classes: int,
-    device: torch.device | str = "cpu",
-    manifest_extra: dict[str, Any] | None = None,
-    progress: bool = True,
-    grid: Sequence[MethodSpec] | None = None,
-    base: torch.nn.Module | None = None,
-) -> RunReport:
-    """The whole run in this process: check the store, prepare, execute into it."""
-    done = store.check()
-    todo = [i for i in indices if i not in done]
-    prepared = prepare(spec, images, todo[0] if todo else None, num_classes=num_classes, device=device,
-                       base=base, manifest_extra=manifest_extra, grid=grid)
-    with store.writing(prepared.manifest) as sinks:
-        report = execute(prepared, todo, sinks, progress)
-    report.skipped = len(indices) - len(todo)
-    return report
-
-
-def run_grid(
-    spec: RunSpec,
-    methods: Sequence[MethodSpec],
-    images: Images,
-    indices: Sequence[int],
-    out_dir: Path,
-    *,
-    num_classes: int,
-    device: torch.device | str = "cpu",
-    resume: bool = False,
-    overwrite: bool = False,
-    manifest_extra: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> RunReport:
-    """Certify ``indices`` under every configuration of ``methods`` from one noise stream into
-    ``out_dir``: one results file + manifest per configuration (the ones a separate run with
-    ``replace(spec, method=m)`` writes, row for row) and ``index.json``."""
-    store = grid_store(spec, methods, out_dir, resume=resume, overwrite=overwrite)
-    return run_into(store, spec, images, indices, num_classes=num_classes, device=device,
-                    manifest_extra=manifest_extra, progress=progress, grid=methods)
-
-
-def make_store(spec: RunSpec, out: Path, *, grid: Sequence[MethodSpec] | None = None, resume: bool = False,
-               overwrite: bool = False) -> ResultsStore | StoreSet:
-    """The files a run writes: one TSV, a grid's folder, or an attack's folder (one TSV per eps)."""
-    if spec.attack is not None:
-        return attack_store(spec, out, resume=resume, overwrite=overwrite)
-    if grid is not None:
-        return grid_store(spec, grid, out, resume=resume, overwrite=overwrite)
-    columns = SEQUENTIAL_COLUMNS if spec.sampling == "sequential" else ()
-    return ResultsStore(out, spec.to_dict(), resume=resume, overwrite=overwrite, columns=columns,
-                        defaults=spec.defaults())
-
-
-def grid_store(spec: RunSpec, methods: Sequence[MethodSpec], out_dir: Path, *, resume: bool,
-               overwrite: bool) -> StoreSet:
-    """The files of a grid run: per configuration, the spec a separate run would record."""
-    if spec.mode != "certify":
-        raise InputError("several configurations in one run are supported for certify only")
-    if spec.sampling != "fixed":
-        raise InputError("--sampling sequential certifies one configuration at a time; give one value per "
-                         "method option with --out, or drop --sampling for the grid")
-    specs = [replace(spec, method=m) for m in methods]
-    for one in specs:
-        one.validate()
-    entries = {configuration_label(one.method): (configuration_label(one.method) + ".tsv", one.to_dict())
-               for one in specs}
-    if len(entries) != len(specs):
-        raise InputError("two configurations of the grid are the same; give each setting once")
-    return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite, defaults=spec.defaults())
-
-
-ATTACK_COLUMNS = ("norm", "loss")
-"""Extra columns of an attack's TSVs: the perturbation's l2 norm and the attack's final loss."""
-
-
-def attack_label(eps: float) -> str:
-    return f"eps{eps:g}"
-
-
-def attack_store(spec: RunSpec, out_dir: Path, *, resume: bool, overwrite: bool) -> StoreSet:
-    """An attack run's files: per eps, a PREDICT TSV (``idx label predict correct time norm loss``)
-    of the attacked points; the spec records all radii (an image's radii share its generator)."""
-    spec.validate()
-    entries = {attack_label(e): (f"attack_{attack_label(e)}.tsv", {**spec.to_dict(), "file_eps": e})
-               for e in spec.eps}
-    return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite, columns=ATTACK_COLUMNS,
-                    defaults=spec.defaults())
-
-
-def run(
-    spec: RunSpec,
-    images: Images,
-    indices: Sequence[int],
-    out: Path,
-    *,
-    num_classes: int,
-    device: torch.device | str = "cpu",
-    resume: bool = False,
-    overwrite: bool = False,
-    base: torch.nn.Module | None = None,
-    manifest_extra: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> RunReport:
-    """Certify (or predict, or attack) ``images(idx)`` for each of ``indices`` into ``out`` (a
-    results file, or a folder for an attack); indices already there are skipped when resuming."""
-    spec.validate()
-    return run_into(make_store(spec, out, resume=resume, overwrite=overwrite), spec, images, indices,
-                    num_classes=num_classes, device=device, manifest_extra=manifest_extra, progress=progress,
-                    base=base)
 
 
 def _probe(base: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_classes: int) -> None:
@@ -426,69 +417,7 @@ def _probe(base: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_cl
         )
     if out.is_floating_point() and not bool(torch.isfinite(out).all()):
         raise InputError("the base classifier returns NaN or infinite scores on a real image; its weights or "
-                         "outputs are broken (check the checkpoints with torch.isfinite)")
-
-
-def _group_size(spec: RunSpec) -> int:
-    """Images certified together: enough to fill a batch when n is small, else one.  Sequential
-    sampling takes as many as fill a batch at its first look, so that images that
-    stop early leave batches the others keep full."""
-    if spec.sampling == "sequential":
-        return max(1, spec.batch_size // FIRST_LOOK)
-    per_image = spec.n if spec.mode == "predict" else max(spec.n0, spec.n)
-    return max(1, spec.batch_size // per_image)
-
-
-def _run_group(prepared: Prepared, indices: Sequence[int]) -> dict[str | None, list[Row]]:
-    spec, device = prepared.spec, prepared.device
-    loaded = [prepared.images(i) for i in indices]
-    xs = torch.stack([x for x, _ in loaded]).to(device)
-    gens = [generator_for(spec.seed, i, device, prepared.rank) for i in indices]
-    start = time.perf_counter()
-    if spec.attack is not None:
-        return _attack_rows(prepared, indices, loaded, xs, gens)
-    if spec.sampling == "sequential":
-        results = prepared.smoothed.certify_sequential_batch(
-            xs, spec.n0, spec.n_max, spec.alpha, spec.batch_size, gens, radii=spec.radii, max_radius=spec.max_radius,
-            min_radius=spec.min_radius, tolerance=spec.tolerance)
-        rows = _rows(indices, loaded, results, (time.perf_counter() - start) / len(indices))
-        return {None: [replace(row, extra=(("samples", str(res.n)),)) for row, res in zip(rows, results)]}
-    if prepared.labels is not None:
-        grid = prepared.smoothed.certify_grid_batch(xs, spec.n0, spec.n, spec.alpha, spec.batch_size, gens)
-        seconds = (time.perf_counter() - start) / len(indices)
-        return {label: _rows(indices, loaded, [per_image[k] for per_image in grid], seconds)
-                for k, label in enumerate(prepared.labels)}
-    if spec.mode == "certify":
-        results = prepared.smoothed.certify_batch(xs, spec.n0, spec.n, spec.alpha, spec.batch_size, gens)
-    else:
-        results = prepared.smoothed.predict_batch(xs, spec.n, spec.alpha, spec.batch_size, gens)
-    return {None: _rows(indices, loaded, results, (time.perf_counter() - start) / len(indices))}
-
-
-def _rows(indices: Sequence[int], loaded: Sequence[tuple[torch.Tensor, int]], results: Sequence[Any],
-          seconds: float) -> list[Row]:
-    rows = []
-    for idx, (_, label), res in zip(indices, loaded, results):
-        predict = -1 if res.prediction is None else res.prediction
-        radius = getattr(res, "radius", None)
-        rows.append(Row(idx, int(label), predict, int(predict == int(label)), seconds, radius))
-    return rows
-
-
-def _attack_rows(prepared: Prepared, indices: Sequence[int], loaded: Sequence[tuple[torch.Tensor, int]],
-                 xs: torch.Tensor, gens: list[torch.Generator]) -> dict[str | None, list[Row]]:
-    from diffsmooth.attacks import AttackConfig, empirical_accuracy
-
-    spec = prepared.spec
-    records = empirical_accuracy(prepared.smoothed, xs, [int(y) for _, y in loaded], list(spec.eps),
-                                 AttackConfig(**spec.attack), n=spec.n, alpha=spec.alpha, batch_size=spec.batch_size,
-                                 generators=gens, indices=list(indices))
-    rows: dict[str | None, list[Row]] = {attack_label(e): [] for e in spec.eps}
-    for r in records:
-        predict = -1 if r.predict is None else int(r.predict)
-        rows[attack_label(r.eps)].append(Row(r.idx, r.label, predict, int(predict == r.label), r.seconds, None,
-                                             (("norm", f"{r.perturbation_norm:.6g}"), ("loss", f"{r.loss:.6g}"))))
-    return rows
+                         "outputs are broken (check the checkpoint with torch.isfinite)")
 
 
 def _progress(total: int, enabled: bool, mode: str):

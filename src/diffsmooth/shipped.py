@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

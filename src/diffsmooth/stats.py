@@ -1,7 +1,8 @@
 """The statistics every certificate rests on, in one place.
 
-Pure functions of counts; no torch.  Each bound or test exists here once and
-is used by the certifier, the trainers' bookkeeping and the analysis alike.
+Pure functions of counts; no torch (arguments are checked by ``validate``, the only module of
+ours imported).  Each bound or test exists here once and is used by the certifier, the
+trainers' bookkeeping and the analysis alike.
 
 - ``clopper_pearson_lower``: the one-sided (1 - alpha) Clopper-Pearson lower
   confidence bound on a binomial proportion (Cohen et al. 2019, CERTIFY).
@@ -35,22 +36,20 @@ from dataclasses import dataclass
 
 from scipy.stats import beta, binomtest, norm
 
+from diffsmooth import validate
+
 
 def _check_alpha(alpha: float) -> None:
-    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
-        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    validate.alpha(alpha)
 
 
 def _check_counts(k: int, n: int) -> None:
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive whole number of samples, got {n!r}")
-    if int(k) != k or not 0 <= k <= n:
-        raise ValueError(f"k must be a whole number in [0, n={n}], got {k!r}")
+    validate.whole(n, "n", minimum=1)
+    validate.whole(k, "k", minimum=0, maximum=n)
 
 
 def _check_sigma(sigma: float) -> None:
-    if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    validate.sigma(sigma)
 
 
 def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
@@ -140,8 +139,7 @@ def p_lower_for_radius(radius: float, sigma: float) -> float:
     """The lower bound ``Phi(radius / sigma)`` that certifies ``radius``: the inverse of
     ``certified_radius`` on radii > 0 (a radius of 0 gives 1/2, the abstain threshold)."""
     _check_sigma(sigma)
-    if not (radius >= 0 and math.isfinite(radius)):
-        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    validate.number(radius, "radius", minimum=0)
     return float(norm.cdf(radius / sigma))
 
 
@@ -156,8 +154,7 @@ def probability_lower_at_distance(p_lower: float, distance: float, sigma: float)
     _check_sigma(sigma)
     if not 0.0 <= p_lower <= 1.0:
         raise ValueError(f"p_lower must lie in [0, 1], got {p_lower!r}")
-    if not (distance >= 0 and math.isfinite(distance)):
-        raise ValueError(f"distance must be a finite number >= 0, got {distance!r}")
+    validate.number(distance, "distance", minimum=0)
     return float(norm.cdf(norm.ppf(p_lower) - distance / sigma))
 
 
@@ -210,8 +207,7 @@ def certified_radius_separate(p_lower: float, p_b_upper: float, sigma: float) ->
     class's from above; 0 when ``p_lower <= p_b_upper`` (abstain).  With ``p_b_upper =
     1 - p_lower`` it equals ``certified_radius(p_lower, sigma)``.
     """
-    if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    _check_sigma(sigma)
     for name, p in (("p_lower", p_lower), ("p_b_upper", p_b_upper)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {p!r}")
@@ -265,12 +261,9 @@ def look_schedule(n_max: int, alpha: float, n_first: int = FIRST_LOOK, ratio: fl
     one before for n_max = 10,000 and the defaults).  Any split with
     ``sum(alphas) = alpha`` is valid (a union bound).
     """
-    if int(n_max) != n_max or n_max < 1:
-        raise ValueError(f"n_max must be a positive whole number of samples, got {n_max!r}")
-    if int(n_first) != n_first or n_first < 1:
-        raise ValueError(f"n_first must be a positive whole number of samples, got {n_first!r}")
-    if not (isinstance(ratio, (int, float)) and ratio > 1 and math.isfinite(ratio)):
-        raise ValueError(f"ratio must be a finite number > 1 (e.g. 2), got {ratio!r}")
+    validate.whole(n_max, "n_max")
+    validate.whole(n_first, "n_first")
+    validate.number(ratio, "ratio", above=1, hint=" (e.g. 2)")
     _check_alpha(alpha)
     sizes: list[int] = []
     size = float(n_first)

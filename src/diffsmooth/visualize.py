@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from diffsmooth import validate
 from diffsmooth.diffusion.diagnostics import per_image_psnr
-from diffsmooth.errors import InputError
+from diffsmooth.files import atomic_path
+from diffsmooth.validate import InputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -19,11 +25,7 @@ def check_figure_path(path: Path, option: str) -> Path:
     if path.suffix.lower() not in FIGURE_SUFFIXES:
         raise InputError(f"{option} {path}: unknown figure format {path.suffix or '(none)'!r}; "
                          f"use one of {', '.join(FIGURE_SUFFIXES)}")
-    if path.is_dir():
-        raise InputError(f"{option} {path} is a folder; give a file name such as {path / ('figure' + FIGURE_SUFFIXES[0])}")
-    if not path.parent.is_dir():
-        raise InputError(f"folder {path.parent} for {option} does not exist; create it first")
-    return path
+    return validate.output_file(path, option)
 
 
 def psnr(images: Tensor, reference: Tensor) -> float:
@@ -57,15 +59,8 @@ def save_grid(columns: Sequence[Tensor], titles: Sequence[str], out: Path) -> No
     plt.close(fig)
 
 
-def save_figure(fig, out: Path) -> None:
-    """Save a matplotlib figure atomically (temp file + rename), format by ``out``'s suffix."""
-    import os
-
+def save_figure(fig: Figure, out: Path) -> None:
+    """Save a matplotlib figure atomically (``files.atomic_path``), in the format ``out``'s suffix names."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp" + out.suffix)
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".").lower() or None)

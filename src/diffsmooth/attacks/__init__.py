@@ -5,18 +5,21 @@
 - ``empirical_accuracy``: attack, then PREDICT at the attacked point (``empirical``).
 - ``audit_rows`` / ``audit``: attack certified points inside their radius and test
   the certificate's promise there (``audit``).
+- ``AttackTask`` (``attacks.run``, imported from there): an attack over a dataset as a task of
+  the runner, one PREDICT TSV per eps.
 """
 
 from diffsmooth.attacks.audit import (
     AuditRecord,
     AuditReport,
+    AuditSettings,
     audit,
     audit_rows,
     auditable_rows,
     check_certify_rows,
     summarize_audit,
 )
-from diffsmooth.attacks.empirical import EmpiricalRecord, check_eps_list, empirical_accuracy
+from diffsmooth.attacks.empirical import EmpiricalRecord, EmpiricalSettings, check_eps_list, empirical_accuracy
 from diffsmooth.attacks.pgd import AttackConfig, AttackResult, AttackSurface, attack, attack_surface, check_eps
 
 __all__ = [
@@ -25,7 +28,9 @@ __all__ = [
     "AttackSurface",
     "AuditRecord",
     "AuditReport",
+    "AuditSettings",
     "EmpiricalRecord",
+    "EmpiricalSettings",
     "attack",
     "attack_surface",
     "audit",

@@ -30,10 +30,12 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from diffsmooth.attacks.pgd import AttackConfig, attack, per_image_generators
-from diffsmooth.errors import InputError
-from diffsmooth.smoothing import Generators, SmoothedClassifier
+from diffsmooth import validate
+from diffsmooth.attacks.pgd import AttackConfig, attack
+from diffsmooth.sampling import Generators, per_image_generators
+from diffsmooth.smoothing import SmoothedClassifier
 from diffsmooth.stats import clopper_pearson_interval, p_lower_for_radius, probability_lower_at_distance
+from diffsmooth.validate import InputError
 
 # Phi(8.2) rounds to 1 in float64: no sample count certifies a radius beyond 8.2 sigma.
 _MAX_RADIUS_IN_SIGMAS = 8.2
@@ -139,16 +141,31 @@ def auditable_rows(rows: Sequence[CertifyRow], sigma: float) -> list[CertifyRow]
     return [row for row in rows if row.predict == row.label and row.predict != -1 and float(row.radius) > 0]
 
 
+@dataclass(frozen=True)
+class AuditSettings:
+    """How certificates are audited: the ``attack`` (``target="smoothed"`` is the audit's), ``n``
+    fresh samples at each attacked point, the two-sided interval's level ``alpha``, the largest
+    noisy ``batch_size`` while sampling, and the attack's budget as a ``fraction`` of each radius."""
+
+    attack: AttackConfig
+    n: int
+    alpha: float
+    batch_size: int
+    fraction: float = 0.95
+
+    def __post_init__(self) -> None:
+        validate.whole(self.n, "n")
+        validate.alpha(self.alpha)
+        validate.whole(self.batch_size, "batch_size")
+        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction < 1):
+            raise InputError(f"fraction must lie strictly between 0 and 1 (e.g. 0.95), got {self.fraction!r}")
+
+
 def audit_rows(
     smoothed: SmoothedClassifier,
     rows: Sequence[CertifyRow],
     xs: Tensor,
-    config: AttackConfig,
-    *,
-    n: int,
-    alpha: float,
-    batch_size: int,
-    fraction: float = 0.95,
+    settings: AuditSettings,
     generators: Generators = None,
     sample_generators: Generators = None,
 ) -> list[AuditRecord]:
@@ -158,22 +175,13 @@ def audit_rows(
         smoothed: the smoothed classifier that produced the rows (same base and sigma).
         rows: certified-correct rows (``auditable_rows``), one per image of ``xs``.
         xs: ``(K, C, H, W)`` their clean images in [0,1].
-        config: the attack (``target="smoothed"`` is the audit's attack).
-        n: fresh samples at each attacked point; alpha: the interval's level (two-sided).
-        batch_size: largest noisy batch while sampling.
-        fraction: the attack's budget as a fraction of each radius, in (0, 1).
+        settings: the attack, the sampling at each attacked point and the budget's fraction.
         generators: one per image; the attack then the sampling draw from it.  They must
             be independent of the certify run's (another seed): "fresh samples".
         sample_generators: the sampling's own generators (processes sharing samples).
     Returns:
         one ``AuditRecord`` per row.
     """
-    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
-        raise InputError(f"fraction must lie strictly between 0 and 1 (e.g. 0.95), got {fraction!r}")
-    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-        raise InputError(f"alpha must lie strictly between 0 and 1 (e.g. 0.001), got {alpha!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"n must be a whole number >= 1, got {n!r}")
     if len(rows) != xs.shape[0]:
         raise InputError(f"rows and images differ in number: {len(rows)} rows for {xs.shape[0]} images")
     check_certify_rows(rows, smoothed.sigma)
@@ -186,13 +194,14 @@ def audit_rows(
     labels = [int(row.label) for row in rows]
     radii = [float(row.radius) for row in rows]
     start = time.perf_counter()
-    result = attack(smoothed, xs, labels, [fraction * r for r in radii], config, gens)
-    counts = smoothed.sample_counts(result.x_adv, n, batch_size, sample_gens).cpu()
+    fraction, n = settings.fraction, settings.n
+    result = attack(smoothed, xs, labels, [fraction * r for r in radii], settings.attack, gens)
+    counts = smoothed.sample_counts(result.x_adv, n, settings.batch_size, sample_gens).cpu()
     seconds = (time.perf_counter() - start) / k
     records = []
     for i, row in enumerate(rows):
         count = int(counts[i, labels[i]])
-        lower, upper = clopper_pearson_interval(count, n, alpha)
+        lower, upper = clopper_pearson_interval(count, n, settings.alpha)
         norm = float(result.perturbation_norm[i])
         bound = probability_lower_at_distance(p_lower_for_radius(radii[i], smoothed.sigma), norm, smoothed.sigma)
         records.append(
@@ -217,9 +226,8 @@ def audit_rows(
 
 def summarize_audit(records: Sequence[AuditRecord], certify_alpha: float, alpha: float) -> AuditReport:
     """Count the violations of ``records``; ``certify_alpha`` is the alpha the rows were certified at."""
-    for name, value in (("certify_alpha", certify_alpha), ("alpha", alpha)):
-        if not (isinstance(value, (int, float)) and 0 < value < 1):
-            raise InputError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+    validate.alpha(certify_alpha, "certify_alpha")
+    validate.alpha(alpha)
     return AuditReport(
         records=tuple(records),
         audited=len(records),
@@ -235,26 +243,21 @@ def audit(
     smoothed: SmoothedClassifier,
     rows: Sequence[CertifyRow],
     images: Callable[[int], tuple[Tensor, int]],
-    config: AttackConfig,
-    *,
-    n: int,
-    alpha: float,
+    settings: AuditSettings,
     certify_alpha: float,
-    batch_size: int,
     generator_for: Callable[[int], torch.Generator | None] | None = None,
-    fraction: float = 0.95,
     group: int = 1,
     device: torch.device | str = "cpu",
 ) -> AuditReport:
-    """Audit every certified-correct row of a certify run, ``group`` images at a time.
+    """Audit every certified-correct row of a certify run (certified at ``certify_alpha``),
+    ``group`` images at a time.
 
     ``images(idx)`` gives (image (C, H, W) in [0,1], label); ``generator_for(idx)`` the
     image's generator (None: the default generator).  A runner that writes rows as it
     goes calls ``auditable_rows`` and ``audit_rows`` itself.
     """
     todo = auditable_rows(rows, smoothed.sigma)
-    if isinstance(group, bool) or not isinstance(group, int) or group < 1:
-        raise InputError(f"group must be a whole number >= 1, got {group!r}")
+    validate.whole(group, "group")
     records: list[AuditRecord] = []
     for start in range(0, len(todo), group):
         chunk = todo[start : start + group]
@@ -266,6 +269,5 @@ def audit(
                              "audit with the dataset and split the rows were certified on")
         xs = torch.stack([x for x, _ in loaded]).to(device)
         gens = [None if generator_for is None else generator_for(int(row.idx)) for row in chunk]
-        records += audit_rows(smoothed, chunk, xs, config, n=n, alpha=alpha, batch_size=batch_size,
-                              fraction=fraction, generators=gens)
-    return summarize_audit(records, certify_alpha, alpha)
+        records += audit_rows(smoothed, chunk, xs, settings, gens)
+    return summarize_audit(records, certify_alpha, settings.alpha)

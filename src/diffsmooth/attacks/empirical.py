@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from diffsmooth.attacks.pgd import AttackConfig, attack, check_eps, per_image_generators
-from diffsmooth.errors import InputError
-from diffsmooth.smoothing import Generators, SmoothedClassifier
+from diffsmooth.attacks.pgd import AttackConfig, attack, check_eps
+from diffsmooth.sampling import Generators, per_image_generators
+from diffsmooth.smoothing import SmoothedClassifier
+from diffsmooth.validate import InputError
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,23 @@ def check_eps_list(eps: Sequence[float]) -> list[float]:
     return values
 
 
+@dataclass(frozen=True)
+class EmpiricalSettings:
+    """How empirical robustness is measured: the ``attack`` and PREDICT's ``n``, ``alpha`` and
+    ``batch_size`` at the attacked point."""
+
+    attack: AttackConfig
+    n: int
+    alpha: float
+    batch_size: int
+
+
 def empirical_accuracy(
     smoothed: SmoothedClassifier,
     xs: Tensor,
     labels: Sequence[int],
     eps: Sequence[float],
-    config: AttackConfig,
-    *,
-    n: int,
-    alpha: float,
-    batch_size: int,
+    settings: EmpiricalSettings,
     generators: Generators = None,
     indices: Sequence[int] | None = None,
     sample_generators: Generators = None,
@@ -71,8 +79,7 @@ def empirical_accuracy(
         xs: ``(K, C, H, W)`` clean images in [0,1].
         labels: their ``K`` true classes.
         eps: l2 radii (> 0, [0,1] pixel units), attacked one after the other.
-        config: the attack's settings.
-        n, alpha, batch_size: PREDICT's settings at the attacked point.
+        settings: the attack's settings and PREDICT's at the attacked point.
         generators: one per image: its attacks and then PREDICT's noise, eps by eps,
             draw from it in turn (so an image's rows depend on its generator only).
         indices: dataset indices for the records (0..K-1 when None).
@@ -94,8 +101,9 @@ def empirical_accuracy(
     by_image: list[list[EmpiricalRecord]] = [[] for _ in range(k)]
     for radius in radii:
         start = time.perf_counter()
-        result = attack(smoothed, xs, labels, radius, config, gens)
-        predictions = smoothed.predict_batch(result.x_adv, n, alpha, batch_size, sample_gens)
+        result = attack(smoothed, xs, labels, radius, settings.attack, gens)
+        predictions = smoothed.predict_batch(result.x_adv, settings.n, settings.alpha, settings.batch_size,
+                                             sample_gens)
         seconds = (time.perf_counter() - start) / k
         for i, pred in enumerate(predictions):
             by_image[i].append(

@@ -53,11 +53,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffsmooth import validate
 from diffsmooth.defenses import DenoisedSmoothing, DiffSmooth, Gaussian, _fit_classifier_input
 from diffsmooth.diffusion import MultiStepDenoiser
-from diffsmooth.errors import InputError
 from diffsmooth.fast import FastBase
-from diffsmooth.smoothing import Generators, SmoothedClassifier, check_images, per_image_generators
+from diffsmooth.sampling import Generators, per_image_generators
+from diffsmooth.smoothing import SmoothedClassifier, check_images
+from diffsmooth.validate import InputError
 
 TARGETS = ("smoothed", "base")
 PURIFIER_GRADIENTS = ("full", "bpda")
@@ -89,21 +91,10 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "eot", "restarts", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
-        if isinstance(self.step_scale, bool) or not isinstance(self.step_scale, (int, float)) or not (
-            0 < self.step_scale < math.inf
-        ):
-            raise InputError(
-                f"step_scale must be a positive number (2 = SmoothAdv's step 2 eps / steps), got {self.step_scale!r}"
-            )
-        if self.target not in TARGETS:
-            raise InputError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        if self.purifier_gradient not in PURIFIER_GRADIENTS:
-            raise InputError(
-                f"purifier_gradient must be one of {', '.join(PURIFIER_GRADIENTS)}, got {self.purifier_gradient!r}"
-            )
+            validate.whole(getattr(self, name), name)
+        validate.number(self.step_scale, "step_scale", above=0, hint=" (2 = SmoothAdv's step 2 eps / steps)")
+        validate.choice(self.target, "target", TARGETS)
+        validate.choice(self.purifier_gradient, "purifier_gradient", PURIFIER_GRADIENTS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

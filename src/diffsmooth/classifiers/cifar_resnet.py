@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from diffsmooth.classifiers.registry import register_classifier
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 class BasicBlock(nn.Module):

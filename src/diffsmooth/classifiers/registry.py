@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffsmooth import validate
 from diffsmooth.classifiers.config import ClassifierConfig
 from diffsmooth.classifiers.normalize import NormalizeLayer
-from diffsmooth.data.info import dataset_info
-from diffsmooth.errors import InputError
+from diffsmooth.data import dataset_info
+from diffsmooth.validate import InputError
 
 # builder(num_classes, in_channels, image_size, **kwargs) -> bare network (normalized input -> logits)
 Builder = Callable[..., nn.Module]
@@ -110,12 +111,7 @@ def list_classifiers() -> list[str]:
 
 
 def _entry(name: str) -> _Entry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise InputError(
-            f"unknown classifier {name!r}; choose one of: {', '.join(list_classifiers())}"
-        ) from None
+    return _REGISTRY[validate.choice(name, "classifier", list_classifiers())]
 
 
 def head_key(name: str) -> str:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from diffsmooth.classifiers.registry import register_classifier
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

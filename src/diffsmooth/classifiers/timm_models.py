@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from diffsmooth.classifiers.registry import register_classifier
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 TIMM_MODELS = ("beit_large_patch16_224", "vit_base_patch16_224")
 

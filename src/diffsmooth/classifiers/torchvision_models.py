@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from diffsmooth.classifiers.registry import register_classifier
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 @register_classifier("resnet50", dataset="imagenet")

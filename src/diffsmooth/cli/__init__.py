@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 # Subcommand modules, in the order --help lists them.
 _COMMANDS = ("demo", "certify", "attack", "analyze", "purify", "train")

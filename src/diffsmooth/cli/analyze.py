@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 
@@ -39,9 +39,8 @@ def register(sub, formatter) -> None:
 
 def _analyze(args: argparse.Namespace) -> int:
     from diffsmooth.analysis import plot, summarize, table
-    from diffsmooth.visualize import check_figure_path
-
     from diffsmooth.results import read_index
+    from diffsmooth.visualize import check_figure_path
 
     paths, names, attacks = [], [], {}
     for path in args.results:

@@ -6,12 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 def register(sub, formatter) -> None:
+    from diffsmooth.attacks import AttackConfig, AuditSettings
     from diffsmooth.attacks.pgd import PURIFIER_GRADIENTS, TARGETS
     from diffsmooth.cli.certify import add_method_arguments
+    from diffsmooth.cli.options import add_image_arguments, default_of
+    from diffsmooth.runner import RunSpec
+
+    def attack(name: str):
+        return default_of(AttackConfig, name)
 
     p = sub.add_parser(
         "attack",
@@ -31,29 +37,30 @@ def register(sub, formatter) -> None:
     add_method_arguments(p, sigma_required=False, steps_flag="--reverse-steps")
     g = p.add_argument_group("attack")
     g.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="l2 radii in [0,1] pixel units")
-    g.add_argument("--steps", dest="attack_steps", type=int, default=20, help="PGD steps per restart")
-    g.add_argument("--eot", type=int, default=8, help="noise draws averaged per step")
-    g.add_argument("--restarts", type=int, default=1, help="random restarts (the first starts at the clean image)")
-    g.add_argument("--step-scale", type=float, default=2.0, help="step size as a multiple of eps / steps")
-    g.add_argument("--target", choices=TARGETS, default="smoothed",
+    g.add_argument("--steps", dest="attack_steps", type=int, default=attack("steps"), help="PGD steps per restart")
+    g.add_argument("--eot", type=int, default=attack("eot"), help="noise draws averaged per step")
+    g.add_argument("--restarts", type=int, default=attack("restarts"),
+                   help="random restarts (the first starts at the clean image)")
+    g.add_argument("--step-scale", type=float, default=attack("step_scale"),
+                   help="step size as a multiple of eps / steps")
+    g.add_argument("--target", choices=TARGETS, default=attack("target"),
                    help="smoothed: the smoothed classifier (SmoothAdv); base: h without smoothing noise")
-    g.add_argument("--purifier-gradient", choices=PURIFIER_GRADIENTS, default="full",
+    g.add_argument("--purifier-gradient", choices=PURIFIER_GRADIENTS, default=attack("purifier_gradient"),
                    help="multi-step purifiers: backpropagate through the chain, or BPDA (identity)")
     g = p.add_argument_group("PREDICT at the attacked point")
     g.add_argument("--n", "--num-samples", type=int, default=1000, help="samples of PREDICT")
-    g.add_argument("--alpha", type=float, default=0.001, help="PREDICT's level (and the audit's interval)")
-    g.add_argument("--batch", type=int, default=1000, help="noisy images per forward pass")
-    g.add_argument("--seed", type=int, default=0, help="run seed; image idx's attack and noise are seeded by (seed, idx)")
-    g = p.add_argument_group("images")
-    g.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
-    g.add_argument("--skip", type=int, default=1, help="take every skip-th image")
-    g.add_argument("--max", "--max-images", type=int, default=None, help="at most this many images (after --skip)")
-    g.add_argument("--indices", type=int, nargs="+", default=None, help="explicit dataset indices instead")
+    g.add_argument("--alpha", type=float, default=default_of(RunSpec, "alpha"),
+                   help="PREDICT's level (and the audit's interval)")
+    g.add_argument("--batch", type=int, default=default_of(RunSpec, "batch_size"), help="noisy images per forward pass")
+    g.add_argument("--seed", type=int, default=default_of(RunSpec, "seed"),
+                   help="run seed; image idx's attack and noise are seeded by (seed, idx)")
+    add_image_arguments(p)
     g = p.add_argument_group("output")
     g.add_argument("--out-dir", type=Path, default=None, help="folder of the attack's files")
     g.add_argument("--audit", type=Path, default=None, metavar="RESULTS.tsv",
                    help="audit a certify results file (its manifest gives the method and sigma)")
-    g.add_argument("--fraction", type=float, default=0.95, help="audit: attack inside this fraction of each radius")
+    g.add_argument("--fraction", type=float, default=default_of(AuditSettings, "fraction"),
+                   help="audit: attack inside this fraction of each radius")
     g.add_argument("--out", type=Path, default=None, help="audit: TSV of the audited rows (default: none)")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an existing attack folder")
@@ -76,23 +83,21 @@ def _attack(args: argparse.Namespace) -> int:
         raise InputError("give --out-dir for the attack's files (or --audit RESULTS.tsv to audit certificates)")
     if args.sigma is None:
         raise InputError("--sigma is required (the smoothing noise of the classifier attacked)")
-    from diffsmooth import distributed
+    from diffsmooth.attacks.run import AttackTask
     from diffsmooth.cli.certify import method_spec, pick_device
     from diffsmooth.data import load_dataset
-    from diffsmooth.runner import RunSpec, select_indices
+    from diffsmooth.runner import Job, RunSpec, run, select_indices
 
-    config = _config(args)
     spec = RunSpec(mode="predict", method=method_spec(args), n=args.n, alpha=args.alpha, batch_size=args.batch,
-                   seed=args.seed, split=args.split, eps=tuple(args.eps), attack=config.to_dict())
-    spec.validate()
+                   seed=args.seed, split=args.split)
+    task = AttackTask(spec, tuple(args.eps), _config(args))
+    task.validate()
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
     indices = select_indices(len(dataset), args.skip, args.max, args.indices)
     extra = {"dataset": {"name": args.dataset, "split": args.split, "size": len(dataset)}, "argv": sys.argv[1:]}
-    report = distributed.run_maybe_distributed(
-        spec, dataset.__getitem__, indices, args.out_dir, num_classes=dataset.info.num_classes, device=device,
-        resume=args.resume, overwrite=args.overwrite, manifest_extra=extra, progress=not args.quiet,
-    )
+    report = run(Job(task, dataset.__getitem__, indices, args.out_dir, dataset.info.num_classes, device,
+                     resume=args.resume, overwrite=args.overwrite, manifest_extra=extra, progress=not args.quiet))
     if report is not None and not args.quiet:
         rows = report.by_configuration
         accuracy = ", ".join(f"{key}: {sum(r.correct for r in v)}/{len(v)}" for key, v in rows.items())
@@ -104,13 +109,14 @@ def _attack(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from diffsmooth.attacks import audit
+    from diffsmooth.attacks import AuditSettings, audit
     from diffsmooth.attacks.audit import auditable_rows
     from diffsmooth.cli.certify import pick_device
     from diffsmooth.data import load_dataset
     from diffsmooth.methods import MethodSpec, build_base
     from diffsmooth.results import manifest_path, read_manifest, read_results
-    from diffsmooth.runner import generator_for, select_indices
+    from diffsmooth.runner import select_indices
+    from diffsmooth.sampling import generator_for
     from diffsmooth.smoothing import SmoothedClassifier
 
     results = read_results(args.audit)
@@ -133,10 +139,9 @@ def _audit(args: argparse.Namespace) -> int:
     rows = auditable_rows(chosen, method.sigma)
     base = build_base(replace(method, compile=None, cuda_graphs=False), device)
     smoothed = SmoothedClassifier(base, dataset.info.num_classes, method.sigma)
-    report = audit(smoothed, rows, dataset.__getitem__, config, n=args.n, alpha=args.alpha,
-                   certify_alpha=float(recorded["alpha"]), batch_size=args.batch,
-                   generator_for=lambda idx: generator_for(args.seed, idx, device), fraction=args.fraction,
-                   device=device)
+    settings = AuditSettings(config, n=args.n, alpha=args.alpha, batch_size=args.batch, fraction=args.fraction)
+    report = audit(smoothed, rows, dataset.__getitem__, settings, certify_alpha=float(recorded["alpha"]),
+                   generator_for=lambda idx: generator_for(args.seed, idx, device), device=device)
     if args.out is not None:
         from diffsmooth.files import atomic_write_text
 

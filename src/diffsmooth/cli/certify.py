@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from diffsmooth.validate import InputError
 
 
 def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_required: bool = True,
@@ -12,17 +15,20 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
     """Options that pick the base classifier; shared by certify, predict, purify and demo.
     With ``grid`` the method and DiffSmooth options take lists: every combination is certified
     from one noise stream (``--out-dir``)."""
-    many = "+" if grid else None
-
-    def default(value):
-        return [value] if grid else value
-
-    g = p.add_argument_group("method")
+    from diffsmooth.cli.options import default_of
     from diffsmooth.defenses import LOCAL_NOISES, VOTES
     from diffsmooth.fast import PRECISIONS
-    from diffsmooth.methods import METHODS
+    from diffsmooth.methods import METHODS, MethodSpec
 
-    g.add_argument("--method", choices=list(METHODS), default=default("diffsmooth"), nargs=many,
+    many = "+" if grid else None
+
+    def default(name: str):
+        value = default_of(MethodSpec, name)
+        return [value] if grid and name in GRID_OPTIONS else value
+
+    g = p.add_argument_group("method")
+
+    g.add_argument("--method", choices=list(METHODS), default=["diffsmooth"] if grid else "diffsmooth", nargs=many,
                    help="rs: Gaussian randomized smoothing; dds: diffusion denoised smoothing; "
                    "diffsmooth: purification + local smoothing; denoised: a trained DnCNN denoiser before a clean "
                    "classifier (Salman et al. 2020); densepure: majority vote over reverse-diffusion runs")
@@ -41,13 +47,13 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
                    "default for fashion-mnist: the shipped model for the method and sigma")
     # The long aliases (also of --n and --max) exist because torchrun's parser rejects --m,
     # --n and --max as ambiguous abbreviations of its own options, even after the module name.
-    g.add_argument("--m", "--local-m", type=int, default=default(5), nargs=many,
+    g.add_argument("--m", "--local-m", type=int, default=default("m"), nargs=many,
                    help="diffsmooth: local noise samples per purified image (--local-m under torchrun)")
-    g.add_argument("--local-sigma", type=float, default=default(0.25), nargs=many,
+    g.add_argument("--local-sigma", type=float, default=default("local_sigma"), nargs=many,
                    help="diffsmooth: std of the local noise")
-    g.add_argument("--vote", choices=VOTES, default=default("soft"), nargs=many,
+    g.add_argument("--vote", choices=VOTES, default=default("vote"), nargs=many,
                    help="diffsmooth: average softmax (reference code) or majority of labels (paper)")
-    g.add_argument("--local-noise", choices=LOCAL_NOISES, default=default("fixed"), nargs=many,
+    g.add_argument("--local-noise", choices=LOCAL_NOISES, default=default("local_noise"), nargs=many,
                    help="diffsmooth: local noises drawn once from --local-noise-seed, or fresh per call")
     if grid:
         g.add_argument("--local-classifier", nargs="+", default=None, metavar="PATH",
@@ -55,21 +61,28 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
                        "Gaussian classifier for each local sigma)")
         g.add_argument("--dds-classifier", default=None, metavar="PATH",
                        help="dds: the clean classifier (default: --classifier, else the shipped clean one)")
-    g.add_argument("--local-noise-seed", type=int, default=42, help="diffsmooth: seed of the local noise")
+    g.add_argument("--local-noise-seed", type=int, default=default("local_noise_seed"),
+                   help="diffsmooth: seed of the local noise")
     from diffsmooth.diffusion.denoiser import REVERSE_CHAINS
 
-    g.add_argument("--runs", type=int, default=5, help="densepure: reverse-diffusion runs that vote")
-    g.add_argument(steps_flag, dest="steps", type=int, default=10, help="densepure: respaced reverse steps from t* per run")
-    g.add_argument("--reverse-chain", choices=REVERSE_CHAINS, default="ddpm",
+    g.add_argument("--runs", type=int, default=default("runs"), help="densepure: reverse-diffusion runs that vote")
+    g.add_argument(steps_flag, dest="steps", type=int, default=default("steps"),
+                   help="densepure: respaced reverse steps from t* per run")
+    g.add_argument("--reverse-chain", choices=REVERSE_CHAINS, default=default("reverse_chain"),
                    help="densepure: stochastic DDPM steps (runs differ) or deterministic DDIM")
-    g.add_argument("--run-seed", type=int, default=0, help="densepure: seed of the runs' reverse-step noise")
-    g.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+    g.add_argument("--run-seed", type=int, default=default("run_seed"),
+                   help="densepure: seed of the runs' reverse-step noise")
+    g.add_argument("--precision", choices=list(PRECISIONS), default=default("precision"),
                    help="autocast precision of the models (float32 is exact; bf16 is fast on GPUs)")
     g.add_argument("--channels-last", action="store_true", help="NHWC layout for the models (faster convolutions on GPUs)")
     g.add_argument("--compile", default=None, metavar="MODE",
                    help="torch.compile the base: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs")
     g.add_argument("--cuda-graphs", action="store_true", help="capture and replay the base as a CUDA graph per batch shape")
     g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+
+
+GRID_OPTIONS = ("m", "local_sigma", "vote", "local_noise")
+"""DiffSmooth's options that take lists in a grid (every combination is certified)."""
 
 
 def method_spec(args: argparse.Namespace):
@@ -90,7 +103,6 @@ def method_specs(args: argparse.Namespace) -> list:
     combination of --m, --local-sigma (with its classifier), --vote and --local-noise."""
     from itertools import product
 
-    from diffsmooth.errors import InputError
     from diffsmooth.methods import MethodSpec
 
     local = args.local_classifier
@@ -136,18 +148,23 @@ def _add_run(sub, formatter, mode: str) -> None:
         ) + " Rows are flushed as each image completes; --resume continues an interrupted run. Under "
         "`torchrun --nproc-per-node K -m diffsmooth " + mode + " ...` each process takes a share of the images.",
     )
+    from diffsmooth.cli.options import add_image_arguments, default_of
+    from diffsmooth.runner import SAMPLINGS, RunSpec
+
+    def default(name: str):
+        return default_of(RunSpec, name)
+
     add_method_arguments(p, grid=True)
     g = p.add_argument_group("sampling")
     if certify:
-        g.add_argument("--n0", type=int, default=100, help="selection samples")
-    g.add_argument("--n", "--num-samples", type=int, default=100_000,
+        g.add_argument("--n0", type=int, default=default("n0"), help="selection samples")
+    g.add_argument("--n", "--num-samples", type=int, default=default("n"),
                    help="estimation samples per image (--num-samples under torchrun)")
-    g.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate")
+    g.add_argument("--alpha", type=float, default=default("alpha"), help="failure probability of the certificate")
     if certify:
-        from diffsmooth.runner import SAMPLINGS
         from diffsmooth.smoothing import BOUNDS
 
-        g.add_argument("--sampling", choices=SAMPLINGS, default="fixed",
+        g.add_argument("--sampling", choices=SAMPLINGS, default=default("sampling"),
                        help="fixed: n estimation samples per image (Cohen et al.); sequential: looks of 64, 128, ... "
                        "samples up to --n-max with an anytime-valid bound, each image stopping as soon as its "
                        "question is settled (the TSV gains a `samples` column)")
@@ -156,25 +173,19 @@ def _add_run(sub, formatter, mode: str) -> None:
                        help="sequential, fixed-radius mode: decide 'radius >= r' for each r (e.g. the table's radii)")
         g.add_argument("--max-radius", type=float, default=None,
                        help="sequential, radius mode: stop an image once this radius is certified")
-        g.add_argument("--min-radius", type=float, default=0.0,
+        g.add_argument("--min-radius", type=float, default=default("min_radius"),
                        help="sequential, radius mode: stop (futile) once no radius >= this can be reached")
-        g.add_argument("--tolerance", type=float, default=0.0,
+        g.add_argument("--tolerance", type=float, default=default("tolerance"),
                        help="sequential, radius mode: stop when n-max samples would add less radius than this")
-        g.add_argument("--bound", choices=BOUNDS, default="cohen",
+        g.add_argument("--bound", choices=BOUNDS, default=default("bound"),
                        help="cohen: radius sigma Phi^-1(pA_lower); separate-pb: sigma/2 (Phi^-1(pA_lower) - "
                        "Phi^-1(pB_upper)) with pB_upper bounding every other class at once (Bonferroni), the two "
                        "sharing alpha (stats.PB_ALPHA_SHARE to pB); larger radii when the rest is spread")
-    g.add_argument("--batch", type=_batch, default=1000,
+    g.add_argument("--batch", type=_batch, default=default("batch_size"),
                    help="noisy images per forward pass, or 'auto' for the largest that fits the free GPU memory "
                    "(fixed at the start and recorded, since it decides how each image's noise is drawn)")
-    g.add_argument("--seed", type=int, default=0, help="run seed; image idx's noise is seeded by (seed, idx)")
-    g = p.add_argument_group("images")
-    g.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
-    g.add_argument("--skip", type=int, default=1, help="take every skip-th image (Cohen's --skip)")
-    g.add_argument("--max", "--max-images", type=int, default=None,
-                   help="at most this many images, counted after --skip (--max-images under torchrun); unlike "
-                   "the --max of Cohen et al.'s scripts, which bounds the dataset index")
-    g.add_argument("--indices", type=int, nargs="+", default=None, help="explicit dataset indices instead")
+    g.add_argument("--seed", type=int, default=default("seed"), help="run seed; image idx's noise is seeded by (seed, idx)")
+    add_image_arguments(p)
     g = p.add_argument_group("output")
     where = g.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="results TSV of one configuration; its manifest is written to OUT.json")
@@ -208,12 +219,9 @@ def register(sub, formatter) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from diffsmooth import distributed
     from diffsmooth.data import load_dataset
-    from diffsmooth.errors import InputError
-    from diffsmooth.runner import RunSpec, resolve_batch_size, select_indices
+    from diffsmooth.results import recorded_spec
+    from diffsmooth.runner import Job, RunSpec, resolve_batch_size, run, select_indices
 
     methods = method_specs(args)
     grid = args.out_dir is not None
@@ -222,13 +230,13 @@ def _run(args: argparse.Namespace) -> int:
                          "(one file each), or give one value per option with --out")
     if grid and args.mode != "certify":
         raise InputError("--out-dir (several configurations) is for certify; predict writes one --out file")
+    certify = args.mode == "certify"
     spec = RunSpec(
-        mode=args.mode, method=methods[0], n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha,
+        mode=args.mode, method=methods[0], n=args.n, alpha=args.alpha,
         batch_size=1 if args.batch == "auto" else args.batch, seed=args.seed, split=args.split,
-        bound=getattr(args, "bound", "cohen"), sampling=getattr(args, "sampling", "fixed"),
-        n_max=getattr(args, "n_max", None), radii=tuple(args.radii) if getattr(args, "radii", None) else None,
-        max_radius=getattr(args, "max_radius", None), min_radius=getattr(args, "min_radius", 0.0),
-        tolerance=getattr(args, "tolerance", 0.0),
+        **(dict(n0=args.n0, bound=args.bound, sampling=args.sampling, n_max=args.n_max,
+                radii=tuple(args.radii) if args.radii else None, max_radius=args.max_radius,
+                min_radius=args.min_radius, tolerance=args.tolerance) if certify else {}),
     )
     spec.validate()
     for method in methods[1:]:
@@ -238,20 +246,15 @@ def _run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
     info = dataset.info
     if args.batch == "auto":
-        from diffsmooth.results import read_index
-
-        recorded = (read_index(out)[0]["path"] if grid and (out / "index.json").is_file() else out) if args.resume else None
         batch = resolve_batch_size("auto", methods[0], device, (info.channels, info.image_size, info.image_size),
-                                   resume_from=recorded)
+                                   recorded=recorded_spec(out, grid) if args.resume else None)
         spec = replace(spec, batch_size=batch)
     indices = select_indices(len(dataset), args.skip, args.max, args.indices)
     extra = {"dataset": {"name": args.dataset, "split": args.split, "size": len(dataset)},
              "argv": sys.argv[1:], "indices": {"skip": args.skip, "max": args.max, "explicit": args.indices}}
-    report = distributed.run_maybe_distributed(
-        spec, dataset.__getitem__, indices, out, num_classes=info.num_classes, device=device,
-        resume=args.resume, overwrite=args.overwrite, manifest_extra=extra, progress=not args.quiet,
-        split_samples=args.split_samples, grid=methods if grid else None,
-    )
+    report = run(Job(spec, dataset.__getitem__, indices, out, info.num_classes, device,
+                     grid=methods if grid else None, resume=args.resume, overwrite=args.overwrite,
+                     manifest_extra=extra, progress=not args.quiet, split_samples=args.split_samples))
     if report is not None and not args.quiet:
         done = len(report.rows) or max((len(r) for r in report.by_configuration.values()), default=0)
         verb = {"certify": "certified", "predict": "predicted"}[args.mode]

@@ -45,11 +45,12 @@ def register(sub, formatter) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from diffsmooth.analysis import plot, summarize, table
     from diffsmooth.cli.certify import pick_device
-    from diffsmooth.purification import purification_grid
     from diffsmooth.data import load_dataset
     from diffsmooth.methods import MethodSpec
-    from diffsmooth.errors import InputError
-    from diffsmooth.runner import RunSpec, configuration_label, run_grid, select_indices
+    from diffsmooth.purification import purification_grid
+    from diffsmooth.results import grid_files
+    from diffsmooth.runner import Job, RunSpec, run, select_indices
+    from diffsmooth.validate import InputError
 
     start = time.perf_counter()
     if args.out_dir.exists() and not args.out_dir.is_dir():
@@ -79,10 +80,11 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"certifying {len(indices)} images with {', '.join(runs)} from one noise stream "
               f"(one purification per noisy batch), n0={args.n0}, n={args.n}", file=sys.stderr)
     # The demo owns its folder: a rerun replaces its own files (never others; see ResultsStore).
-    run_grid(spec, list(runs.values()), dataset.__getitem__, indices, args.out_dir,
-             num_classes=dataset.info.num_classes, device=device, overwrite=args.out_dir.exists(),
-             manifest_extra={"dataset": {"name": "fashion-mnist", "split": "test"}}, progress=not args.quiet)
-    paths = {label: args.out_dir / f"{configuration_label(m)}.tsv" for label, m in runs.items()}
+    run(Job(spec, dataset.__getitem__, indices, args.out_dir, dataset.info.num_classes, device,
+            grid=list(runs.values()), overwrite=args.out_dir.exists(),
+            manifest_extra={"dataset": {"name": "fashion-mnist", "split": "test"}}, progress=not args.quiet))
+    files = grid_files(args.out_dir, [m.to_dict() for m in runs.values()])
+    paths = dict(zip(runs, files.values()))
     summaries = [summarize(path, RADII, label) for label, path in paths.items()]
     text = table(summaries, RADII)
     from diffsmooth.files import atomic_write_text

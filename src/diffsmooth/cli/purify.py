@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 def register(sub, formatter) -> None:

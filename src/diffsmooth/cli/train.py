@@ -1,11 +1,24 @@
-"""``diffsmooth train-diffusion``, ``train-classifier`` and ``train-denoiser``: parse, validate, call training."""
+"""``diffsmooth train-diffusion``, ``train-classifier`` and ``train-denoiser``: parse, validate, call training.
+
+Every option that sets a field of the run's config (``DiffusionTrainConfig``, ``ClassifierTrainConfig``,
+``DenoiserTrainConfig``) is named after that field and takes its default from it, and the config is
+built from the options of the same names, so that the library and the command line cannot drift.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from diffsmooth.errors import InputError
+from diffsmooth import validate
+from diffsmooth.cli.options import default_of
+from diffsmooth.validate import InputError
+
+Config = TypeVar("Config")
 
 # Method hyper-parameters as CLI options: (flag, dest, type, help). Defaults come from
 # diffsmooth.training.losses so that the library and the command line agree.
@@ -24,10 +37,26 @@ _HPARAMS = (
 )
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="fashion-mnist", help="dataset name (see diffsmooth.data.list_datasets)")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files (default: searched)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order and of all training noise")
+def _option(p: argparse.ArgumentParser, source: type | Callable[..., Any], flag: str, help: str,
+            **kwargs: Any) -> None:
+    """Add ``flag`` for the field or parameter of ``source`` that it names (``--batch-size``:
+    ``batch_size``, or ``dest=``), with the library's default."""
+    dest = kwargs.pop("dest", flag[2:].replace("-", "_"))
+    p.add_argument(flag, dest=dest, default=default_of(source, dest), help=help, **kwargs)
+
+
+def _config(config: type[Config], args: argparse.Namespace, **given: Any) -> Config:
+    """``config`` from the options named as its fields (paths as text) and ``given``."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if hasattr(args, f.name)}
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+    return config(**values, **given)
+
+
+def _common(p: argparse.ArgumentParser, config: type) -> None:
+    """The options of every trainer: data, seed, device and the checkpoint / output handling."""
+    _option(p, config, "--dataset", "dataset name (see diffsmooth.data.list_datasets)")
+    _option(p, config, "--data-dir", "folder with the dataset files (default: searched)", type=Path)
+    _option(p, config, "--seed", "seed of the data order and of all training noise", type=int)
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="folder for the resumable training state (default: OUT.train next to --out)")
@@ -36,119 +65,123 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def register(sub, formatter) -> None:
-    from diffsmooth.training.losses import list_losses, loss_defaults
+def _epoch_options(p: argparse.ArgumentParser, config: type, optimizer: str, recorded: str) -> None:
+    """The options that train-classifier and train-denoiser share: the schedule of an epoch-based
+    run with ``optimizer`` and the images used, defaults from ``config``."""
+    _option(p, config, "--epochs", "training epochs", type=int)
+    _option(p, config, "--batch-size", "images per step", type=int)
+    _option(p, config, "--lr", f"{optimizer} learning rate (cosine decay to 0)", type=float)
+    _option(p, config, "--weight-decay", f"{optimizer} weight decay", type=float)
+    _option(p, config, "--train-limit", "use only the first N training images", type=int)
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help=f"test images for the recorded {recorded} (default all)")
 
-    d = sub.add_parser(
-        "train-diffusion", formatter_class=formatter,
-        help="train a DDPM (epsilon prediction) for one-shot purification",
-        description="Train our ADM UNet as a DDPM: epsilon prediction, MSE, uniform or focused timesteps "
-        "(--focus-sigmas), AdamW, EMA of the "
-        "weights, optional bf16 autocast on CUDA. Writes a resumable state every --checkpoint-every steps and the "
-        "EMA model to --out (config.json + model.safetensors, read by load_diffusion_model).",
+
+def register(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    from diffsmooth.training import (
+        ClassifierTrainConfig,
+        DenoiserTrainConfig,
+        DiffusionTrainConfig,
+        list_losses,
+        loss_defaults,
     )
+
+    method_defaults = "; ".join(f"{m}: " + (", ".join(f"{k}={v:g}" for k, v in loss_defaults(m).items()) or "none")
+                                for m in list_losses())
+    commands = (
+        ("train-diffusion", DiffusionTrainConfig, _diffusion_options, _train_diffusion,
+         "train a DDPM (epsilon prediction) for one-shot purification",
+         "Train our ADM UNet as a DDPM: epsilon prediction, MSE, uniform or focused timesteps (--focus-sigmas), "
+         "AdamW, EMA of the weights, optional bf16 autocast on CUDA. Writes a resumable state every "
+         "--checkpoint-every steps and the EMA model to --out (config.json + model.safetensors, read by "
+         "load_diffusion_model)."),
+        ("train-classifier", ClassifierTrainConfig, _classifier_options, _train_classifier,
+         "train a base classifier for randomized smoothing",
+         "Train a classifier with Gaussian augmentation (Cohen et al.), SmoothAdv (Salman et al.), Consistency "
+         "(Jeong & Shin), MACER (Zhai et al.) or SmoothMix (Jeong et al.); noise is drawn fresh every batch. Writes "
+         "OUT.safetensors + OUT.json (read by load_classifier) and a resumable state after every epoch. Method "
+         "defaults: " + method_defaults),
+        ("train-denoiser", DenoiserTrainConfig, _denoiser_options, _train_denoiser,
+         "train a DnCNN denoiser for denoised smoothing (Salman et al.)",
+         "Train a DnCNN (depth 17, width 64) or DnCNN-wide (width 128) to remove N(0, sigma^2) noise in [0,1] "
+         "pixels, with the MSE objective, the stability objective (cross-entropy of a frozen classifier on the "
+         "denoised image against its clean prediction) or MSE then stability. Adam, cosine learning rate. Writes "
+         "OUT.safetensors + OUT.json (read by load_denoiser and `certify --method denoised`) and a resumable state "
+         "after every epoch."),
+    )
+    for name, config, add_options, run, summary, description in commands:
+        p = sub.add_parser(name, formatter_class=formatter, help=summary, description=description)
+        add_options(p, config)
+        _common(p, config)
+        p.set_defaults(func=run)
+
+
+def _diffusion_options(d: argparse.ArgumentParser, config: type) -> None:
+    from diffsmooth.training import train_diffusion
+
     d.add_argument("--out", required=True, help="output folder of the trained model")
-    d.add_argument("--variant", default="improved", help="UNet flag set: improved or guided")
-    d.add_argument("--num-channels", type=int, default=32, help="base channel count of the UNet")
-    d.add_argument("--channel-mult", default="1,2,2", help="channel multiplier per resolution")
-    d.add_argument("--num-res-blocks", type=int, default=1, help="residual blocks per resolution")
-    d.add_argument("--attention-resolutions", default="7",
-                   help="comma list of feature-map sizes with self-attention ('' for none)")
-    d.add_argument("--num-heads", type=int, default=1, help="attention heads")
-    d.add_argument("--dropout", type=float, default=0.0, help="dropout in residual blocks")
-    d.add_argument("--schedule", default="cosine", help="noise schedule: cosine or linear")
-    d.add_argument("--diffusion-steps", type=int, default=1000, help="number of diffusion timesteps T")
-    d.add_argument("--steps", type=int, default=5000, help="optimizer steps in total")
-    d.add_argument("--batch-size", type=int, default=64, help="images per step")
-    d.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (cosine decay after warm-up)")
-    d.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    d.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up steps")
-    d.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
-    d.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; ignored on CPU)")
-    d.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups (default: the official 32)")
-    d.add_argument("--focus-sigmas", default=None, metavar="LO,HI",
-                   help="smoothing sigmas (pixel units) whose t* range gets --focus-fraction of the timestep draws "
-                   "(default: uniform timesteps)")
-    d.add_argument("--focus-fraction", type=float, default=None,
-                   help="share of timestep draws in the --focus-sigmas range, in (0, 1)")
-    d.add_argument("--train-limit", type=int, default=None,
-                   help="train on the first N training images only (hold the rest out)")
-    d.add_argument("--checkpoint-every", type=int, default=500, help="steps between resumable checkpoints")
-    d.add_argument("--stop-after", type=int, default=None,
-                   help="end this call after N more steps (a multiple of --checkpoint-every), saving the model "
-                   "marked unfinished; continue later with --resume")
-    _common(d)
-    d.set_defaults(func=_train_diffusion)
+    _option(d, config, "--variant", "UNet flag set: improved or guided")
+    _option(d, config, "--num-channels", "base channel count of the UNet", type=int)
+    _option(d, config, "--channel-mult", "channel multiplier per resolution")
+    _option(d, config, "--num-res-blocks", "residual blocks per resolution", type=int)
+    _option(d, config, "--attention-resolutions", "comma list of feature-map sizes with self-attention ('' for none)")
+    _option(d, config, "--num-heads", "attention heads", type=int)
+    _option(d, config, "--dropout", "dropout in residual blocks", type=float)
+    _option(d, config, "--schedule", "noise schedule: cosine or linear")
+    _option(d, config, "--diffusion-steps", "number of diffusion timesteps T", type=int)
+    _option(d, config, "--steps", "optimizer steps in total", type=int)
+    _option(d, config, "--batch-size", "images per step", type=int)
+    _option(d, config, "--lr", "AdamW learning rate (cosine decay after warm-up)", type=float)
+    _option(d, config, "--weight-decay", "AdamW weight decay", type=float)
+    _option(d, config, "--warmup-steps", "linear learning-rate warm-up steps", type=int)
+    _option(d, config, "--ema", "EMA decay of the weights", type=float)
+    _option(d, config, "--amp", "bf16 autocast (CUDA only; ignored on CPU)", action="store_true")
+    _option(d, config, "--norm-groups", "GroupNorm groups (default: the official 32)", type=int)
+    _option(d, config, "--focus-sigmas", "smoothing sigmas (pixel units) whose t* range gets --focus-fraction of the "
+            "timestep draws (default: uniform timesteps)", metavar="LO,HI")
+    _option(d, config, "--focus-fraction", "share of timestep draws in the --focus-sigmas range, in (0, 1)", type=float)
+    _option(d, config, "--train-limit", "train on the first N training images only (hold the rest out)", type=int)
+    _option(d, train_diffusion, "--checkpoint-every", "steps between resumable checkpoints", type=int)
+    _option(d, train_diffusion, "--stop-after", "end this call after N more steps (a multiple of "
+            "--checkpoint-every), saving the model marked unfinished; continue later with --resume", type=int)
 
-    c = sub.add_parser(
-        "train-classifier", formatter_class=formatter,
-        help="train a base classifier for randomized smoothing",
-        description="Train a classifier with Gaussian augmentation (Cohen et al.), SmoothAdv (Salman et al.), "
-        "Consistency (Jeong & Shin), MACER (Zhai et al.) or SmoothMix (Jeong et al.); noise is drawn fresh every batch. Writes OUT.safetensors "
-        "+ OUT.json (read by load_classifier) and a resumable state after every epoch. Method defaults: "
-        + "; ".join(f"{m}: " + (", ".join(f"{k}={v:g}" for k, v in loss_defaults(m).items()) or "none")
-                    for m in list_losses()),
-    )
+
+def _classifier_options(c: argparse.ArgumentParser, config: type) -> None:
+    from diffsmooth.training import list_losses
+
     c.add_argument("--out", required=True, help="output path stem: writes OUT.safetensors and OUT.json")
-    c.add_argument("--method", choices=list_losses(), default="gaussian", help="training objective")
+    _option(c, config, "--method", "training objective", choices=list_losses())
     c.add_argument("--sigma", type=float, required=True, help="training noise std in [0,1] pixel units (0 = clean)")
-    c.add_argument("--arch", default="fmnist_cnn", help="classifier architecture (registry name)")
-    c.add_argument("--epochs", type=int, default=5, help="training epochs")
-    c.add_argument("--batch-size", type=int, default=128, help="images per step")
-    c.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (cosine decay to 0)")
-    c.add_argument("--momentum", type=float, default=0.9, help="SGD Nesterov momentum")
-    c.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    _option(c, config, "--arch", "classifier architecture (registry name)")
+    _epoch_options(c, config, "SGD", "accuracies")
+    _option(c, config, "--momentum", "SGD Nesterov momentum", type=float)
     for flag, dest, typ, text in _HPARAMS:
         c.add_argument(flag, dest=dest, type=typ, default=None, help=text + " (default: the method's)")
-    c.add_argument("--init", type=Path, default=None, help="start from this classifier checkpoint (fine-tuning)")
-    c.add_argument("--finetune-on-purified", dest="purify", default=None, metavar="DENOISER",
-                   help="diffusion model folder: train on purify(x + N(0, purify_sigma^2)) instead of x")
-    c.add_argument("--purify-sigma", type=float, default=None, help="noise before purification (default: --sigma)")
-    c.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    c.add_argument("--eval-limit", type=int, default=None, help="test images for the recorded accuracies (default all)")
-    _common(c)
-    c.set_defaults(func=_train_classifier)
+    _option(c, config, "--init", "start from this classifier checkpoint (fine-tuning)", type=Path)
+    _option(c, config, "--finetune-on-purified", "diffusion model folder: train on purify(x + N(0, purify_sigma^2)) "
+            "instead of x", dest="purify", metavar="DENOISER")
+    _option(c, config, "--purify-sigma", "noise before purification (default: --sigma)", type=float)
 
-    n = sub.add_parser(
-        "train-denoiser", formatter_class=formatter,
-        help="train a DnCNN denoiser for denoised smoothing (Salman et al.)",
-        description="Train a DnCNN (depth 17, width 64) or DnCNN-wide (width 128) to remove N(0, sigma^2) noise "
-        "in [0,1] pixels, with the MSE objective, the stability objective (cross-entropy of a frozen classifier on "
-        "the denoised image against its clean prediction) or MSE then stability. Adam, cosine learning rate. Writes "
-        "OUT.safetensors + OUT.json (read by load_denoiser and `certify --method denoised`) and a resumable state "
-        "after every epoch.",
-    )
+
+def _denoiser_options(n: argparse.ArgumentParser, config: type) -> None:
     n.add_argument("--out", type=Path, required=True, help="output path stem: writes OUT.safetensors and OUT.json")
-    n.add_argument("--arch", default="dncnn", help="dncnn or dncnn-wide")
-    n.add_argument("--objective", default="mse", help="mse, stability or mse+stability")
+    _option(n, config, "--arch", "dncnn or dncnn-wide")
+    _option(n, config, "--objective", "mse, stability or mse+stability")
     n.add_argument("--sigma", type=float, required=True, help="training noise std in [0,1] pixel units")
-    n.add_argument("--classifier", default=None,
-                   help="frozen classifier for the stability objective (default on fashion-mnist: the shipped clean one)")
-    n.add_argument("--mse-epochs", type=int, default=None,
-                   help="mse+stability: epochs of MSE before stability (default: half of --epochs)")
-    n.add_argument("--init", type=Path, default=None, help="start from this denoiser checkpoint (ours or Salman et al.'s)")
-    n.add_argument("--depth", type=int, default=None, help="convolutions (default: the arch's 17)")
-    n.add_argument("--width", type=int, default=None, help="hidden channels (default: the arch's 64 or 128)")
-    n.add_argument("--epochs", type=int, default=5, help="training epochs")
-    n.add_argument("--batch-size", type=int, default=128, help="images per step")
-    n.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay to 0)")
-    n.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
-    n.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    n.add_argument("--eval-limit", type=int, default=None, help="test images for the recorded numbers (default all)")
-    _common(n)
-    n.set_defaults(func=_train_denoiser)
+    _option(n, config, "--classifier", "frozen classifier for the stability objective (default on fashion-mnist: the "
+            "shipped clean one)")
+    _option(n, config, "--mse-epochs", "mse+stability: epochs of MSE before stability (default: half of --epochs)",
+            type=int)
+    _option(n, config, "--init", "start from this denoiser checkpoint (ours or Salman et al.'s)", type=Path)
+    _option(n, config, "--depth", "convolutions (default: the arch's 17)", type=int)
+    _option(n, config, "--width", "hidden channels (default: the arch's 64 or 128)", type=int)
+    _epoch_options(n, config, "Adam", "numbers")
 
 
 def _train_denoiser(args: argparse.Namespace) -> int:
     from diffsmooth.training import DenoiserTrainConfig, train_denoiser
 
-    config = DenoiserTrainConfig(
-        arch=args.arch, dataset=args.dataset, objective=args.objective, sigma=args.sigma,
-        classifier=args.classifier, mse_epochs=args.mse_epochs, init=str(args.init) if args.init else None,
-        depth=args.depth, width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, data_dir=str(args.data_dir) if args.data_dir else None,
-        train_limit=args.train_limit,
-    )
+    config = _config(DenoiserTrainConfig, args)
     result = train_denoiser(config, args.out, checkpoint_dir=args.checkpoint_dir, device=args.device,
                             resume=args.resume, quiet=args.quiet, eval_limit=args.eval_limit)
     info = result.info
@@ -160,17 +193,11 @@ def _train_denoiser(args: argparse.Namespace) -> int:
 
 def _check_out(text: str, files: list[Path], overwrite: bool, what: str) -> None:
     """Refuse, before training, an --out that cannot be written or would replace a model unasked."""
-    import os
-
     out = Path(text)
     if text.endswith(os.sep) and not out.is_dir():
         raise InputError(f"--out {text} ends with '{os.sep}' but is no folder; give the {what} path itself, "
                          f"e.g. {out / 'model'}")
-    parent = out.parent
-    if not parent.is_dir():
-        raise InputError(f"output folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"output folder {parent} is not writable; choose another --out")
+    validate.writable_folder(out.parent, "--out")
     existing = [f for f in files if f.exists() or f.is_symlink()]
     if existing and not overwrite:
         raise InputError(f"{existing[0]} exists; pass --overwrite to replace the {what} or choose another --out")
@@ -192,13 +219,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
     if wrong:
         flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
         raise InputError(f"{flags} do(es) not apply to --method {args.method}; drop them or pick another method")
-    config = ClassifierTrainConfig(
-        arch=args.arch, dataset=args.dataset, method=args.method, sigma=args.sigma, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        seed=args.seed, hparams=given, init=str(args.init) if args.init else None,
-        purify=str(args.purify) if args.purify else None, purify_sigma=args.purify_sigma,
-        data_dir=str(args.data_dir) if args.data_dir else None, train_limit=args.train_limit,
-    )
+    config = _config(ClassifierTrainConfig, args, hparams=given)
     result = train_classifier(config, args.out, checkpoint_dir=args.checkpoint_dir, device=args.device,
                               resume=args.resume, quiet=args.quiet, eval_limit=args.eval_limit)
     noisy = result.info.get("noisy_test_accuracy")
@@ -216,15 +237,7 @@ def _train_diffusion(args: argparse.Namespace) -> int:
     _check_out(raw, [args.out / "config.json", args.out / "model.safetensors"],
                args.overwrite or args.resume, "diffusion model")
 
-    config = DiffusionTrainConfig(
-        dataset=args.dataset, variant=args.variant, num_channels=args.num_channels, channel_mult=args.channel_mult,
-        num_res_blocks=args.num_res_blocks, attention_resolutions=args.attention_resolutions,
-        num_heads=args.num_heads, dropout=args.dropout, schedule=args.schedule,
-        diffusion_steps=args.diffusion_steps, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, ema=args.ema, amp=args.amp,
-        seed=args.seed, data_dir=str(args.data_dir) if args.data_dir else None, train_limit=args.train_limit,
-        norm_groups=args.norm_groups, focus_sigmas=args.focus_sigmas, focus_fraction=args.focus_fraction,
-    )
+    config = _config(DiffusionTrainConfig, args)
     result = train_diffusion(config, args.out, checkpoint_dir=args.checkpoint_dir, device=args.device,
                              resume=args.resume, quiet=args.quiet, checkpoint_every=args.checkpoint_every,
                              stop_after=args.stop_after)

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from diffsmooth.data.dataset import ArrayImageDataset
-from diffsmooth.data.info import dataset_info
+from diffsmooth.data.info import DatasetInfo
 from diffsmooth.data.locate import find_dir, search_dirs
 from diffsmooth.data.registry import register_dataset
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 _FOLDER = "cifar-10-batches-py"
 _FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
@@ -45,7 +45,7 @@ _ALLOWED = {
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> object:
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
@@ -75,8 +75,14 @@ def _holds_cifar(folder: Path) -> bool:
     return all((folder / f).is_file() for f in _FILES["train"] + _FILES["test"])
 
 
-@register_dataset("cifar10")
-def _cifar10(split: str, data_dir: Path | None) -> ArrayImageDataset:
+_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+# mean/std: the values of Cohen et al.'s released checkpoints (their NormalizeLayer).
+@register_dataset(
+    DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), _CLASS_NAMES)
+)
+def _cifar10(info: DatasetInfo, split: str, data_dir: Path | None) -> ArrayImageDataset:
     candidates: list[Path] = []
     for d in search_dirs("cifar10", data_dir):
         candidates += [d, d / _FOLDER]
@@ -92,7 +98,7 @@ def _cifar10(split: str, data_dir: Path | None) -> ArrayImageDataset:
         # Each row is 1024 red, 1024 green, 1024 blue values, each a row-major 32x32 plane.
         images.append(data.reshape(-1, 3, 32, 32))
     return ArrayImageDataset(
-        dataset_info("cifar10"),
+        info,
         torch.from_numpy(np.concatenate(images)),
         torch.from_numpy(np.concatenate(labels)),
         split,

@@ -12,15 +12,16 @@ import numpy as np
 import torch
 
 from diffsmooth.data.dataset import ArrayImageDataset
-from diffsmooth.data.info import dataset_info
+from diffsmooth.data.info import DatasetInfo
 from diffsmooth.data.registry import register_dataset
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 N_TRAIN = 1437
 
 
-@register_dataset("digits")
-def _digits(split: str, data_dir: Path | None) -> ArrayImageDataset:
+# mean/std: measured on all 1797 images scaled by 1/16.
+@register_dataset(DatasetInfo("digits", 10, 1, 8, (0.3053,), (0.3760,), tuple(str(d) for d in range(10))))
+def _digits(info: DatasetInfo, split: str, data_dir: Path | None) -> ArrayImageDataset:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -30,7 +31,7 @@ def _digits(split: str, data_dir: Path | None) -> ArrayImageDataset:
     labels = np.asarray(bunch.target, dtype=np.int64)
     part = slice(0, N_TRAIN) if split == "train" else slice(N_TRAIN, None)
     return ArrayImageDataset(
-        dataset_info("digits"),
+        info,
         torch.from_numpy(images[part].copy()).unsqueeze(1),
         torch.from_numpy(labels[part].copy()),
         split,

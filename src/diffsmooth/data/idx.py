@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from diffsmooth.data.dataset import ArrayImageDataset
-from diffsmooth.data.info import dataset_info
+from diffsmooth.data.info import DatasetInfo
 from diffsmooth.data.locate import find_dir, search_dirs
 from diffsmooth.data.registry import register_dataset
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 _IDX_DTYPES = {
     0x08: np.dtype("u1"),
@@ -88,8 +88,17 @@ def _stems(split: str) -> tuple[str, str]:
     return f"{_PREFIX[split]}-images-idx3-ubyte", f"{_PREFIX[split]}-labels-idx1-ubyte"
 
 
-def _load_idx_dataset(name: str, split: str, data_dir: Path | None) -> ArrayImageDataset:
-    info = dataset_info(name)
+_FASHION_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+# mean/std: the usual published training-set statistics.
+@register_dataset(DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), _FASHION_NAMES))
+@register_dataset(DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,), tuple(str(d) for d in range(10))))
+def _load_idx_dataset(info: DatasetInfo, split: str, data_dir: Path | None) -> ArrayImageDataset:
+    name = info.name
     image_stem, label_stem = _stems(split)
     folder = find_dir(
         name,
@@ -116,12 +125,3 @@ def _load_idx_dataset(name: str, split: str, data_dir: Path | None) -> ArrayImag
         split,
     )
 
-
-@register_dataset("fashion-mnist")
-def _fashion_mnist(split: str, data_dir: Path | None) -> ArrayImageDataset:
-    return _load_idx_dataset("fashion-mnist", split, data_dir)
-
-
-@register_dataset("mnist")
-def _mnist(split: str, data_dir: Path | None) -> ArrayImageDataset:
-    return _load_idx_dataset("mnist", split, data_dir)

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from diffsmooth.data.dataset import FileImageDataset
-from diffsmooth.data.info import dataset_info
+from diffsmooth.data.info import DatasetInfo
 from diffsmooth.data.locate import find_dir, search_dirs
 from diffsmooth.data.registry import register_dataset
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 _EXTENSIONS = {".jpeg", ".jpg", ".png"}
 _HOW_TO_GET = (
@@ -48,8 +48,10 @@ def _load_image(path: Path) -> torch.Tensor:
         return TF.to_tensor(img)
 
 
-@register_dataset("imagenet")
-def _imagenet(split: str, data_dir: Path | None) -> FileImageDataset:
+# mean/std: the values of Cohen et al.'s released checkpoints (their NormalizeLayer); class names
+# are the wnids of the folders found.
+@register_dataset(DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+def _imagenet(info: DatasetInfo, split: str, data_dir: Path | None) -> FileImageDataset:
     sub = "val" if split == "test" else "train"
     candidates: list[Path] = []
     for d in search_dirs("imagenet", data_dir):
@@ -70,5 +72,5 @@ def _imagenet(split: str, data_dir: Path | None) -> FileImageDataset:
                 labels.append(label)
     if not files:
         raise InputError(f"no images in {folder}; {_HOW_TO_GET}")
-    info = replace(dataset_info("imagenet"), class_names=tuple(d.name for d in wnids))
+    info = replace(info, class_names=tuple(d.name for d in wnids))
     return FileImageDataset(info, files, labels, split, _load_image)

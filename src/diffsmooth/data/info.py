@@ -3,13 +3,12 @@
 ``DatasetInfo`` carries the facts a classifier and a certifier need: class count,
 image geometry and the per-channel normalization statistics of [0,1] pixels.
 Classifiers read ``mean``/``std`` from here so that one table serves both sides.
+Each dataset's info is registered beside its loader (``diffsmooth.data.registry``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from diffsmooth.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -33,45 +32,3 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
-
-
-_FASHION_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-_CIFAR10_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)
-_DIGIT_NAMES = tuple(str(d) for d in range(10))
-
-# mean/std: CIFAR-10 and ImageNet values are the ones of Cohen et al.'s released
-# checkpoints (their NormalizeLayer); the grayscale ones are the usual published
-# training-set statistics; digits: measured on all 1797 images scaled by 1/16.
-_INFOS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), _FASHION_NAMES),
-        DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,), _DIGIT_NAMES),
-        DatasetInfo(
-            "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), _CIFAR10_NAMES
-        ),
-        DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        DatasetInfo("digits", 10, 1, 8, (0.3053,), (0.3760,), _DIGIT_NAMES),
-    )
-}
-
-
-def known_datasets() -> list[str]:
-    """Names that ``dataset_info`` and ``load_dataset`` accept, sorted."""
-    return sorted(_INFOS)
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """The ``DatasetInfo`` of a registered dataset, without touching any file."""
-    try:
-        return _INFOS[name]
-    except KeyError:
-        raise InputError(
-            f"unknown dataset {name!r}; choose one of: {', '.join(known_datasets())}"
-        ) from None

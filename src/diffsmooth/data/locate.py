@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 ENV_VAR = "DIFFSMOOTH_DATA"
 

@@ -3,7 +3,7 @@
 Formats read by ``load_denoiser``:
 - our own: ``x.safetensors`` (keys ``dncnn.<i>.<name>``) + ``x.json`` (``"format":
   "diffsmooth-denoiser"``, the ``DnCNNConfig``, the weights' SHA-256, training info), written by
-  ``save_denoiser``;
+  ``save_denoiser`` through ``diffsmooth.modelfile``;
 - Salman et al.'s (microsoft/denoised-smoothing) ``torch.save({"epoch", "arch", "state_dict",
   "optimizer"})`` with ``arch`` one of ``cifar_dncnn``, ``cifar_dncnn_wide``, ``imagenet_dncnn``
   (the last wrapped in DataParallel: keys ``module.dncnn.<i>.<name>``), or a bare state dict.
@@ -19,20 +19,14 @@ from typing import Any
 import torch
 
 from diffsmooth.denoisers.dncnn import PRESETS, DnCNN, DnCNNConfig
-from diffsmooth.errors import InputError
-from diffsmooth.files import (check_finite, check_json, few_names, file_sha256, load_state_strictly, read_json_object,
-                              read_safetensors, read_torch, save_safetensors, unwrap_state_dict, write_json)
+from diffsmooth.files import file_sha256
+from diffsmooth.modelfile import ModelFormat, few_names, load_state_strictly, mark_loaded, read_state_file
+from diffsmooth.validate import InputError
 
-FORMAT = "diffsmooth-denoiser"
-FORMAT_VERSION = 1
+MODEL_FILE = ModelFormat("diffsmooth-denoiser", "save_denoiser", required=("in_channels", "depth", "width"))
+"""Our format: ``"arch": "dncnn"``, the ``DnCNNConfig`` fields and ``"training"`` beside the common keys."""
 SALMAN_ARCHS = {"cifar_dncnn": "dncnn", "cifar_dncnn_wide": "dncnn-wide", "imagenet_dncnn": "dncnn"}
 """Salman et al.'s ``arch`` names and our presets they are."""
-
-
-def _paths(path: Path) -> tuple[Path, Path]:
-    """(weights .safetensors, config .json) for any of ``x``, ``x.safetensors``, ``x.json``."""
-    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
 def save_denoiser(path: str | Path, model: DnCNN, extra: dict[str, Any] | None = None) -> Path:
@@ -42,14 +36,8 @@ def save_denoiser(path: str | Path, model: DnCNN, extra: dict[str, Any] | None =
     """
     if not isinstance(model, DnCNN):
         raise InputError(f"save_denoiser takes a DnCNN, got {type(model).__name__}")
-    weights, config_path = _paths(Path(path))
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": "dncnn", **model.config.to_dict(),
-           "weights": weights.name, "training": dict(extra or {})}
-    check_json(doc, "save_denoiser")
-    check_finite(model.state_dict(), weights)
-    doc["weights_sha256"] = save_safetensors(weights, model.state_dict(), metadata={"format": FORMAT})
-    write_json(config_path, doc)
+    fields = {"arch": "dncnn", **model.config.to_dict(), "training": dict(extra or {})}
+    weights, _ = MODEL_FILE.save(path, model.state_dict(), fields)
     return weights
 
 
@@ -68,29 +56,6 @@ def _strict_load(model: DnCNN, state: dict[str, torch.Tensor], path: Path) -> No
                         "the file is not a DnCNN of Salman et al.'s layout")
 
 
-def _finish(model: DnCNN, path: Path, info: dict[str, Any]) -> DnCNN:
-    model.checkpoint_sha256 = file_sha256(path)
-    model.checkpoint_path = str(path)
-    model.training_info = info
-    return model.eval()
-
-
-def _load_own(weights: Path, config_path: Path) -> DnCNN:
-    doc = read_json_object(config_path)
-    if doc.get("format") != FORMAT:
-        raise InputError(f"{config_path} is not a {FORMAT} config (no \"format\": \"{FORMAT}\"); "
-                         "save the denoiser with save_denoiser")
-    if not weights.is_file():
-        raise InputError(f"weights {weights} for {config_path} are missing; copy them next to the JSON")
-    try:
-        config = DnCNNConfig.from_dict(doc)
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{config_path} lacks a valid field ({err}); re-save with save_denoiser") from None
-    model = DnCNN(config)
-    _strict_load(model, read_safetensors(weights), weights)
-    return _finish(model, weights, dict(doc.get("training") or {}))
-
-
 def load_denoiser(path: str | Path) -> DnCNN:
     """Load a DnCNN denoiser (our safetensors + JSON, or Salman et al.'s torch checkpoint) in eval mode.
 
@@ -98,16 +63,12 @@ def load_denoiser(path: str | Path) -> DnCNN:
     with ``checkpoint_sha256``/``checkpoint_path`` set. Every problem raises ``InputError``.
     """
     path = Path(path)
-    weights, config_path = _paths(path)
-    if (path.suffix in (".safetensors", ".json") or not path.exists()) and config_path.is_file():
-        return _load_own(weights, config_path)
-    if not path.is_file():
-        raise InputError(f"denoiser checkpoint {path} not found; check the path")
-    if path.suffix == ".safetensors":
-        state, arch, meta = read_safetensors(path), None, {}
-    else:
-        state, arch, meta = unwrap_state_dict(read_torch(path), path)
-        check_finite(state, path)
+    saved = MODEL_FILE.load(path)
+    if saved is not None:
+        model = DnCNN(saved.parse(DnCNNConfig.from_dict))
+        _strict_load(model, saved.state, saved.weights)
+        return mark_loaded(model, saved.weights, saved.sha256, dict(saved.doc.get("training") or {}))
+    state, arch, meta = read_state_file(path, "denoiser checkpoint")
     if arch is not None and arch not in SALMAN_ARCHS:
         raise InputError(f"{path} holds arch {arch!r}, not a DnCNN; known: {', '.join(SALMAN_ARCHS)}")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
@@ -118,4 +79,4 @@ def load_denoiser(path: str | Path) -> DnCNN:
                          "the file is inconsistent, re-save it")
     model = DnCNN(config)
     _strict_load(model, dict(state), path)
-    return _finish(model, path, {**meta, **({"arch": arch} if arch else {})})
+    return mark_loaded(model, path, file_sha256(path), {**meta, **({"arch": arch} if arch else {})})

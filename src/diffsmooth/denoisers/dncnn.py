@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffsmooth.errors import InputError
+from diffsmooth import validate
+from diffsmooth.validate import InputError
 
 PRESETS: dict[str, dict[str, int]] = {"dncnn": {"depth": 17, "width": 64}, "dncnn-wide": {"depth": 17, "width": 128}}
 """Our names for Salman et al.'s two denoisers; their ``arch`` names map onto them in ``checkpoint``."""
@@ -59,8 +60,9 @@ class DnCNN(nn.Module):
 
     def __init__(self, config: DnCNNConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        if config.depth < 2 or config.width < 1 or config.in_channels < 1:
-            raise InputError(f"DnCNN needs depth >= 2, width >= 1 and in_channels >= 1, got {config}")
+        validate.whole(config.depth, "DnCNN depth", 2)
+        validate.whole(config.width, "DnCNN width")
+        validate.whole(config.in_channels, "DnCNN in_channels")
         c, w = config.in_channels, config.width
         layers: list[nn.Module] = [nn.Conv2d(c, w, 3, padding=1, bias=True), nn.ReLU(inplace=True)]
         for _ in range(config.depth - 2):
@@ -109,8 +111,7 @@ def create_dncnn(name: str = "dncnn", in_channels: int = 3, generator: torch.Gen
                  **overrides: Any) -> DnCNN:
     """A fresh DnCNN by preset name (``"dncnn"``: depth 17, width 64; ``"dncnn-wide"``: width 128);
     ``overrides`` (depth, width, sigma, dataset) replace preset fields."""
-    if name not in PRESETS:
-        raise InputError(f"unknown denoiser {name!r}; choose one of: {', '.join(PRESETS)}")
+    validate.choice(name, "denoiser", PRESETS)
     fields = {**PRESETS[name], **overrides}
     unknown = set(fields) - {"depth", "width", "sigma", "dataset"}
     if unknown:

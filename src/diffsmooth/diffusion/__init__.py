@@ -12,7 +12,7 @@ diffusers ``UNet2DModel`` folders; ``OneShotDenoiser`` is the purifier as an ``n
 ``purification_quality`` and ``purification_diagnostic`` measure how well it purifies.
 """
 
-from diffsmooth.diffusion.adm import ADMUNet, adm_unet, known_flags
+from diffsmooth.diffusion.adm import ADMConfig, ADMUNet, adm_config, adm_unet, known_flags
 from diffsmooth.diffusion.checkpoints import load_diffusion_model, save_diffusion_model
 from diffsmooth.diffusion.denoiser import MultiStepDenoiser, OneShotDenoiser
 from diffsmooth.diffusion.diagnostics import (
@@ -34,6 +34,7 @@ from diffsmooth.diffusion.presets import (
 from diffsmooth.diffusion.schedules import NoiseSchedule, list_schedules
 
 __all__ = [
+    "ADMConfig",
     "ADMUNet",
     "DiffusionModel",
     "DiffusionPreset",
@@ -42,6 +43,7 @@ __all__ = [
     "OneShotDenoiser",
     "PurificationDiagnostic",
     "PurificationQuality",
+    "adm_config",
     "adm_unet",
     "build_preset",
     "diagnose_model",

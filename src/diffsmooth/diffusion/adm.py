@@ -7,7 +7,8 @@ output. Module and parameter names follow the official code, so the official sta
 (``cifar10_uncond_50M_500K.pt``, ``256x256_diffusion_uncond.pt``) load with strict keys.
 
 ``adm_unet(variant, **flags)`` takes the official command-line flag names (paste them from
-the official READMEs or a ``*_config.json``). Input: ``x`` (B, C, H, W) in model space
+the official READMEs or a ``*_config.json``); ``adm_config`` maps them, one to one, onto the
+frozen ``ADMConfig`` that ``ADMUNet`` is built from. Input: ``x`` (B, C, H, W) in model space
 [-1,1], H and W divisible by 2**(levels-1) (any such size, e.g. 224 on a 256 model), and
 ``t`` (B,) timesteps exactly as the network takes them (improved-diffusion checkpoints
 expect ``t * 1000 / T``; that rescaling belongs to the caller). Output (B, C or 2C, H, W):
@@ -17,13 +18,15 @@ epsilon in the first C channels, the variance interpolation in the rest when lea
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffsmooth.errors import InputError
+from diffsmooth import validate
+from diffsmooth.validate import InputError
 
 NUM_CLASSES = 1000  # class_cond models in both codebases are ImageNet-conditional
 
@@ -159,87 +162,110 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
-class ADMUNet(nn.Module):
-    """The ADM UNet. Prefer ``adm_unet(variant, **flags)``, which maps official flags onto this.
+@dataclass(frozen=True)
+class ADMConfig:
+    """What builds an ``ADMUNet``, in the network's own terms (``adm_config`` maps the official flags
+    onto it).
 
-    Args:
+    Attributes:
         in_channels: image channels C (3 for RGB, 1 for grayscale).
         model_channels: base width (flag ``num_channels``).
         out_channels: C, or 2C with a learned variance.
         num_res_blocks: ResBlocks per level on the way down (one more per level on the way up).
         attention_ds: downsampling factors (1, 2, 4, ...) at which attention is used.
         channel_mult: width multiplier per level; ``len - 1`` downsamplings.
+        dropout: dropout probability inside the ResBlocks.
         num_heads / num_head_channels: heads by count, or by channels per head when > 0.
         num_heads_upsample: heads in the decoder, -1 = num_heads.
+        use_scale_shift_norm: the time embedding scales and shifts the out-norm (else it is added).
         resblock_updown: resample with ResBlocks (guided) instead of conv/pool (improved).
+        conv_resample: conv (not nearest/avg-pool only) resampling when not ``resblock_updown``.
         legacy_attention_order: see ``AttentionBlock``.
         num_classes: class-conditional label embedding when not None.
         norm_groups: groups of every GroupNorm (32 in the official models; ours allows fewer so
             that narrow UNets, e.g. 16 channels at 28x28, are possible).
     """
 
-    def __init__(self, *, in_channels: int, model_channels: int, out_channels: int, num_res_blocks: int,
-                 attention_ds: tuple[int, ...], channel_mult: tuple[int, ...], dropout: float = 0.0,
-                 num_heads: int = 1, num_head_channels: int = -1, num_heads_upsample: int = -1,
-                 use_scale_shift_norm: bool = False, resblock_updown: bool = False,
-                 conv_resample: bool = True, legacy_attention_order: bool = True,
-                 num_classes: int | None = None, norm_groups: int = 32) -> None:
+    in_channels: int
+    model_channels: int
+    out_channels: int
+    num_res_blocks: int
+    attention_ds: tuple[int, ...]
+    channel_mult: tuple[float, ...]
+    dropout: float = 0.0
+    num_heads: int = 1
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    conv_resample: bool = True
+    legacy_attention_order: bool = True
+    num_classes: int | None = None
+    norm_groups: int = 32
+
+
+class ADMUNet(nn.Module):
+    """The ADM UNet built from an ``ADMConfig`` (kept as ``.config``). Prefer
+    ``adm_unet(variant, **flags)``, which maps official flags onto the config."""
+
+    def __init__(self, config: ADMConfig) -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.model_channels = model_channels
-        self.num_levels = len(channel_mult)
-        self.num_classes = num_classes
-        num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
-        emb_dim = 4 * model_channels
+        c = self.config = config
+        self.in_channels = c.in_channels
+        self.out_channels = c.out_channels
+        self.model_channels = c.model_channels
+        self.num_levels = len(c.channel_mult)
+        self.num_classes = c.num_classes
+        heads_up = c.num_heads if c.num_heads_upsample == -1 else c.num_heads_upsample
+        emb_dim = 4 * c.model_channels
 
         def attention(ch: int, heads: int) -> AttentionBlock:
-            if num_head_channels > 0:
-                if ch % num_head_channels:
-                    raise InputError(f"{ch} channels are not a multiple of num_head_channels={num_head_channels}; "
+            if c.num_head_channels > 0:
+                if ch % c.num_head_channels:
+                    raise InputError(f"{ch} channels are not a multiple of num_head_channels={c.num_head_channels}; "
                                      "pick num_head_channels dividing every level's width")
-                heads = ch // num_head_channels
-            return AttentionBlock(ch, heads, legacy_attention_order, norm_groups)
+                heads = ch // c.num_head_channels
+            return AttentionBlock(ch, heads, c.legacy_attention_order, c.norm_groups)
 
         def res(ch: int, out: int, **updown: bool) -> ResBlock:
-            return ResBlock(ch, emb_dim, dropout, out, use_scale_shift_norm, **updown, norm_groups=norm_groups)
+            return ResBlock(ch, emb_dim, c.dropout, out, c.use_scale_shift_norm, **updown, norm_groups=c.norm_groups)
 
-        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, emb_dim)
+        self.time_embed = nn.Sequential(nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if c.num_classes is not None:
+            self.label_emb = nn.Embedding(c.num_classes, emb_dim)
 
-        ch = int(channel_mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        ch = int(c.channel_mult[0] * c.model_channels)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
         skip_chans, ds = [ch], 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [res(ch, int(mult * model_channels))]
-                ch = int(mult * model_channels)
-                if ds in attention_ds:
-                    layers.append(attention(ch, num_heads))
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, int(mult * c.model_channels))]
+                ch = int(mult * c.model_channels)
+                if ds in c.attention_ds:
+                    layers.append(attention(ch, c.num_heads))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_chans.append(ch)
-            if level != len(channel_mult) - 1:
-                down = res(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample)
+            if level != len(c.channel_mult) - 1:
+                down = res(ch, ch, down=True) if c.resblock_updown else Downsample(ch, c.conv_resample)
                 self.input_blocks.append(TimestepEmbedSequential(down))
                 skip_chans.append(ch)
                 ds *= 2
 
-        self.middle_block = TimestepEmbedSequential(res(ch, ch), attention(ch, num_heads), res(ch, ch))
+        self.middle_block = TimestepEmbedSequential(res(ch, ch), attention(ch, c.num_heads), res(ch, ch))
 
         self.output_blocks = nn.ModuleList()
-        for level, mult in list(enumerate(channel_mult))[::-1]:
-            for i in range(num_res_blocks + 1):
-                layers = [res(ch + skip_chans.pop(), int(model_channels * mult))]
-                ch = int(model_channels * mult)
-                if ds in attention_ds:
-                    layers.append(attention(ch, num_heads_upsample))
-                if level and i == num_res_blocks:
-                    layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample))
+        for level, mult in list(enumerate(c.channel_mult))[::-1]:
+            for i in range(c.num_res_blocks + 1):
+                layers = [res(ch + skip_chans.pop(), int(c.model_channels * mult))]
+                ch = int(c.model_channels * mult)
+                if ds in c.attention_ds:
+                    layers.append(attention(ch, heads_up))
+                if level and i == c.num_res_blocks:
+                    layers.append(res(ch, ch, up=True) if c.resblock_updown else Upsample(ch, c.conv_resample))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(_norm(ch, norm_groups), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(ch, c.norm_groups), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """x (B, C, H, W) in [-1,1], t (B,) network timesteps (or one shared scalar), y (B,) labels
@@ -311,7 +337,12 @@ def _ints(text: Any, flag: str) -> tuple[float, ...]:
 
 
 def adm_unet(variant: str, **flags: Any) -> ADMUNet:
-    """Build the UNet from official improved-/guided-diffusion flags.
+    """The UNet built from official improved-/guided-diffusion flags: ``ADMUNet(adm_config(variant, **flags))``."""
+    return ADMUNet(adm_config(variant, **flags))
+
+
+def adm_config(variant: str, **flags: Any) -> ADMConfig:
+    """The ``ADMConfig`` that official improved-/guided-diffusion flags describe (one flag, one field).
 
     ``variant``: ``"improved"`` (improved-diffusion: legacy attention order, its channel_mult
     table incl. 32px) or ``"guided"`` (guided-diffusion: ``use_new_attention_order`` honoured,
@@ -324,8 +355,7 @@ def adm_unet(variant: str, **flags: Any) -> ADMUNet:
     (``diffusion_steps`` ...) too.
     Unknown flags raise ``InputError`` listing the known ones.
     """
-    if variant not in VARIANTS:
-        raise InputError(f"unknown ADM variant {variant!r}; known: {', '.join(VARIANTS)}")
+    validate.choice(variant, "ADM variant", VARIANTS)
     unknown = sorted(set(flags) - set(known_flags()))
     if unknown:
         raise InputError(f"unknown ADM flag(s) {', '.join(unknown)}; known: {', '.join(known_flags())}")
@@ -344,7 +374,7 @@ def adm_unet(variant: str, **flags: Any) -> ADMUNet:
         raise InputError(f"attention_resolutions {bad} do not divide image_size {size}; use resolutions the "
                          "feature maps reach, e.g. \"16,8\"")
     in_channels = int(f["in_channels"])
-    return ADMUNet(
+    return ADMConfig(
         in_channels=in_channels,
         model_channels=int(f["num_channels"]),
         out_channels=in_channels * (2 if f["learn_sigma"] else 1),

@@ -19,17 +19,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffsmooth import validate
 from diffsmooth.diffusion.adm import VARIANTS, adm_unet
 from diffsmooth.diffusion.presets import DiffusionModel, get_preset, list_presets, preset_state_shapes
 from diffsmooth.diffusion.schedules import NoiseSchedule
-from diffsmooth.errors import InputError
-from diffsmooth.files import (check_finite, check_json, file_sha256, read_json_object, read_safetensors, read_torch,
-                              save_safetensors, write_json)
+from diffsmooth.files import file_sha256
+from diffsmooth.modelfile import FOLDER_CONFIG, ModelFormat, SavedModel, check_finite, read_safetensors, read_torch
+from diffsmooth.validate import InputError
 
-FORMAT = "diffsmooth-diffusion"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+MODEL_FILE = ModelFormat("diffsmooth-diffusion", "save_diffusion_model",
+                         required=("variant", "flags", "schedule", "rescale_timesteps"), folder=True)
+"""Our format: a folder (``config.json`` + ``model.safetensors``); the JSON holds the ADM variant,
+its official flags, the schedule, ``rescale_timesteps`` and ``"extra"`` beside the common keys."""
 
 
 def save_diffusion_model(directory: str | Path, unet: nn.Module, variant: str, flags: dict[str, Any],
@@ -42,33 +43,16 @@ def save_diffusion_model(directory: str | Path, unet: nn.Module, variant: str, f
     JSON-serializable training info: dataset, epochs, loss ...), so that the directory says
     what builds it.
     """
-    if variant not in VARIANTS:
-        raise InputError(f"unknown ADM variant {variant!r}; known: {', '.join(VARIANTS)}")
+    validate.choice(variant, "ADM variant", VARIANTS)
     expected = {k: tuple(v.shape) for k, v in _meta_unet(variant, flags).state_dict().items()}
     actual = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
     if expected != actual:
         raise InputError("save_diffusion_model: the unet does not match adm_unet(variant, **flags) "
                          f"({_key_diff(actual, expected)}); pass the flags it was built with")
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise InputError(f"{directory} is a file; the diffusion model is written as a folder, choose another path")
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / WEIGHTS_NAME
-    doc = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "variant": variant,
-        "flags": dict(flags),
-        "schedule": schedule.to_dict(),
-        "rescale_timesteps": bool(rescale_timesteps),
-        "weights": WEIGHTS_NAME,
-        "extra": dict(extra or {}),
-    }
-    check_json(doc, "save_diffusion_model")
-    check_finite(unet.state_dict(), weights)
-    doc["weights_sha256"] = save_safetensors(weights, unet.state_dict(), metadata={"format": FORMAT})
-    write_json(directory / CONFIG_NAME, doc)
-    return directory
+    fields = {"variant": variant, "flags": dict(flags), "schedule": schedule.to_dict(),
+              "rescale_timesteps": bool(rescale_timesteps), "extra": dict(extra or {})}
+    weights, _ = MODEL_FILE.save(directory, unet.state_dict(), fields)
+    return weights.parent
 
 
 def load_diffusion_model(source: str | Path, preset: str | None = None) -> DiffusionModel:
@@ -84,45 +68,35 @@ def load_diffusion_model(source: str | Path, preset: str | None = None) -> Diffu
     if not path.exists():
         raise InputError(f"diffusion checkpoint {str(source)!r} does not exist; pass a .pt file, a "
                          "diffsmooth model directory or a diffusers folder")
+    saved = MODEL_FILE.load(path)
+    if saved is not None:
+        return _load_ours(saved)
     if path.is_dir():
-        config = path / CONFIG_NAME
-        if config.is_file() and read_json_object(config).get("format") == FORMAT:
-            return _load_ours(config, path / read_json_object(config).get("weights", WEIGHTS_NAME))
         from diffsmooth.diffusion.diffusers_backend import is_diffusers_folder, load_diffusers_model
 
         if is_diffusers_folder(path):
             return load_diffusers_model(path)
-        raise InputError(f"{path} is neither a diffsmooth diffusion directory ({CONFIG_NAME} with "
-                         f"\"format\": \"{FORMAT}\") nor a diffusers folder (config.json + scheduler_config.json)")
+        raise InputError(f"{path} is neither a diffsmooth diffusion directory ({FOLDER_CONFIG} with "
+                         f"\"format\": \"{MODEL_FILE.tag}\") nor a diffusers folder "
+                         "(config.json + scheduler_config.json)")
     if path.suffix == ".safetensors":
-        for sibling in (path.with_suffix(".json"), path.parent / CONFIG_NAME):
-            if sibling.is_file() and read_json_object(sibling).get("format") == FORMAT:
-                return _load_ours(sibling, path)
-        # No config beside it: a bare state dict, resolved through the presets like a .pt file.
+        # No config of ours beside it: a bare state dict, resolved through the presets like a .pt file.
         return _from_state_dict(read_safetensors(path), path, preset)
     return _from_state_dict(_read_torch(path), path, preset)
 
 
-# ---- our format -------------------------------------------------------------------------------
-
-def _load_ours(config_path: Path, weights: Path) -> DiffusionModel:
-    doc = read_json_object(config_path)
-    missing = [k for k in ("variant", "flags", "schedule", "rescale_timesteps") if k not in doc]
-    if missing:
-        raise InputError(f"{config_path} lacks {', '.join(missing)}; rewrite it with save_diffusion_model")
-    if not weights.is_file():
-        raise InputError(f"weights file {weights} is missing next to {config_path}; copy {weights.name} there")
-    flags = dict(doc["flags"])
-    unet = _meta_unet(doc["variant"], flags)
-    _strict_assign(unet, read_safetensors(weights), weights)
+def _load_ours(saved: SavedModel) -> DiffusionModel:
+    flags, schedule = saved.parse(lambda doc: (dict(doc["flags"]), NoiseSchedule.from_dict(dict(doc["schedule"]))))
+    unet = _meta_unet(saved.doc["variant"], flags)
+    _strict_assign(unet, saved.state, saved.weights)
     return DiffusionModel(
         unet=unet.eval(),
-        schedule=NoiseSchedule.from_dict(doc["schedule"]),
-        rescale_timesteps=bool(doc["rescale_timesteps"]),
+        schedule=schedule,
+        rescale_timesteps=bool(saved.doc["rescale_timesteps"]),
         in_channels=int(flags.get("in_channels", 3)),
         image_size=int(flags.get("image_size", 64)),
-        name=str(doc.get("extra", {}).get("name", config_path.parent.name)),
-        sha256=file_sha256(weights),
+        name=str(saved.doc.get("extra", {}).get("name", saved.config.parent.name)),
+        sha256=saved.sha256,
     )
 
 

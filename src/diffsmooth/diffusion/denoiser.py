@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffsmooth import validate
 from diffsmooth.diffusion.presets import DiffusionModel
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 class OneShotDenoiser(nn.Module):
@@ -102,7 +103,6 @@ class OneShotDenoiser(nn.Module):
 
 
 REVERSE_CHAINS = ("ddim", "ddpm")
-_METHODS = REVERSE_CHAINS
 
 
 class MultiStepDenoiser(OneShotDenoiser):
@@ -121,10 +121,9 @@ class MultiStepDenoiser(OneShotDenoiser):
 
     def __init__(self, model: DiffusionModel, sigma: float, steps: int, method: str = "ddim") -> None:
         super().__init__(model, sigma)
-        if method not in _METHODS:
-            raise InputError(f"unknown reverse-chain method {method!r}; known: {', '.join(_METHODS)}")
-        if not isinstance(steps, int) or not 1 <= steps <= self._t_star + 1:
-            raise InputError(f"steps must be an integer in 1..{self._t_star + 1} (t*+1) for sigma={sigma}, got {steps!r}")
+        validate.choice(method, "reverse-chain method", REVERSE_CHAINS)
+        # At most one network call per schedule step from t* down to 0.
+        steps = validate.whole(steps, f"steps (t*={self._t_star} for sigma={sigma})", 1, self._t_star + 1)
         self.steps, self.method = steps, method
         spaced = torch.linspace(float(self._t_star), 0.0, steps, dtype=torch.float64).round().long()
         self.timesteps = [int(t) for t in spaced]

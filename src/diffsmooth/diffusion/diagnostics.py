@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffsmooth import validate
 from diffsmooth.diffusion.denoiser import MultiStepDenoiser, OneShotDenoiser
 from diffsmooth.diffusion.presets import DiffusionModel
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
@@ -81,6 +82,7 @@ def purification_quality(model: DiffusionModel, images: Tensor, sigmas: Sequence
         one ``PurificationQuality`` per sigma, in the given order.
     """
     _check_images(images, model)
+    validate.whole(batch_size, "batch_size")
     rows = []
     for sigma in sigmas:
         denoiser = OneShotDenoiser(model, sigma).eval()
@@ -171,10 +173,11 @@ def purification_diagnostic(purify: Callable[[Tensor], Tensor], images: Tensor, 
     """
     if images.dim() != 4 or images.shape[0] == 0:
         raise InputError(f"expected clean images (N, C, H, W) in [0,1] with N >= 1, got shape {tuple(images.shape)}")
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise InputError(f"sigma must be a positive number (pixel-space noise in [0,1] units), got {sigma!r}")
-    if draws < 1 or (reverse is not None and reverse_runs < 1):
-        raise InputError(f"draws and reverse_runs must be >= 1, got {draws} and {reverse_runs}")
+    sigma = validate.sigma(sigma)
+    validate.whole(draws, "draws")
+    validate.whole(batch_size, "batch_size")
+    if reverse is not None:
+        validate.whole(reverse_runs, "reverse_runs")
     noise_norms, to_clean, to_mean, psnrs, sq_err = [], [], [], [], 0.0
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size]

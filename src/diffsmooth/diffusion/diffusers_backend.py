@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from diffsmooth.diffusion.presets import DiffusionModel
 from diffsmooth.diffusion.schedules import NoiseSchedule
-from diffsmooth.errors import InputError
 from diffsmooth.files import file_sha256, read_json_object
+from diffsmooth.validate import InputError
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # diffusers' beta_schedule name -> ours; "squaredcos_cap_v2" is the improved-diffusion cosine.

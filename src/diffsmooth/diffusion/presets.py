@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffsmooth import validate
 from diffsmooth.diffusion.adm import adm_unet
 from diffsmooth.diffusion.schedules import NoiseSchedule
-from diffsmooth.errors import InputError
+from diffsmooth.validate import InputError
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,9 +84,7 @@ def list_presets() -> list[str]:
 
 def get_preset(name: str) -> DiffusionPreset:
     """The preset called ``name``; ``InputError`` listing the known ones otherwise."""
-    if name not in _PRESETS:
-        raise InputError(f"unknown diffusion preset {name!r}; known: {', '.join(list_presets())}")
-    return _PRESETS[name]
+    return _PRESETS[validate.choice(name, "diffusion preset", list_presets())]
 
 
 @lru_cache(maxsize=None)

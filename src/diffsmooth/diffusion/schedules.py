@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from diffsmooth.errors import InputError
+from diffsmooth import validate
+from diffsmooth.validate import InputError
 
 
 def _linear_betas(schedule: "NoiseSchedule") -> np.ndarray:
@@ -71,10 +72,9 @@ class NoiseSchedule:
     beta_end: float | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in _BETAS:
-            raise InputError(f"unknown noise schedule {self.name!r}; known: {', '.join(sorted(_BETAS))}")
-        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 2:
-            raise InputError(f"num_timesteps must be an integer >= 2, got {self.num_timesteps!r}")
+        validate.choice(self.name, "noise schedule", sorted(_BETAS))
+        # Canonical int (a numpy integer from a config would not survive to_dict's JSON).
+        object.__setattr__(self, "num_timesteps", validate.whole(self.num_timesteps, "num_timesteps", 2))
 
     @property
     def betas(self) -> torch.Tensor:
@@ -98,8 +98,7 @@ class NoiseSchedule:
         to the model's [-1,1] space. Raises ``InputError`` for ``sigma <= 0`` or a sigma
         larger than the schedule's last step reaches.
         """
-        if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-            raise InputError(f"sigma must be a positive number (pixel-space noise in [0,1] units), got {sigma!r}")
+        sigma = validate.sigma(sigma)
         levels = self.noise_levels()
         reached = torch.nonzero(levels >= 2.0 * float(sigma))
         if reached.numel() == 0:
@@ -111,9 +110,8 @@ class NoiseSchedule:
 
     def effective_sigma(self, t: int) -> float:
         """The pixel-space sigma that step t corresponds to: ``sqrt(1 - abar_t) / (2 sqrt(abar_t))``."""
-        if not 0 <= int(t) < self.num_timesteps:
-            raise InputError(f"timestep {t} is outside this schedule; use 0 <= t < {self.num_timesteps}")
-        return float(self.noise_levels()[int(t)]) / 2.0
+        t = validate.whole(t, "timestep t", 0, self.num_timesteps - 1)
+        return float(self.noise_levels()[t]) / 2.0
 
     # -- the forward process and its inverse, in model space [-1,1] --------------------------------
 

@@ -9,10 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from diffsmooth.errors import InputError
 from diffsmooth.results.store import ResultsStore, Sink, write_manifest
 from diffsmooth.results.tsv import Row
-
+from diffsmooth.validate import InputError
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "diffsmooth-index"

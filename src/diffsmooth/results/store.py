@@ -14,10 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffsmooth.errors import InputError
 from diffsmooth.files import atomic_write_text
-from diffsmooth.results.tsv import (HEADERS, Row, check_row, cut_torn_line, header_line, owned_results,
-                                    read_results, write_results)
+from diffsmooth.results.tsv import (
+    HEADERS,
+    Row,
+    check_row,
+    cut_torn_line,
+    header_line,
+    owned_results,
+    read_results,
+    write_results,
+)
+from diffsmooth.validate import InputError
+
 
 def manifest_path(results: Path) -> Path:
     return Path(results).with_name(Path(results).name + ".json")

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffsmooth.errors import InputError
 from diffsmooth.files import atomic_write_text
+from diffsmooth.validate import InputError
 
 HEADERS = {
     "certify": ("idx", "label", "predict", "radius", "correct", "time"),

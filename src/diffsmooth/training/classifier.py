@@ -16,11 +16,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffsmooth import validate
 from diffsmooth.classifiers import Classifier, create_classifier, load_classifier, save_classifier
-from diffsmooth.errors import InputError
-from diffsmooth.training.loop import load_train_tensors, resolve_device, run_epochs
-from diffsmooth.training.losses import get_loss, loss_defaults
-from diffsmooth.training.state import git_commit
+from diffsmooth.training.loop import (
+    EpochPlan,
+    TrainResult,
+    checkpoint_folder,
+    load_train_tensors,
+    resolve_device,
+    run_epochs,
+    seeded_generators,
+)
+from diffsmooth.training.losses import LossInput, get_loss, loss_defaults
+from diffsmooth.training.state import TrainState
+from diffsmooth.validate import InputError
 
 
 @dataclass(frozen=True)
@@ -62,26 +71,15 @@ class ClassifierTrainConfig:
         if unknown:
             raise InputError(f"{self.method} has no hyper-parameter(s) {', '.join(sorted(unknown))}; "
                              f"it takes: {', '.join(sorted(loss_defaults(self.method))) or 'none'}")
-        for name, value, low in (("sigma", self.sigma, 0.0), ("lr", self.lr, 1e-12)):
-            if not value >= low:
-                raise InputError(f"--{name} must be >= {low}, got {value}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise InputError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
+        validate.sigma(self.sigma, "--sigma", zero_ok=True)
+        validate.number(self.lr, "--lr", above=0, what="learning rate")
+        validate.whole(self.epochs, "--epochs")
+        validate.whole(self.batch_size, "--batch-size")
         if self.purify is not None and not (self.purify_sigma or self.sigma) > 0:
             raise InputError("--finetune-on-purified needs a noise level > 0: set --purify-sigma or --sigma")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """``path``: the saved weights; ``model``: the trained model (eval mode); ``history``: mean loss per epoch."""
-
-    path: Path
-    model: nn.Module
-    history: list[float]
-    info: dict[str, Any]
 
 
 def _purifier(config: ClassifierTrainConfig, device: torch.device):
@@ -132,16 +130,14 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
     config.validate()
     dev = resolve_device(device)
     out = Path(out)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".train")
     images, labels, info = load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(config.seed)
         model = _build(config, info.num_classes).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.momentum > 0)
-    order_gen = torch.Generator().manual_seed(config.seed)
-    noise_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
-    generators = {"order": order_gen, "noise": noise_gen}
+    state = TrainState(model, optimizer, seeded_generators(config.seed, dev), config.to_dict())
+    noise_gen = state.generators["noise"]
     loss_fn = get_loss(config.method)
     hparams = {**loss_defaults(config.method), **config.hparams}
     purifier = _purifier(config, dev)
@@ -152,22 +148,17 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
             denoiser, p_sigma = purifier
             with torch.no_grad():
                 x = denoiser(x + p_sigma * torch.randn(x.shape, generator=noise_gen, device=dev)).float()
-        return loss_fn(model, x, y, config.sigma, noise_gen, epoch, **hparams).loss
+        return loss_fn(LossInput(model, x, y, config.sigma, noise_gen, epoch), **hparams).loss
 
-    run = run_epochs(loss_of, model=model, optimizer=optimizer, generators=generators, config=config.to_dict(),
-                     checkpoint_dir=ckpt, resume=resume, epochs=config.epochs, stop_after=stop_after,
-                     num_images=len(images), batch_size=config.batch_size, lr=config.lr, device=dev, quiet=quiet,
-                     desc=f"{config.method} sigma={config.sigma}")
+    plan = EpochPlan(config.epochs, len(images), config.batch_size, config.lr, checkpoint_folder(out, checkpoint_dir),
+                     dev, resume, stop_after, quiet, desc=f"{config.method} sigma={config.sigma}")
+    run = run_epochs(loss_of, state, plan)
     test_x, test_y, _ = load_train_tensors(config.dataset, config.data_dir, "test", eval_limit)
     eval_gen = torch.Generator(device=dev).manual_seed(1234)
     info_out = {
-        "task": "classifier", "finished": run.epoch >= config.epochs, "method": config.method, "sigma": config.sigma,
-        "config": config.to_dict(),
-        "hparams": hparams, "git_commit": git_commit(), "epochs_done": run.epoch, "steps_done": run.step,
-        "train_seconds_this_run": run.seconds_this_run, "train_seconds_total": run.seconds_total,
-        "final_epoch_loss": run.history[-1] if run.history else None,
-        "test_accuracy": accuracy(model, test_x, test_y),
-        "test_images": len(test_x), "torch": torch.__version__,
+        "task": "classifier", **run.summary(config.epochs), "method": config.method, "sigma": config.sigma,
+        "config": config.to_dict(), "hparams": hparams,
+        "test_accuracy": accuracy(model, test_x, test_y), "test_images": len(test_x),
     }
     if config.sigma > 0:
         info_out["noisy_test_accuracy"] = accuracy(model, test_x, test_y, config.sigma, eval_gen)

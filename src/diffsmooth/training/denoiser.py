@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffsmooth import validate
 from diffsmooth.denoisers import PRESETS, DnCNN, create_dncnn, load_denoiser, save_denoiser
-from diffsmooth.errors import InputError
 from diffsmooth.shipped import resolve_model
-from diffsmooth.training.loop import load_train_tensors, resolve_device, run_epochs
-from diffsmooth.training.state import git_commit
+from diffsmooth.training import loop
+from diffsmooth.training.loop import EpochPlan, TrainResult
+from diffsmooth.training.state import TrainState
+from diffsmooth.validate import InputError
 
 OBJECTIVES = ("mse", "stability", "mse+stability")
 
@@ -82,15 +84,12 @@ class DenoiserTrainConfig:
     train_limit: int | None = None
 
     def validate(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise InputError(f"unknown denoiser objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
-        if self.arch not in PRESETS:
-            raise InputError(f"unknown denoiser {self.arch!r}; choose one of: {', '.join(PRESETS)}")
-        if not self.sigma > 0:
-            raise InputError(f"--sigma must be > 0 (the noise the denoiser removes), got {self.sigma}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise InputError(f"--epochs, --batch-size and --lr must be positive, got {self.epochs}, "
-                             f"{self.batch_size} and {self.lr}")
+        validate.choice(self.objective, "denoiser objective", OBJECTIVES)
+        validate.choice(self.arch, "denoiser", PRESETS)
+        validate.sigma(self.sigma, "--sigma")
+        validate.whole(self.epochs, "--epochs")
+        validate.whole(self.batch_size, "--batch-size")
+        validate.number(self.lr, "--lr", above=0, what="learning rate")
         if self.mse_epochs is not None and not (self.objective == "mse+stability" and 0 <= self.mse_epochs <= self.epochs):
             raise InputError(f"--mse-epochs applies to --objective mse+stability only and must lie in "
                              f"0..--epochs ({self.epochs}), got {self.mse_epochs}")
@@ -105,16 +104,6 @@ class DenoiserTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class DenoiserTrainResult:
-    """``path``: the saved weights; ``model``: the trained denoiser (eval); ``history``: mean loss per epoch."""
-
-    path: Path
-    model: DnCNN
-    history: list[float]
-    info: dict[str, Any]
 
 
 def _load_frozen_classifier(config: DenoiserTrainConfig, device: torch.device) -> nn.Module | None:
@@ -174,7 +163,7 @@ def evaluate_denoiser(denoiser: nn.Module, images: torch.Tensor, labels: torch.T
 
 def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_dir: str | Path | None = None,
                    device: str | torch.device = "cpu", resume: bool = False, quiet: bool = False,
-                   eval_limit: int | None = None, stop_after: int | None = None) -> DenoiserTrainResult:
+                   eval_limit: int | None = None, stop_after: int | None = None) -> TrainResult:
     """Train, checkpoint every epoch, save ``out.safetensors`` + ``out.json``; see the module docstring.
 
     ``checkpoint_dir`` defaults to ``<out>.train/``; ``resume`` continues from it (same config,
@@ -182,16 +171,14 @@ def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_d
     ``stop_after`` ends this call after that many epochs (the saved model says ``"finished": false``).
     """
     config.validate()
-    dev = resolve_device(device)
+    dev = loop.resolve_device(device)
     out = Path(out)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".train")
-    images, labels, info = load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)
+    images, labels, info = loop.load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)
     model = _build(config, info.channels).to(dev)
     classifier = _load_frozen_classifier(config, dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    order_gen = torch.Generator().manual_seed(config.seed)
-    noise_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
-    generators = {"order": order_gen, "noise": noise_gen}
+    state = TrainState(model, optimizer, loop.seeded_generators(config.seed, dev), config.to_dict())
+    noise_gen = state.generators["noise"]
     switch = config.phase_switch()
 
     def loss_of(idx: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -200,21 +187,18 @@ def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_d
             return denoiser_stability_loss(model, classifier, x, config.sigma, noise_gen)
         return denoiser_mse_loss(model, x, config.sigma, noise_gen)
 
-    run = run_epochs(loss_of, model=model, optimizer=optimizer, generators=generators, config=config.to_dict(),
-                     checkpoint_dir=ckpt, resume=resume, epochs=config.epochs, stop_after=stop_after,
-                     num_images=len(images), batch_size=config.batch_size, lr=config.lr, device=dev, quiet=quiet,
-                     desc=f"{config.arch} {config.objective} sigma={config.sigma}")
-    test_x, test_y, _ = load_train_tensors(config.dataset, config.data_dir, "test", eval_limit)
+    plan = EpochPlan(config.epochs, len(images), config.batch_size, config.lr, loop.checkpoint_folder(out, checkpoint_dir),
+                     dev, resume, stop_after, quiet, desc=f"{config.arch} {config.objective} sigma={config.sigma}")
+    run = loop.run_epochs(loss_of, state, plan)
+    test_x, test_y, _ = loop.load_train_tensors(config.dataset, config.data_dir, "test", eval_limit)
     model.eval()
     info_out = {
-        "task": "denoiser", "finished": run.epoch >= config.epochs, "objective": config.objective,
-        "sigma": config.sigma, "config": config.to_dict(), "git_commit": git_commit(), "epochs_done": run.epoch,
-        "steps_done": run.step, "train_seconds_this_run": run.seconds_this_run,
-        "train_seconds_total": run.seconds_total, "final_epoch_loss": run.history[-1] if run.history else None, "test_images": len(test_x), "torch": torch.__version__,
+        "task": "denoiser", **run.summary(config.epochs), "objective": config.objective, "sigma": config.sigma,
+        "config": config.to_dict(), "test_images": len(test_x),
         **evaluate_denoiser(model, test_x, test_y, config.sigma, classifier,
                             torch.Generator(device=dev).manual_seed(1234)),
     }
     if classifier is not None:
         info_out["classifier_sha256"] = getattr(classifier, "checkpoint_sha256", None)
     path = save_denoiser(out, model, info_out)
-    return DenoiserTrainResult(path, model, run.history, info_out)
+    return TrainResult(path, model, run.history, info_out)

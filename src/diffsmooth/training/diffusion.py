@@ -24,12 +24,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffsmooth import validate
 from diffsmooth.diffusion.adm import adm_unet
 from diffsmooth.diffusion.checkpoints import save_diffusion_model
 from diffsmooth.diffusion.schedules import NoiseSchedule
-from diffsmooth.errors import InputError
-from diffsmooth.training.loop import batches, cosine_lr, global_rng_from, load_train_tensors, resolve_device, set_lr
-from diffsmooth.training.state import git_commit, trained_seconds, has_state, load_state, save_state
+from diffsmooth.training.loop import (
+    batches,
+    checkpoint_folder,
+    cosine_lr,
+    global_rng_from,
+    load_train_tensors,
+    resolve_device,
+    seeded_generators,
+    set_lr,
+)
+from diffsmooth.training.state import TrainState, git_commit, resume_state, save_state, trained_seconds
+from diffsmooth.validate import InputError
 
 
 @dataclass(frozen=True)
@@ -81,16 +91,14 @@ class DiffusionTrainConfig:
         return asdict(self)
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise InputError(f"--steps and --batch-size must be >= 1, got {self.steps} and {self.batch_size}")
+        validate.whole(self.steps, "--steps")
+        validate.whole(self.batch_size, "--batch-size")
         if not 0 <= self.ema < 1:
             raise InputError(f"--ema must be in [0, 1), got {self.ema}")
-        if not self.lr > 0:
-            raise InputError(f"--lr must be > 0, got {self.lr}")
+        validate.number(self.lr, "--lr", above=0, what="learning rate")
         for flag, value in (("--num-channels", self.num_channels), ("--num-res-blocks", self.num_res_blocks),
                             ("--num-heads", self.num_heads), ("--diffusion-steps", self.diffusion_steps)):
-            if value < 1:
-                raise InputError(f"{flag} must be a whole number >= 1, got {value}")
+            validate.whole(value, flag)
         if not 0 <= self.dropout < 1:
             raise InputError(f"--dropout must be in [0, 1), got {self.dropout}")
         if (self.focus_sigmas is None) != (self.focus_fraction is None):
@@ -208,9 +216,10 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
     from tqdm.auto import tqdm
 
     config.validate()
+    validate.whole(checkpoint_every, "--checkpoint-every")
     dev = resolve_device(device)
     out = Path(out)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".train")
+    ckpt = checkpoint_folder(out, checkpoint_dir)
     images, _, info = load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)
     flags = config.unet_flags(info.image_size, info.channels)
     schedule = NoiseSchedule(config.schedule, config.diffusion_steps)
@@ -221,27 +230,20 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
         model = adm_unet(config.variant, **flags).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    order_gen = torch.Generator().manual_seed(config.seed)
-    noise_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
-    generators = {"order": order_gen, "noise": noise_gen}
-    if checkpoint_every < 1:
-        raise InputError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    state = TrainState(model, optimizer, seeded_generators(config.seed, dev), config.to_dict(), ema)
+    order_gen, noise_gen = state.generators["order"], state.generators["noise"]
     step = 0
     before = 0.0  # wall seconds of the earlier runs of this training
     if resume:
-        if not has_state(ckpt):
-            raise InputError(f"--resume: no checkpoint in {ckpt}; run without --resume to start fresh")
         before = trained_seconds(ckpt)
-        step, _ = load_state(ckpt, model=model, optimizer=optimizer, generators=generators,
-                             config=config.to_dict(), ema=ema)
+        step, _ = resume_state(ckpt, state)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and dev.type == "cuda")
     started, history, window, first_step = time.time(), [], [], step
     last = config.steps if stop_after is None else min(config.steps, step + stop_after)
     bar = tqdm(total=config.steps, initial=step, disable=quiet, desc="ddpm", unit="step", dynamic_ncols=True)
 
     def checkpoint() -> None:
-        save_state(ckpt, model=model, optimizer=optimizer, generators=generators, step=step, epoch=0,
-                   config=config.to_dict(), ema=ema, extra={"loss": history[-1] if history else None},
+        save_state(ckpt, state, step=step, epoch=0, extra={"loss": history[-1] if history else None},
                    train_seconds=before + time.time() - started)
 
     model.train()
@@ -275,7 +277,7 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
                 "dataset": config.dataset, "config": config.to_dict(),
                 "git_commit": git_commit(), "steps_done": step, "final_loss": history[-1] if history else float("nan"),
                 "train_seconds_this_run": round(time.time() - started, 1),
-        "train_seconds_total": round(before + time.time() - started, 1), "torch": torch.__version__}
+                "train_seconds_total": round(before + time.time() - started, 1), "torch": torch.__version__}
     path = save_diffusion_model(out, ema.eval(), config.variant, flags, schedule, rescale_timesteps=False,
                                 extra=info_out)
     return DiffusionTrainResult(path, ema, history, info_out)

@@ -1,5 +1,5 @@
-"""Pieces shared by the training loops: data, batches, learning rate, RNG, and the epoch loop of
-the classifier and denoiser trainers (``run_epochs``)."""
+"""Pieces shared by the training loops: data, batches, learning rate, RNG, checkpoint folders, and
+the epoch loop of the classifier and denoiser trainers (``run_epochs``) with what it returns."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffsmooth.data import load_dataset
-from diffsmooth.data.info import DatasetInfo
+from diffsmooth.data import DatasetInfo, load_dataset
 from diffsmooth.files import resolve_device  # noqa: F401  (re-exported for the trainers)
-from diffsmooth.training.state import resume_state, save_state, trained_seconds
+from diffsmooth.training.state import TrainState, git_commit, resume_state, save_state, trained_seconds
 
 
 def load_train_tensors(dataset: str, data_dir: str | Path | None, split: str = "train",
@@ -33,6 +32,18 @@ def load_train_tensors(dataset: str, data_dir: str | Path | None, split: str = "
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return images, labels, ds.info
+
+
+def checkpoint_folder(out: Path, checkpoint_dir: str | Path | None) -> Path:
+    """Where a run keeps its resumable state: ``checkpoint_dir``, by default ``<out>.train`` beside ``out``."""
+    return Path(checkpoint_dir) if checkpoint_dir is not None else out.with_name(out.name + ".train")
+
+
+def seeded_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
+    """A run's two random streams: ``"order"`` (data order, on the CPU) seeded with ``seed`` and
+    ``"noise"`` (all training noise, on ``device``) seeded with ``seed + 1``."""
+    return {"order": torch.Generator().manual_seed(seed),
+            "noise": torch.Generator(device=device).manual_seed(seed + 1)}
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -73,6 +84,33 @@ def global_rng_from(generator: torch.Generator, device: torch.device) -> Iterato
         yield
 
 
+@dataclass(frozen=True)
+class EpochPlan:
+    """How ``run_epochs`` trains: the schedule and where the resumable state goes.
+
+    Attributes:
+        epochs: epochs in total (all runs); the cosine learning rate falls from ``lr`` to 0 over them.
+        num_images, batch_size: each epoch is one shuffled pass over ``num_images`` in batches
+            (see ``batches``).
+        checkpoint_dir: the folder of the state written after every epoch.
+        device: the training device (its global RNG is seeded per epoch, see ``global_rng_from``).
+        resume: continue from the state in ``checkpoint_dir`` (same config required).
+        stop_after: end this call after that many epochs (None: train to ``epochs``).
+        quiet, desc: no progress bar; the bar's label.
+    """
+
+    epochs: int
+    num_images: int
+    batch_size: int
+    lr: float
+    checkpoint_dir: Path
+    device: torch.device
+    resume: bool = False
+    stop_after: int | None = None
+    quiet: bool = False
+    desc: str = ""
+
+
 @dataclass
 class EpochRun:
     """Where an epoch-based training stands after ``run_epochs``: steps and epochs done (all runs),
@@ -84,36 +122,53 @@ class EpochRun:
     seconds_this_run: float
     seconds_total: float
 
+    def summary(self, epochs: int) -> dict[str, Any]:
+        """What a model trained for ``epochs`` records about its training run in its saved JSON."""
+        return {"finished": self.epoch >= epochs, "git_commit": git_commit(), "epochs_done": self.epoch,
+                "steps_done": self.step, "train_seconds_this_run": self.seconds_this_run,
+                "train_seconds_total": self.seconds_total,
+                "final_epoch_loss": self.history[-1] if self.history else None, "torch": torch.__version__}
 
-def run_epochs(loss_of: Callable[[torch.Tensor, int], torch.Tensor], *, model: nn.Module,
-               optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator], config: dict[str, Any],
-               checkpoint_dir: Path, resume: bool, epochs: int, stop_after: int | None, num_images: int,
-               batch_size: int, lr: float, device: torch.device, quiet: bool, desc: str) -> EpochRun:
+
+@dataclass
+class TrainResult:
+    """What ``train_classifier`` and ``train_denoiser`` return.
+
+    ``path``: the saved weights; ``model``: the trained model (eval mode); ``history``: mean loss
+    per epoch of this run; ``info``: the training record saved beside the weights."""
+
+    path: Path
+    model: nn.Module
+    history: list[float]
+    info: dict[str, Any]
+
+
+def run_epochs(loss_of: Callable[[torch.Tensor, int], torch.Tensor], state: TrainState,
+               plan: EpochPlan) -> EpochRun:
     """The epoch loop the classifier and denoiser trainers share.
 
-    Each epoch draws a shuffled order of ``num_images`` from ``generators["order"]`` (torch's global
-    RNG seeded from it for the epoch, see ``global_rng_from``); per batch of indices ``idx`` (long
-    (B,)) it sets the cosine learning rate, takes ``loss = loss_of(idx, epoch)`` (a finite scalar, or
-    ``RuntimeError``) and one optimizer step. After every epoch the full state goes to
-    ``checkpoint_dir`` (``save_state``, with the wall seconds of all runs). ``resume`` continues
-    from that state (same ``config`` required); ``stop_after`` ends the call after that many epochs.
+    Each epoch draws a shuffled order of ``plan.num_images`` from ``state.generators["order"]``
+    (torch's global RNG seeded from it for the epoch, see ``global_rng_from``); per batch of indices
+    ``idx`` (long (B,)) it sets the cosine learning rate, takes ``loss = loss_of(idx, epoch)`` (a
+    finite scalar, or ``RuntimeError``) and one step of ``state.optimizer``. After every epoch
+    ``state`` goes to ``plan.checkpoint_dir`` (``save_state``, with the wall seconds of all runs).
     """
     from tqdm.auto import tqdm
 
-    total = steps_per_epoch(num_images, batch_size) * epochs
+    model, optimizer, order = state.model, state.optimizer, state.generators["order"]
+    total = steps_per_epoch(plan.num_images, plan.batch_size) * plan.epochs
     step, epoch, history, before = 0, 0, [], 0.0
-    if resume:
-        before = trained_seconds(checkpoint_dir)
-        step, epoch = resume_state(checkpoint_dir, model=model, optimizer=optimizer, generators=generators,
-                                   config=config)
+    if plan.resume:
+        before = trained_seconds(plan.checkpoint_dir)
+        step, epoch = resume_state(plan.checkpoint_dir, state)
     started, first_epoch = time.time(), epoch
-    bar = tqdm(total=total, initial=step, disable=quiet, desc=desc, unit="step", dynamic_ncols=True)
-    while epoch < epochs and (stop_after is None or epoch - first_epoch < stop_after):
+    bar = tqdm(total=total, initial=step, disable=plan.quiet, desc=plan.desc, unit="step", dynamic_ncols=True)
+    while epoch < plan.epochs and (plan.stop_after is None or epoch - first_epoch < plan.stop_after):
         model.train()
         running, count = 0.0, 0
-        with global_rng_from(generators["order"], device):
-            for idx in batches(num_images, batch_size, generators["order"]):
-                set_lr(optimizer, cosine_lr(lr, step, total))
+        with global_rng_from(order, plan.device):
+            for idx in batches(plan.num_images, plan.batch_size, order):
+                set_lr(optimizer, cosine_lr(plan.lr, step, total))
                 loss = loss_of(idx, epoch)
                 if not torch.isfinite(loss):
                     raise RuntimeError(f"loss became {float(loss)} at step {step}; lower --lr")
@@ -126,8 +181,8 @@ def run_epochs(loss_of: Callable[[torch.Tensor, int], torch.Tensor], *, model: n
                 bar.update(1)
         epoch += 1
         history.append(running / max(count, 1))
-        save_state(checkpoint_dir, model=model, optimizer=optimizer, generators=generators, step=step, epoch=epoch,
-                   config=config, extra={"loss": history[-1]}, train_seconds=before + time.time() - started)
+        save_state(plan.checkpoint_dir, state, step=step, epoch=epoch, extra={"loss": history[-1]},
+                   train_seconds=before + time.time() - started)
     bar.close()
     seconds = time.time() - started
     return EpochRun(step, epoch, history, round(seconds, 1), round(before + seconds, 1))

@@ -1,9 +1,11 @@
 """Training objectives for the base classifier f of randomized smoothing, by name.
 
-Every loss takes ``(model, x, y, sigma, generator, epoch, **hparams)`` with ``x`` (B, C, H, W)
-in [0,1] pixels and ``y`` (B,) int64 labels, draws its Gaussian noise **fresh on every call**
-from ``generator`` (on ``x``'s device) and returns a ``LossOutput``. Noise is added in [0,1]
-pixel space, where the certified radius is measured; normalization is the model's first layer.
+Every loss takes ``(LossInput(model, x, y, sigma, generator, epoch), **hparams)`` with ``x``
+(B, C, H, W) in [0,1] pixels and ``y`` (B,) int64 labels, draws its Gaussian noise **fresh on
+every call** from ``generator`` (on ``x``'s device) and returns a ``LossOutput``. Noise is added
+in [0,1] pixel space, where the certified radius is measured; normalization is the model's first
+layer. A method's hyper-parameters are its loss's keyword-only parameters; their defaults (the
+papers' CIFAR-10 values) are what ``loss_defaults`` reports.
 
 Registered: ``gaussian`` (Cohen et al. 2019), ``smoothadv`` (Salman et al. 2019),
 ``consistency`` (Jeong & Shin 2020), ``macer`` (Zhai et al. 2020), ``smoothmix`` (Jeong et al. 2021).
@@ -11,6 +13,7 @@ Registered: ``gaussian`` (Cohen et al. 2019), ``smoothadv`` (Salman et al. 2019)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +21,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffsmooth.errors import InputError
+from diffsmooth import validate
+from diffsmooth.validate import InputError
+
+
+@dataclass(frozen=True)
+class LossInput:
+    """What every training loss receives.
+
+    Attributes:
+        model: the classifier f being trained ([0,1] pixels -> logits).
+        x: (B, C, H, W) images in [0,1]; y: (B,) int64 labels.
+        sigma: the training noise level in [0,1] pixel units (0: clean, where the method allows it).
+        generator: draws all of the loss's randomness, on ``x``'s device.
+        epoch: the epoch being trained, from 0 (for ramps such as a warm-up).
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    sigma: float
+    generator: torch.Generator
+    epoch: int = 0
 
 
 @dataclass
@@ -31,16 +55,14 @@ class LossOutput:
 
 LossFn = Callable[..., LossOutput]
 _LOSSES: dict[str, LossFn] = {}
-# Hyper-parameter defaults per method: the values of the papers' CIFAR-10 experiments.
-_DEFAULTS: dict[str, dict[str, float]] = {}
 
 
-def register_loss(name: str, **defaults: float) -> Callable[[LossFn], LossFn]:
-    """Register ``fn(model, x, y, sigma, generator, epoch, **hparams) -> LossOutput``."""
+def register_loss(name: str) -> Callable[[LossFn], LossFn]:
+    """Register ``fn(inputs: LossInput, *, **hparams) -> LossOutput`` as method ``name``; its
+    keyword-only parameters, each with a default, are the method's hyper-parameters."""
 
     def decorate(fn: LossFn) -> LossFn:
         _LOSSES[name] = fn
-        _DEFAULTS[name] = dict(defaults)
         return fn
 
     return decorate
@@ -52,23 +74,25 @@ def list_losses() -> list[str]:
 
 
 def loss_defaults(name: str) -> dict[str, float]:
-    """The default hyper-parameters of method ``name`` (a copy)."""
-    get_loss(name)
-    return dict(_DEFAULTS[name])
+    """The default hyper-parameters of method ``name``: its loss's keyword-only parameters."""
+    params = inspect.signature(get_loss(name)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def get_loss(name: str) -> LossFn:
     """The loss function registered as ``name``; unknown names raise ``InputError``."""
-    try:
-        return _LOSSES[name]
-    except KeyError:
-        raise InputError(f"unknown training method {name!r}; choose one of: {', '.join(list_losses())}") from None
+    return _LOSSES[validate.choice(name, "training method", list_losses())]
 
 
 def gaussian_noise(shape: torch.Size | tuple[int, ...], sigma: float, like: torch.Tensor,
                    generator: torch.Generator) -> torch.Tensor:
     """N(0, sigma^2) noise of ``shape`` on ``like``'s device and dtype, drawn from ``generator``."""
     return sigma * torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _ramp(epoch: int, warmup: int) -> float:
+    """A linear warm-up factor: (epoch + 1) / warmup, at most 1 (epoch counts from 0)."""
+    return min(1.0, (epoch + 1) / max(int(warmup), 1))
 
 
 def _noisy_copies(x: torch.Tensor, m: int, sigma: float, generator: torch.Generator) -> torch.Tensor:
@@ -78,11 +102,11 @@ def _noisy_copies(x: torch.Tensor, m: int, sigma: float, generator: torch.Genera
 
 
 @register_loss("gaussian")
-def gaussian_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float,
-                  generator: torch.Generator, epoch: int = 0) -> LossOutput:
+def gaussian_loss(inputs: LossInput) -> LossOutput:
     """Cohen et al.: cross-entropy of f(x + d), d ~ N(0, sigma^2 I) (sigma 0 = clean training)."""
-    noisy = x + gaussian_noise(x.shape, sigma, x, generator) if sigma > 0 else x
-    loss = F.cross_entropy(model(noisy), y)
+    x, sigma = inputs.x, inputs.sigma
+    noisy = x + gaussian_noise(x.shape, sigma, x, inputs.generator) if sigma > 0 else x
+    loss = F.cross_entropy(inputs.model(noisy), inputs.y)
     return LossOutput(loss, {"ce": float(loss.detach())})
 
 
@@ -103,14 +127,12 @@ def consistency_terms(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tens
     return ce, kl, entropy
 
 
-@register_loss("consistency", m_train=2, lbd=10.0, eta=0.5)
-def consistency_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float,
-                     generator: torch.Generator, epoch: int = 0, *, m_train: int = 2,
-                     lbd: float = 10.0, eta: float = 0.5) -> LossOutput:
+@register_loss("consistency")
+def consistency_loss(inputs: LossInput, *, m_train: int = 2, lbd: float = 10.0, eta: float = 0.5) -> LossOutput:
     """Jeong & Shin: CE on m noisy copies + lbd * KL(mean || each) + eta * entropy(mean)."""
-    m = int(m_train)
-    logits = model(_noisy_copies(x, m, sigma, generator)).view(x.shape[0], m, -1)
-    ce, kl, ent = consistency_terms(logits, y)
+    m, x = int(m_train), inputs.x
+    logits = inputs.model(_noisy_copies(x, m, inputs.sigma, inputs.generator)).view(x.shape[0], m, -1)
+    ce, kl, ent = consistency_terms(logits, inputs.y)
     loss = ce + lbd * kl + eta * ent
     return LossOutput(loss, {"ce": float(ce.detach()), "kl": float(kl.detach()), "entropy": float(ent.detach())})
 
@@ -136,15 +158,15 @@ def macer_radius_term(logits: torch.Tensor, y: torch.Tensor, sigma: float, gamma
     return hinge.sum() * sigma / 2 / logits.shape[0]
 
 
-@register_loss("macer", m_train=16, lbd=12.0, gamma=8.0, beta=16.0)
-def macer_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float,
-               generator: torch.Generator, epoch: int = 0, *, m_train: int = 16, lbd: float = 12.0,
-               gamma: float = 8.0, beta: float = 16.0) -> LossOutput:
+@register_loss("macer")
+def macer_loss(inputs: LossInput, *, m_train: int = 16, lbd: float = 12.0, gamma: float = 8.0,
+               beta: float = 16.0) -> LossOutput:
     """Zhai et al.: CE of the soft smoothed classifier + lbd * radius hinge (see macer_radius_term)."""
+    x, y, sigma = inputs.x, inputs.y, inputs.sigma
     if sigma <= 0:
         raise InputError("macer needs --sigma > 0; its radius term is sigma * (margin) / 2")
     m = int(m_train)
-    logits = model(_noisy_copies(x, m, sigma, generator)).view(x.shape[0], m, -1)
+    logits = inputs.model(_noisy_copies(x, m, sigma, inputs.generator)).view(x.shape[0], m, -1)
     p_smooth = F.softmax(logits, dim=-1).mean(dim=1)
     ce = F.nll_loss(p_smooth.clamp_min(1e-12).log(), y)
     robust = macer_radius_term(logits, y, sigma, gamma, beta)
@@ -196,17 +218,17 @@ def smoothadv_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: 
     return (x + delta).detach()
 
 
-@register_loss("smoothadv", m_train=1, epsilon=0.5, num_steps=1, warmup=1)
-def smoothadv_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float,
-                   generator: torch.Generator, epoch: int = 0, *, m_train: int = 1, epsilon: float = 0.5,
-                   num_steps: int = 1, warmup: int = 1) -> LossOutput:
+@register_loss("smoothadv")
+def smoothadv_loss(inputs: LossInput, *, m_train: int = 1, epsilon: float = 0.5, num_steps: int = 1,
+                   warmup: int = 1) -> LossOutput:
     """Salman et al.: attack the soft smoothed classifier, then CE on the noisy adversarial copies.
 
     The attack radius ramps linearly over the first ``warmup`` epochs: epsilon * min(1, (epoch+1)/warmup).
     """
+    model, x, y = inputs.model, inputs.x, inputs.y
     m = int(m_train)
-    eps = epsilon * min(1.0, (epoch + 1) / max(int(warmup), 1))
-    noise = gaussian_noise((x.shape[0], m, *x.shape[1:]), sigma, x, generator)
+    eps = epsilon * _ramp(inputs.epoch, warmup)
+    noise = gaussian_noise((x.shape[0], m, *x.shape[1:]), inputs.sigma, x, inputs.generator)
     x_adv = smoothadv_attack(model, x, y, noise, eps, int(num_steps))
     logits = model((x_adv.unsqueeze(1) + noise).flatten(0, 1))
     loss = F.cross_entropy(logits, y.repeat_interleave(m))
@@ -260,10 +282,9 @@ def smoothmix_mixup(x: torch.Tensor, x_adv: torch.Tensor, p_clean: torch.Tensor,
     return x_mix, y_mix
 
 
-@register_loss("smoothmix", m_train=2, num_steps=4, step_scale=2.0, eta=5.0, warmup=1)
-def smoothmix_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float,
-                   generator: torch.Generator, epoch: int = 0, *, m_train: int = 2, num_steps: int = 4,
-                   step_scale: float = 2.0, eta: float = 5.0, warmup: int = 1) -> LossOutput:
+@register_loss("smoothmix")
+def smoothmix_loss(inputs: LossInput, *, m_train: int = 2, num_steps: int = 4, step_scale: float = 2.0,
+                   eta: float = 5.0, warmup: int = 1) -> LossOutput:
     """SmoothMix (Jeong et al., NeurIPS 2021): CE on m noisy copies + eta * mixup KL.
 
     Steps (draw order from ``generator``: the m noises, then lambda):
@@ -276,6 +297,7 @@ def smoothmix_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: fl
          averaged over the B*m copies, weighted by ``eta * min(1, (epoch + 1) / warmup)``.
     As in the reference code, ``y_mix`` is not detached: the KL term also pulls on ``p_clean``.
     """
+    model, x, y, sigma, generator = inputs.model, inputs.x, inputs.y, inputs.sigma, inputs.generator
     if sigma <= 0:
         raise InputError("smoothmix needs --sigma > 0: its attack step is step_scale * sigma")
     m, b = int(m_train), x.shape[0]
@@ -292,6 +314,6 @@ def smoothmix_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: fl
     kl = F.kl_div(log_q, y_mix.repeat_interleave(m, dim=0), reduction="none").sum(dim=1)
     correct = (p_clean.argmax(dim=1) == y).to(kl.dtype).repeat_interleave(m)
     mix = (correct * kl).mean()
-    weight = eta * min(1.0, (epoch + 1) / max(int(warmup), 1))
+    weight = eta * _ramp(inputs.epoch, warmup)
     return LossOutput(ce + weight * mix, {"ce": float(ce.detach()), "mixup_kl": float(mix.detach()),
                                           "correct": float(correct.mean())})

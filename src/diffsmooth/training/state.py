@@ -5,25 +5,48 @@ random generator states) and ``state.json`` (step, epoch, optimizer scalars and 
 the training config, ``train_seconds``: wall seconds of every run up to this checkpoint, read back
 by ``trained_seconds``). ``load_state`` refuses a checkpoint whose config differs from the
 run's in anything but the length of training, so that resuming continues the same run.
+
+The live objects that a checkpoint saves and restores travel together as a ``TrainState``.
+The layout is a format that runs in progress depend on: keys and names here must not change.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffsmooth.errors import InputError
 from diffsmooth.files import git_commit, save_safetensors, write_json
+from diffsmooth.validate import InputError
 
-__all__ = ["git_commit", "has_state", "load_state", "resume_state", "save_state", "trained_seconds"]
+__all__ = ["TrainState", "git_commit", "has_state", "load_state", "resume_state", "save_state", "trained_seconds"]
 
 STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
 FORMAT = "diffsmooth-training-state"
+
+
+@dataclass
+class TrainState:
+    """What a training checkpoint saves and restores in place.
+
+    Attributes:
+        model: the network trained (``model.*`` tensors).
+        optimizer: its optimizer (``optim.<param>.<name>`` tensors, scalars and param groups in JSON).
+        generators: the run's named random generators (``rng.<name>`` tensors, devices in JSON).
+        config: the run's settings as JSON data; a resume must match them (see ``load_state``).
+        ema: an exponential moving average of ``model`` (``ema.*`` tensors), if the run keeps one.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generators: dict[str, torch.Generator]
+    config: dict[str, Any]
+    ema: nn.Module | None = None
 
 
 def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -52,23 +75,22 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_state(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-               generators: dict[str, torch.Generator], step: int, epoch: int, config: dict[str, Any],
-               ema: nn.Module | None = None, extra: dict[str, Any] | None = None,
-               train_seconds: float | None = None) -> Path:
-    """Write the full training state into ``directory`` atomically (temp file + rename);
-    ``train_seconds``: wall seconds of training so far, all runs of this training together."""
+def save_state(directory: str | Path, state: TrainState, *, step: int, epoch: int,
+               extra: dict[str, Any] | None = None, train_seconds: float | None = None) -> Path:
+    """Write ``state`` with the ``step`` and ``epoch`` reached into ``directory`` atomically (temp
+    file + rename); ``extra``: JSON data kept beside it (e.g. the last loss); ``train_seconds``:
+    wall seconds of training so far, all runs of this training together."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    opt_tensors, opt_meta = flatten_optimizer(optimizer)
+    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
+    if state.ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in state.ema.state_dict().items()})
+    opt_tensors, opt_meta = flatten_optimizer(state.optimizer)
     tensors.update(opt_tensors)
-    tensors.update({f"rng.{name}": g.get_state() for name, g in generators.items()})
+    tensors.update({f"rng.{name}": g.get_state() for name, g in state.generators.items()})
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    meta = {"format": FORMAT, "step": step, "epoch": epoch, "config": config, "optimizer": opt_meta,
-            "generators": {name: str(g.device) for name, g in generators.items()},
+    meta = {"format": FORMAT, "step": step, "epoch": epoch, "config": state.config, "optimizer": opt_meta,
+            "generators": {name: str(g.device) for name, g in state.generators.items()},
             "git_commit": git_commit(), "extra": extra or {}}
     if train_seconds is not None:
         meta["train_seconds"] = round(float(train_seconds), 1)
@@ -99,11 +121,11 @@ def _comparable(config: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, An
     return {k: v for k, v in config.items() if k not in ignore}
 
 
-def load_state(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-               generators: dict[str, torch.Generator], config: dict[str, Any],
-               ema: nn.Module | None = None,
+def load_state(directory: str | Path, state: TrainState, *,
                ignore: tuple[str, ...] = ("epochs", "steps", "quiet", "resume", "device")) -> tuple[int, int]:
-    """Restore a checkpoint written by ``save_state`` in place; returns (step, epoch)."""
+    """Restore a checkpoint written by ``save_state`` into ``state`` in place; returns (step, epoch).
+
+    The checkpoint's config must equal ``state.config`` except for the keys in ``ignore``."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -112,23 +134,23 @@ def load_state(directory: str | Path, *, model: nn.Module, optimizer: torch.opti
     meta = json.loads((directory / META_FILE).read_text())
     if meta.get("format") != FORMAT:
         raise InputError(f"{directory / META_FILE} is not a diffsmooth training state; point --checkpoint-dir elsewhere")
-    theirs, ours = _comparable(meta["config"], ignore), _comparable(json.loads(json.dumps(config)), ignore)
+    theirs, ours = _comparable(meta["config"], ignore), _comparable(json.loads(json.dumps(state.config)), ignore)
     if theirs != ours:
         diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         raise InputError(f"the checkpoint in {directory} was made with different settings ({', '.join(diff)}); "
                          "resume with the original options or use a new --checkpoint-dir")
     tensors = load_file(str(directory / STATE_FILE), device="cpu")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
-    for name, g in generators.items():
+    state.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if state.ema is not None:
+        state.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+    for name, g in state.generators.items():
         g.set_state(tensors[f"rng.{name}"])
     return int(meta["step"]), int(meta["epoch"])
 
 
-def resume_state(directory: str | Path, **kwargs: Any) -> tuple[int, int]:
+def resume_state(directory: str | Path, state: TrainState) -> tuple[int, int]:
     """``load_state`` for ``--resume``: a missing checkpoint is named with the fix."""
     if not has_state(directory):
         raise InputError(f"--resume: no checkpoint in {directory}; run without --resume to start fresh")
-    return load_state(directory, **kwargs)
+    return load_state(directory, state)

@@ -1,0 +1,39 @@
+"""What the subcommands share about options: defaults read from the library's dataclasses, so
+that the command line and the library cannot drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+
+def default_of(source: type | Callable[..., Any], name: str) -> Any:
+    """The library's default of ``name``: a field of the dataclass ``source`` (e.g. ``RunSpec``'s
+    ``n0``) or a parameter of the function ``source``."""
+    if dataclasses.is_dataclass(source):
+        for f in dataclasses.fields(source):
+            if f.name == name:
+                if f.default is not dataclasses.MISSING:
+                    return f.default
+                if f.default_factory is not dataclasses.MISSING:
+                    return f.default_factory()
+                raise TypeError(f"{source.__name__}.{name} has no default")
+        raise TypeError(f"{source.__name__} has no field {name!r}")
+    default = inspect.signature(source).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise TypeError(f"{source.__name__}() has no default for {name!r}")
+    return default
+
+
+def add_image_arguments(p: argparse.ArgumentParser) -> None:
+    """Which dataset images a run covers (``runner.select_indices``): certify, predict and attack."""
+    g = p.add_argument_group("images")
+    g.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
+    g.add_argument("--skip", type=int, default=1, help="take every skip-th image (Cohen's --skip)")
+    g.add_argument("--max", "--max-images", type=int, default=None,
+                   help="at most this many images, counted after --skip (--max-images under torchrun); unlike "
+                   "the --max of Cohen et al.'s scripts, which bounds the dataset index")
+    g.add_argument("--indices", type=int, nargs="+", default=None, help="explicit dataset indices instead")
