@@ -3,9 +3,10 @@
 Every model is a ``Classifier`` = ``nn.Sequential(NormalizeLayer, net)`` so that
 smoothing noise is added before normalization and state-dict keys match Cohen et al.'s
 checkpoints (``1.*``). Models are built by name (``create_classifier``), loaded from
-Cohen/SmoothAdv, timm/torchvision or our safetensors+JSON files (``load_classifier``)
-and saved with ``save_classifier``. Registered: ``cifar_resnet20``, ``cifar_resnet110``,
-``resnet50``, ``beit_large_patch16_224``, ``vit_base_patch16_224``, ``fmnist_cnn``.
+Cohen/SmoothAdv, timm/torchvision, Hugging Face transformers folders or our safetensors+JSON files
+(``load_classifier``) and saved with ``save_classifier``. Registered: ``cifar_resnet20``,
+``cifar_resnet110``, ``resnet50``, ``beit_large_patch16_224``, ``vit_base_patch16_224``, ``fmnist_cnn``,
+``transformers`` (built from a transformers config).
 """
 
 from diffsmooth.classifiers.config import ClassifierConfig
@@ -19,7 +20,7 @@ from diffsmooth.classifiers.registry import (
 
 # Importing the architecture modules registers them.
 from diffsmooth.classifiers import (  # noqa: F401  isort: skip
-    cifar_resnet, small_cnn, timm_models, torchvision_models,
+    cifar_resnet, small_cnn, timm_models, torchvision_models, transformers_models,
 )
 from diffsmooth.classifiers.checkpoint import load_classifier, save_classifier
 from diffsmooth.files import file_sha256

@@ -5,7 +5,8 @@ Formats read by ``load_classifier``:
   ``1.<net key>`` or, for DataParallel models, ``1.module.<net key>``;
 - bare timm / torchvision state dicts (``.pth``/``.pt``/``.bin``/``.safetensors``; ``arch`` required);
 - our own format: ``x.safetensors`` (full model keys) + ``x.json`` (``ClassifierConfig`` and
-  free-form training info), written by ``save_classifier`` through ``diffsmooth.modelfile``.
+  free-form training info), written by ``save_classifier`` through ``diffsmooth.modelfile``;
+- a Hugging Face transformers image-classification folder (``classifiers.transformers_models``).
 Torch files are read with ``torch.load(weights_only=True)``: pickled code is refused.
 """
 
@@ -19,6 +20,8 @@ import torch
 
 from diffsmooth.classifiers.config import ClassifierConfig
 from diffsmooth.classifiers.registry import Classifier, create_classifier, head_key, list_classifiers
+from diffsmooth.classifiers.transformers_models import ARCH as TRANSFORMERS
+from diffsmooth.classifiers.transformers_models import is_transformers_folder, load_transformers_folder
 from diffsmooth.files import file_sha256
 from diffsmooth.modelfile import ModelFormat, SavedModel, known_keys, load_state_strictly, mark_loaded, read_state_file
 from diffsmooth.validate import InputError
@@ -85,7 +88,8 @@ def load_classifier(
 
     Args:
         path: a Cohen/SmoothAdv ``.pth.tar``, a bare state dict (``.pth``, ``.pt``,
-            ``.bin``, ``.safetensors``) or our ``x.safetensors``/``x.json`` pair.
+            ``.bin``, ``.safetensors``), our ``x.safetensors``/``x.json`` pair, or a transformers
+            folder (``config.json`` + weights + ``preprocessor_config.json``).
         arch: registry name; required for bare state dicts, overrides a checkpoint's ``arch``.
         num_classes: default: read off the checkpoint's final layer.
 
@@ -103,6 +107,13 @@ def load_classifier(
                 f"not {arch!r}/{num_classes}; drop arch=/num_classes= for this file"
             )
         return model
+    if is_transformers_folder(path):
+        if arch not in (None, TRANSFORMERS):
+            raise InputError(f"{path} is a transformers folder; its config.json says the architecture, drop arch=")
+        return load_transformers_folder(path, num_classes)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder but not a transformers image-classification folder (config.json "
+                         "with model_type); pass a checkpoint file, or the folder save_pretrained wrote")
     state, file_arch, meta = read_state_file(path)
     arch = arch or file_arch
     if arch is None:

@@ -14,7 +14,7 @@ import sys
 from diffsmooth.validate import InputError
 
 # Subcommand modules, in the order --help lists them.
-_COMMANDS = ("demo", "certify", "attack", "analyze", "purify", "train")
+_COMMANDS = ("demo", "certify", "attack", "analyze", "purify", "train", "recipes")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

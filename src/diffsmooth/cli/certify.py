@@ -154,7 +154,7 @@ def _add_run(sub, formatter, mode: str) -> None:
     def default(name: str):
         return default_of(RunSpec, name)
 
-    add_method_arguments(p, grid=True)
+    add_method_arguments(p, grid=True, sigma_required=False)  # a --recipe may set it
     g = p.add_argument_group("sampling")
     if certify:
         g.add_argument("--n0", type=int, default=default("n0"), help="selection samples")
@@ -201,6 +201,9 @@ def _add_run(sub, formatter, mode: str) -> None:
                    help="under torchrun: share each image's samples across all processes (for very large n) "
                    "instead of giving each process its own images")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    from diffsmooth.cli.recipes import add_recipe_argument
+
+    add_recipe_argument(p, mode)
     p.set_defaults(func=_run, mode=mode)
 
 
@@ -219,10 +222,15 @@ def register(sub, formatter) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from diffsmooth.cli.recipes import apply_recipe
     from diffsmooth.data import load_dataset
     from diffsmooth.results import recorded_spec
     from diffsmooth.runner import Job, RunSpec, resolve_batch_size, run, select_indices
 
+    recipe = apply_recipe(args)  # first: it fills in the options the user did not give
+    if args.sigma is None:
+        raise InputError("--sigma is required: the smoothing noise in [0,1] pixel units (e.g. 0.25), "
+                         "or a --recipe that sets it (`diffsmooth recipes`)")
     methods = method_specs(args)
     grid = args.out_dir is not None
     if len(methods) > 1 and not grid:
@@ -251,7 +259,8 @@ def _run(args: argparse.Namespace) -> int:
         spec = replace(spec, batch_size=batch)
     indices = select_indices(len(dataset), args.skip, args.max, args.indices)
     extra = {"dataset": {"name": args.dataset, "split": args.split, "size": len(dataset)},
-             "argv": sys.argv[1:], "indices": {"skip": args.skip, "max": args.max, "explicit": args.indices}}
+             "argv": sys.argv[1:], "indices": {"skip": args.skip, "max": args.max, "explicit": args.indices},
+             **({"recipe": recipe} if recipe else {})}
     report = run(Job(spec, dataset.__getitem__, indices, out, info.num_classes, device,
                      grid=methods if grid else None, resume=args.resume, overwrite=args.overwrite,
                      manifest_extra=extra, progress=not args.quiet, split_samples=args.split_samples))
