@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.diffsmooth-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install data clean
+.PHONY: demo test gpu-check install data clean
 
 demo: install data
 	$(BIN)/diffsmooth demo $(DEMO_ARGS)
 
 test: install data
 	bash scripts/run_tests.sh $(PYTEST_ARGS)
+
+# On a machine with CUDA (scripts/gpu_check.sh --dry-run rehearses it on the CPU).
+gpu-check:
+	bash scripts/gpu_check.sh
 
 install: $(STAMP)
 
@@ -25,4 +29,4 @@ data:
 	bash scripts/fetch_fashion_mnist.sh
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output gpu-check-output .pytest_cache

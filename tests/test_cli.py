@@ -205,7 +205,7 @@ def test_demo_with_the_shipped_models(tmp_path, fmnist_dir, capsys):
     """The embedded default end to end, on the tiny data set and very small n."""
     out_dir = tmp_path / "demo"
     assert main(["demo", "--data-dir", str(fmnist_dir), "--max", "2", "--n0", "4", "--n", "8", "--batch", "64",
-                 "--device", "cpu", "--quiet", "--out-dir", str(out_dir)]) == 0
+                 "--sampling", "fixed", "--device", "cpu", "--quiet", "--out-dir", str(out_dir)]) == 0
     printed = capsys.readouterr().out
     for label in ("RS", "DDS", "DiffSmooth (soft)", "DiffSmooth (hard)"):
         assert f"| {label} " in printed
@@ -216,6 +216,21 @@ def test_demo_with_the_shipped_models(tmp_path, fmnist_dir, capsys):
     assert "With n = 8, no radius above 0.00 can be certified" in printed
     names = sorted(p.name for p in out_dir.iterdir())
     assert {"table.md", "certified_accuracy.png", "purification.png", "rs_sigma0.5.tsv"} <= set(names)
+
+
+def test_demo_samples_sequentially_by_default(tmp_path, fmnist_dir, capsys):
+    """The default demo decides the table's radii in looks: a samples column, no ACR, the cap of n_max."""
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--data-dir", str(fmnist_dir), "--max", "2", "--n0", "4", "--n-max", "100", "--batch", "64",
+                 "--device", "cpu", "--quiet", "--out-dir", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    head = next(line for line in printed.splitlines() if line.startswith("| run "))
+    assert "samples/img" in head and "ACR" not in head
+    assert "n_max=100 (sequential)" in printed and "each radius of the table was decided" in printed
+    # Looks of 64 and 100 spend 0.39 / 0.61 of alpha: all 100 agreeing give 0.00061^(1/100) = 0.929
+    assert "With n_max = 100, no radius above 0.73 can be certified" in printed
+    rows = read_rows(out_dir / "rs_sigma0.5.tsv")[1]
+    assert len(rows) == 2 and all(int(dict(r.extra)["samples"]) in (64, 100) for r in rows)
 
 
 def test_purify_stats_prints_the_diagnostic_and_writes_json(tmp_path, fmnist_dir, denoiser_path, capsys):

@@ -183,3 +183,58 @@ def test_a_densepure_member_runs_its_own_chain_once(classifier_path, denoiser_pa
         scores = Grid([member])(x)
         assert len(calls) == 1
         assert torch.equal(scores[:, 0], member(x))
+
+
+# -- grid x sequential ------------------------------------------------------------------------------------
+
+
+SEQUENTIAL = ["--sampling", "sequential", "--n-max", "300", "--max-radius", "0.3", "--num-samples", "1"]
+
+
+@pytest.fixture(scope="module")
+def sequential_grid(tmp_path_factory, fmnist_dir, classifier_path, denoiser_path):
+    out_dir = tmp_path_factory.mktemp("seqgrid") / "g"
+    assert main([*grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir), *SEQUENTIAL]) == 0
+    return out_dir
+
+
+def test_sequential_grid_rows_equal_each_configurations_own_sequential_run(tmp_path, fmnist_dir, classifier_path,
+                                                                          denoiser_path, sequential_grid):
+    """Each configuration stops by its own counts, from the image's one noise stream: its rows, the
+    samples it used included, are those of its own sequential run with the same seed."""
+    index = read_index(sequential_grid)
+    assert len(index) == 4 and all(e["spec"]["sampling"] == "sequential" for e in index)
+    used = set()
+    for entry in index:
+        method = entry["spec"]["method"]
+        alone = tmp_path / f"{entry['label']}.tsv"
+        args = grid_args(fmnist_dir, classifier_path, denoiser_path, alone, *SEQUENTIAL)
+        args[args.index("--out-dir")] = "--out"
+        args[2:5] = [method["method"]]  # "--method rs dds diffsmooth" -> this one
+        args[args.index("--local-m") + 1: args.index("--local-m") + 3] = [str(method["m"])]
+        assert main(args) == 0
+        rows = read_rows(entry["path"])[1]
+        assert [(r.idx, r.predict, r.radius, r.extra) for r in rows] == \
+            [(r.idx, r.predict, r.radius, r.extra) for r in read_rows(alone)[1]], entry["label"]
+        used |= {dict(r.extra)["samples"] for r in rows}
+    assert len(used) > 1  # configurations and images stopped at different looks
+
+
+def test_sequential_grid_refuses_noise_drawn_per_call(tmp_path, fmnist_dir, classifier_path, denoiser_path, capsys):
+    out_dir = tmp_path / "g"
+    args = [*grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir), *SEQUENTIAL, "--local-noise", "fresh"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "drop --method densepure and --local-noise fresh" in err and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()
+
+
+@pytest.mark.slow  # one torchrun launch takes 5-15 s on 2 CPU cores
+def test_sequential_grid_under_torchrun_equals_one_process(tmp_path, fmnist_dir, classifier_path, denoiser_path,
+                                                           sequential_grid):
+    from test_distributed import torchrun
+
+    out_dir = tmp_path / "g"
+    done = torchrun([*grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir), *SEQUENTIAL])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert grid_rows(out_dir) == grid_rows(sequential_grid)

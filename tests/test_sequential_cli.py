@@ -67,15 +67,6 @@ def test_sequential_options_need_sequential_sampling(tmp_path, fmnist_dir, class
     assert "need --sampling sequential" in capsys.readouterr().err
 
 
-def test_a_grid_refuses_sequential_sampling(tmp_path, fmnist_dir, classifier_path, capsys):
-    args = seq_args(fmnist_dir, classifier_path, tmp_path / "r.tsv", "--max-radius", "0.5")
-    i = args.index("--out")
-    args[i:i + 2] = ["--out-dir", str(tmp_path / "grid")]
-    assert main(args) == 2
-    assert "certifies one configuration at a time" in capsys.readouterr().err
-    assert not (tmp_path / "grid").exists()
-
-
 @pytest.mark.slow  # one torchrun launch takes 5-15 s on 2 CPU cores
 def test_sequential_under_torchrun_shares_images(tmp_path, fmnist_dir, classifier_path):
     """Image sharding: two processes write the rows of one process (sequential decisions are per image)."""

@@ -76,17 +76,20 @@ def _percent(fraction: float, images: int, errors: bool) -> str:
     return f"{100 * fraction:.1f} ± {100 * se:.1f}"
 
 
-def table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str = "markdown", errors: bool = False) -> str:
+def table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str = "markdown", errors: bool = False,
+          acr: bool = True) -> str:
     """Render summaries as a markdown, csv or latex table (accuracies in percent; with ``errors``
-    each certified accuracy carries its standard error over test images, ``72.4 ± 2.0``)."""
+    each certified accuracy carries its standard error over test images, ``72.4 ± 2.0``; without
+    ``acr`` no ACR column, for runs whose radii stop at the table's, as sequential fixed-radius runs)."""
     sequential = any(s.samples_per_image is not None for s in summaries)
-    head = ["run", "images", *[f"r={r:g}" for r in radii], "ACR", "abstain", "clean acc", "s/img"]
+    head = ["run", "images", *[f"r={r:g}" for r in radii], *(["ACR"] if acr else []), "abstain", "clean acc",
+            "s/img"]
     head += ["samples/img"] if sequential else []
     body = []
     for s in summaries:
         cert = [_percent(s.certified[float(r)], s.images, errors) if s.certified else "-" for r in radii]
-        acr = f"{s.acr:.3f}" if s.acr is not None else "-"
-        body.append([s.label, str(s.images), *cert, acr, f"{100 * s.abstention_rate:.1f}",
+        mean_radius = [f"{s.acr:.3f}" if s.acr is not None else "-"] if acr else []
+        body.append([s.label, str(s.images), *cert, *mean_radius, f"{100 * s.abstention_rate:.1f}",
                      f"{100 * s.clean_accuracy:.1f}", f"{s.seconds_per_image:.2f}"])
         if sequential:
             body[-1].append("-" if s.samples_per_image is None else f"{s.samples_per_image:.0f}")

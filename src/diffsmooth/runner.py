@@ -163,11 +163,15 @@ class CertifyTask:
             return
         if self.spec.mode != "certify":
             raise InputError("several configurations in one run are supported for certify only")
-        if self.spec.sampling != "fixed":
-            raise InputError("--sampling sequential certifies one configuration at a time; give one value per "
-                             "method option with --out, or drop --sampling for the grid")
         for method in self.grid:
             replace(self.spec, method=method).validate()
+            if self.spec.sampling == "sequential" and (method.method == "densepure" or (
+                    method.method == "diffsmooth" and method.local_noise == "fresh")):
+                # Their noise is drawn per call: a configuration's rows would depend on which images
+                # still run beside it, so they could not equal its own sequential run.
+                raise InputError("--sampling sequential with several configurations needs bases whose scores depend "
+                                 "on each noisy image alone: drop --method densepure and --local-noise fresh from "
+                                 "the grid, or certify them with --out one at a time")
 
     def store(self, out: Path, *, resume: bool, overwrite: bool) -> placement.Store:
         if self.grid is None:
@@ -179,16 +183,22 @@ class CertifyTask:
     def rows(self, smoothed: SmoothedClassifier, group: Group) -> dict[str | None, list[Row]]:
         spec, g = self.spec, group
         start = time.perf_counter()
+        if spec.sampling == "sequential":
+            args = (g.xs, spec.n0, spec.n_max, spec.alpha, spec.batch_size, g.generators, spec.sequential_options())
+            if self.grid is None:
+                by_key = {None: smoothed.certify_sequential_batch(*args)}
+            else:
+                grid = smoothed.certify_sequential_grid_batch(*args)
+                by_key = {label: [per_image[k] for per_image in grid] for k, label in enumerate(_labels(self.grid))}
+            seconds = (time.perf_counter() - start) / len(g.indices)
+            return {key: [replace(row, extra=(("samples", str(res.n)),))
+                          for row, res in zip(_rows(g, results, seconds), results)]
+                    for key, results in by_key.items()}
         if self.grid is not None:
             grid = smoothed.certify_grid_batch(g.xs, spec.n0, spec.n, spec.alpha, spec.batch_size, g.generators)
             seconds = (time.perf_counter() - start) / len(g.indices)
             return {label: _rows(g, [per_image[k] for per_image in grid], seconds)
                     for k, label in enumerate(_labels(self.grid))}
-        if spec.sampling == "sequential":
-            results = smoothed.certify_sequential_batch(g.xs, spec.n0, spec.n_max, spec.alpha, spec.batch_size,
-                                                        g.generators, spec.sequential_options())
-            rows = _rows(g, results, (time.perf_counter() - start) / len(g.indices))
-            return {None: [replace(row, extra=(("samples", str(res.n)),)) for row, res in zip(rows, results)]}
         if spec.mode == "certify":
             results = smoothed.certify_batch(g.xs, spec.n0, spec.n, spec.alpha, spec.batch_size, g.generators)
         else:
@@ -340,8 +350,9 @@ def execute(prepared: Prepared, indices: Sequence[int], sinks: placement.Sinks, 
                 report.add(key, rows)
             first = next(iter(by_key.values()))
             report.seconds += sum(r.seconds for r in first)
-            if spec.sampling == "sequential":
-                report.noise_samples += sum(spec.n0 + int(dict(r.extra)["samples"]) for r in first)
+            if spec.sampling == "sequential":  # an image draws while any of its configurations runs
+                used = zip(*([int(dict(r.extra)["samples"]) for r in rows] for rows in by_key.values()))
+                report.noise_samples += sum(spec.n0 + max(per_image) for per_image in used)
             else:
                 report.noise_samples += len(chunk) * spec.samples_per_image
             if bar is not None:

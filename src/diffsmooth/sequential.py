@@ -130,8 +130,9 @@ class StopRule:
 
 @dataclass
 class Looked:
-    """One image after its looks: estimation ``counts`` (num_classes,), the cumulative successes
-    of the selected class at each look taken, the anytime-valid ``p_lower`` and why it stopped."""
+    """One image under one configuration after its looks: estimation ``counts`` (num_classes,), the
+    cumulative successes of the selected class at each look taken, the anytime-valid ``p_lower``
+    and why it stopped."""
 
     counts: Tensor
     successes: list[int]
@@ -139,29 +140,36 @@ class Looked:
     stop: str
 
 
-def estimate_in_looks(draw: Callable[[list[int], int], Tensor], selected: Sequence[int], num_classes: int,
-                      schedule: LookSchedule, rule: StopRule) -> list[Looked]:
-    """The estimation draw of sequential CERTIFY, look by look, for K images.
+def estimate_in_looks(draw: Callable[[list[int], int], Tensor], selected: Sequence[Sequence[int]], num_classes: int,
+                      schedule: LookSchedule, rule: StopRule) -> list[list[Looked]]:
+    """The estimation draw of sequential CERTIFY, look by look, for K images under C configurations
+    (a grid base; C = 1 otherwise).
 
-    ``draw(rows, count)`` returns the class counts ``(len(rows), num_classes)`` of ``count`` fresh
+    ``draw(rows, count)`` returns the class counts ``(len(rows), C, num_classes)`` of ``count`` fresh
     samples for each image in ``rows`` (indices into 0..K-1), continuing each image's own noise
-    stream; ``selected[i]`` is image i's class from the selection draw.  In each round every
-    running image draws its next chunk (they share forward batches); images that stop leave.
+    stream; ``selected[i][c]`` is configuration c's class for image i from the selection draw.
+    Each (image, configuration) stops by ``rule`` on its own counts; an image draws while any of
+    its configurations runs, and a stopped configuration ignores the samples drawn after its stop,
+    so its result is the one it gets alone from the same stream.  In each round every running
+    image draws its next chunk (they share forward batches); images that stop leave.
     """
-    k = len(selected)
-    estimation = torch.zeros(k, num_classes, dtype=torch.long)
-    p_lower = [0.0] * k
-    stops: list[str | None] = [None] * k
-    successes: list[list[int]] = [[] for _ in range(k)]
+    k, c = len(selected), len(selected[0]) if selected else 0
+    estimation = torch.zeros(k, c, num_classes, dtype=torch.long)
+    p_lower = [[0.0] * c for _ in range(k)]
+    stops: list[list[str | None]] = [[None] * c for _ in range(k)]
+    successes: list[list[list[int]]] = [[[] for _ in range(c)] for _ in range(k)]
     drawn = 0
     for size in schedule.sizes:
-        running = [i for i in range(k) if stops[i] is None]
+        running = [i for i in range(k) if any(stop is None for stop in stops[i])]
         if not running:
             break
-        estimation[torch.tensor(running, dtype=torch.long)] += draw(running, size - drawn)
+        fresh = draw(running, size - drawn)
         drawn = size
-        for i in running:
-            successes[i].append(int(estimation[i, selected[i]]))
-            p_lower[i] = sequential_lower(successes[i], schedule)[-1]
-            stops[i] = rule.stop(p_lower[i], successes[i][-1], size, schedule)
-    return [Looked(estimation[i], successes[i], p_lower[i], stops[i] or "budget") for i in range(k)]
+        for row, i in enumerate(running):
+            for j in (j for j in range(c) if stops[i][j] is None):
+                estimation[i, j] += fresh[row, j]
+                successes[i][j].append(int(estimation[i, j, selected[i][j]]))
+                p_lower[i][j] = sequential_lower(successes[i][j], schedule)[-1]
+                stops[i][j] = rule.stop(p_lower[i][j], successes[i][j][-1], size, schedule)
+    return [[Looked(estimation[i, j], successes[i][j], p_lower[i][j], stops[i][j] or "budget") for j in range(c)]
+            for i in range(k)]

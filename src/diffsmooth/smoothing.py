@@ -21,8 +21,9 @@ from torch import Tensor
 
 from diffsmooth import validate
 from diffsmooth.sampling import Base, Generators, Sampler, per_image_generators
-from diffsmooth.sequential import SequentialOptions, StopRule, estimate_in_looks
+from diffsmooth.sequential import Looked, SequentialOptions, StopRule, estimate_in_looks
 from diffsmooth.stats import (
+    LookSchedule,
     binomial_test_pvalue,
     certified_radius,
     certified_radius_separate,
@@ -302,6 +303,26 @@ class SmoothedClassifier:
         depends only on its generator and the settings, not on the other images.  With
         ``shard``, every process takes the same decisions from the reduced counts.
         """
+        return [per_image[0] for per_image in self._sequential(xs, n0, n_max, alpha, batch_size, generators,
+                                                               options, grid=False)]
+
+    def certify_sequential_grid_batch(self, xs: Tensor, n0: int, n_max: int, alpha: float, batch_size: int,
+                                      generators: Generators = None,
+                                      options: SequentialOptions = SequentialOptions()) -> list[list[SequentialCertificate]]:
+        """Sequential CERTIFY of each of ``xs`` under every configuration of a grid base, from one noise
+        stream: ``certificates[i][k]`` for image i, configuration k.
+
+        Each configuration selects its class on its own ``n0`` counts and stops by its own counts;
+        an image draws its next look while any of its configurations runs (one purification of a
+        noisy batch serves them all), and a configuration that stopped ignores what is drawn after,
+        so its certificate is exactly the one ``certify_sequential_batch`` gives it alone with the
+        same generators, a (1 - alpha) statement on its own.  Needs a base whose scores depend on
+        each noisy image alone (no noise drawn per call, as DiffSmooth's ``local_noise="fresh"``).
+        """
+        return self._sequential(xs, n0, n_max, alpha, batch_size, generators, options, grid=True)
+
+    def _sequential(self, xs: Tensor, n0: int, n_max: int, alpha: float, batch_size: int, generators: Generators,
+                    options: SequentialOptions, grid: bool) -> list[list[SequentialCertificate]]:
         check_images(xs, "xs")
         validate.whole(n0, "n0")
         validate.whole(n_max, "n_max")
@@ -313,27 +334,32 @@ class SmoothedClassifier:
         rule = StopRule(options, lambda p_lower: decide(p_lower, self.sigma))
         gens = per_image_generators(generators, xs.shape[0])
 
-        # Selection: guess the top class from n0 samples.
-        selection = self.sample_counts(xs, n0, batch_size, gens).cpu()
-        selected = selection.argmax(dim=1).tolist()
-
-        # Estimation: fresh samples, in looks, until each image's question is settled.
-        def draw(rows: list[int], count: int) -> Tensor:
+        def counts(rows: list[int], num: int) -> Tensor:
+            """(len(rows), configurations, num_classes) counts of ``num`` fresh samples per image."""
             index = torch.tensor(rows, dtype=torch.long, device=xs.device)
-            return self.sample_counts(xs[index], count, batch_size, [gens[i] for i in rows]).cpu()
+            drawn = self.sample_counts(xs[index], num, batch_size, [gens[i] for i in rows]).cpu()
+            if (drawn.dim() == 3) != grid:
+                raise InputError("certify_sequential_grid_batch needs a grid base; certify_sequential_batch a plain one")
+            return drawn if grid else drawn[:, None]
 
-        looked = estimate_in_looks(draw, selected, self.num_classes, schedule, rule)
-        certificates = []
-        for i, image in enumerate(looked):
-            c_a = selected[i]
-            radius = decide(image.p_lower, self.sigma)
-            certificates.append(SequentialCertificate(
-                prediction=None if radius is None else c_a, radius=radius or 0.0, p_lower=image.p_lower,
-                selected_class=c_a, n_a=int(image.counts[c_a]), n0=n0, n=schedule.sizes[len(image.successes) - 1],
-                alpha=alpha, sigma=self.sigma, counts=tuple(image.counts.tolist()),
-                selection_counts=tuple(selection[i].tolist()), n_max=n_max, looks=len(image.successes),
-                stop=image.stop, radii=tuple((r, radius is not None and radius >= r) for r in options.radii or ())))
-        return certificates
+        # Selection: guess the top class from n0 samples (per configuration of a grid).
+        selection = counts(list(range(xs.shape[0])), n0)
+        selected = selection.argmax(dim=-1).tolist()
+        # Estimation: fresh samples, in looks, until each question is settled.
+        looked = estimate_in_looks(counts, selected, self.num_classes, schedule, rule)
+        return [[self._sequential_certificate(image, selected[i][k], selection[i, k], n0, n_max, alpha, schedule,
+                                              options) for k, image in enumerate(per_image)]
+                for i, per_image in enumerate(looked)]
+
+    def _sequential_certificate(self, image: Looked, c_a: int, selection: Tensor, n0: int, n_max: int, alpha: float,
+                                schedule: LookSchedule, options: SequentialOptions) -> SequentialCertificate:
+        radius = decide(image.p_lower, self.sigma)
+        return SequentialCertificate(
+            prediction=None if radius is None else c_a, radius=radius or 0.0, p_lower=image.p_lower,
+            selected_class=c_a, n_a=int(image.counts[c_a]), n0=n0, n=schedule.sizes[len(image.successes) - 1],
+            alpha=alpha, sigma=self.sigma, counts=tuple(image.counts.tolist()),
+            selection_counts=tuple(selection.tolist()), n_max=n_max, looks=len(image.successes),
+            stop=image.stop, radii=tuple((r, radius is not None and radius >= r) for r in options.radii or ()))
 
     # -- PREDICT --------------------------------------------------------------
 

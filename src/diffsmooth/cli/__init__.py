@@ -58,6 +58,9 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 
 
 def main(argv: list[str] | None = None) -> int:
+    from diffsmooth.runtime import configure_cpu
+
+    configure_cpu()  # before anything imports torch: OpenMP reads its settings when it loads
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:

@@ -123,11 +123,12 @@ class _Lock:
 
 
 def environment(device: Any) -> dict[str, Any]:
-    """Versions, commit and device for the manifest."""
+    """Versions, commit, device and CPU threading for the manifest."""
     import torch
 
     import diffsmooth
     from diffsmooth.files import git_commit
+    from diffsmooth.runtime import cpu_settings
 
     device = torch.device(device)
     return {
@@ -137,6 +138,8 @@ def environment(device: Any) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "git_commit": git_commit(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_settings": cpu_settings(),  # what runtime.configure_cpu set (empty when not called)
     }
 
 

@@ -1,0 +1,89 @@
+"""What ``runtime.configure_cpu`` buys a certify on a shared CPU: page faults, wall time, and wall
+time beside another torch job, with the CPU defaults off and on, side by side in one run.
+
+Each configuration runs ``diffsmooth certify`` (DiffSmooth, sigma 0.5, n0 32, n 500, the first
+--images test images, shipped models) in a fresh process with nothing set in the environment but
+``DIFFSMOOTH_CPU_DEFAULTS`` (0: off), alone and beside a competing job: another process running
+2-thread float32 matmuls with OpenMP's default (spinning) waits, as a laptop's or a shared node's
+other work does.  Reported: wall seconds (best of --repeats), CPU seconds (user + system) and
+minor page faults per noise sample of the certify process, and the ratios.
+
+    OMP_NUM_THREADS= .venv/bin/python benchmarks/cpu_runtime.py --images 4 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LOAD = """
+import torch
+torch.set_num_threads(2)
+a = torch.randn(384, 384)
+while True:
+    a = torch.tanh(a @ a / 384)
+"""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GLIBC_TUNABLES", "MKL_NUM_THREADS")}
+    return {**env, **extra}
+
+
+def certify(images: int, defaults: bool, out: Path) -> tuple[float, float, int]:
+    """(wall s, CPU s, minor faults) of one certify process."""
+    args = ["certify", "--method", "diffsmooth", "--sigma", "0.5", "--n0", "32", "--n", "500", "--max-images",
+            str(images), "--device", "cpu", "--quiet", "--overwrite", "--out", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "diffsmooth", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=clean_env(DIFFSMOOTH_CPU_DEFAULTS="1" if defaults else "0"))
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"certify failed: {proc.stderr.read().decode()[-500:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_minflt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    samples = args.images * (32 + 500)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.tsv"
+        for loaded in (False, True):
+            load = subprocess.Popen([sys.executable, "-c", LOAD], env=clean_env()) if loaded else None
+            try:
+                time.sleep(3 if loaded else 0)  # let the load reach its loop
+                for defaults in (False, True):
+                    runs = [certify(args.images, defaults, out) for _ in range(args.repeats)]
+                    rows[(loaded, defaults)] = min(runs)
+            finally:
+                if load is not None:
+                    load.kill()
+                    load.wait()
+    print(f"certify DiffSmooth sigma 0.5, n0 32, n 500, {args.images} images ({samples} noise samples), "
+          f"best of {args.repeats}; nothing set in the environment but DIFFSMOOTH_CPU_DEFAULTS; "
+          f"{os.cpu_count()} CPUs; load: a 2-thread spinning torch matmul job\n")
+    print("| CPU defaults | load | wall s | CPU s | minor faults / sample | wall / idle wall |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (loaded, defaults), (wall, cpu, faults) in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        idle = rows[(False, defaults)][0]
+        print(f"| {'on' if defaults else 'off'} | {'beside load' if loaded else 'idle'} | {wall:.2f} | {cpu:.2f} | "
+              f"{faults / samples:.0f} | {wall / idle:.2f} |")
+    off, on = rows[(False, False)][0], rows[(False, True)][0]
+    print(f"\nidle: defaults on are {off / on:.2f}x faster than off; beside load: "
+          f"{rows[(True, False)][0] / rows[(True, True)][0]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
