@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Trains the shipped Fashion-MNIST models from scratch (issues #15, #17): the narrow DDPM (ADM UNet,
+# Trains the shipped Fashion-MNIST models from scratch (issues #15, #17, #32): the narrow DDPM (ADM UNet,
 # 16 channels, 8 norm groups, 95.9 MFLOP per sample, timesteps focused on the t* range of sigma
-# 0.12-1.0, EMA); nine fmnist_cnn_lite classifiers (8.3 MFLOP per image) with the same budget for
+# 0.12-1.0, EMA); thirteen fmnist_cnn_lite classifiers (8.3 MFLOP per image) with the same budget for
 # every method (same epochs, batch, SGD schedule, seed and initialisation): clean; gaussian 0.12,
-# 0.25, 0.5, 1.0; consistency and smoothadv 0.25 and 0.5; then SmoothMix at 0.25 and 0.5 and two
+# 0.25, 0.5, 1.0; consistency and smoothadv 0.12, 0.25, 0.5 and 1.0; then SmoothMix at 0.25 and 0.5 and two
 # small DnCNN denoisers (MSE) for Denoised Smoothing. CPU, one thread per process, fixed seeds.
 #
 # Usage: scripts/train_shipped.sh MODEL   train (or continue) one model: a name listed by `list`
@@ -31,7 +31,9 @@ DDPM_STEPS=${DDPM_STEPS:-40000}
 CLASSIFIERS=(fmnist_cnn_lite_gaussian_0.50 fmnist_cnn_lite_gaussian_0.25 fmnist_cnn_lite_clean
              fmnist_cnn_lite_gaussian_0.12 fmnist_cnn_lite_gaussian_1.00 fmnist_cnn_lite_consistency_0.50
              fmnist_cnn_lite_smoothadv_0.50 fmnist_cnn_lite_consistency_0.25 fmnist_cnn_lite_smoothadv_0.25
-             fmnist_cnn_lite_smoothmix_0.50 fmnist_cnn_lite_smoothmix_0.25)
+             fmnist_cnn_lite_smoothmix_0.50 fmnist_cnn_lite_smoothmix_0.25
+             fmnist_cnn_lite_consistency_0.12 fmnist_cnn_lite_smoothadv_0.12
+             fmnist_cnn_lite_consistency_1.00 fmnist_cnn_lite_smoothadv_1.00)
 DENOISERS=(fmnist_dncnn_0.50 fmnist_dncnn_0.25)
 EPOCHS=${EPOCHS:-10}
 # Every budget is sized so that each model trains within one 3-hour session on one core (a session's
@@ -52,6 +54,12 @@ declare -A METHOD=(
   [fmnist_cnn_lite_consistency_0.50]="--method consistency --sigma 0.5 --m-train 2 --lbd 10 --eta 0.5"
   [fmnist_cnn_lite_smoothadv_0.25]="--method smoothadv --sigma 0.25 --m-train 1 --epsilon 0.5 --num-steps 2 --warmup 2"
   [fmnist_cnn_lite_smoothadv_0.50]="--method smoothadv --sigma 0.5 --m-train 1 --epsilon 1.0 --num-steps 2 --warmup 2"
+  # issue #32: robust local classifiers at local sigma 0.12 and robust RS rows at sigma 1.0 (the
+  # recipes of 0.25 / 0.5: the same consistency weights, SmoothAdv's epsilon = 2 sigma)
+  [fmnist_cnn_lite_consistency_0.12]="--method consistency --sigma 0.12 --m-train 2 --lbd 10 --eta 0.5"
+  [fmnist_cnn_lite_consistency_1.00]="--method consistency --sigma 1.0 --m-train 2 --lbd 10 --eta 0.5"
+  [fmnist_cnn_lite_smoothadv_0.12]="--method smoothadv --sigma 0.12 --m-train 1 --epsilon 0.25 --num-steps 2 --warmup 2"
+  [fmnist_cnn_lite_smoothadv_1.00]="--method smoothadv --sigma 1.0 --m-train 1 --epsilon 2.0 --num-steps 2 --warmup 2"
   [fmnist_cnn_lite_smoothmix_0.25]="--method smoothmix --sigma 0.25 --m-train 2 --num-steps 2 --eta 5 --warmup 1"
   [fmnist_cnn_lite_smoothmix_0.50]="--method smoothmix --sigma 0.5 --m-train 2 --num-steps 2 --eta 5 --warmup 1"
 )
