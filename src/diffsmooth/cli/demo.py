@@ -82,7 +82,7 @@ def _demo(args: argparse.Namespace) -> int:
     }
     sequential = args.sampling == "sequential"
     spec = RunSpec("certify", runs["RS"], n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
-                   seed=args.seed, **(dict(sampling="sequential", n_max=args.n_max, radii=RADII[1:])
+                   seed=args.seed, **(dict(sampling="sequential", n_max=args.n_max, radii=RADII)
                                       if sequential else {}))
     spec.validate()
     samples = f"n_max={args.n_max} (sequential)" if sequential else f"n={args.n}"
