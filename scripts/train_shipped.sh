@@ -15,6 +15,11 @@
 #        scripts/train_shipped.sh ship    copy every finished model into src/diffsmooth/weights/ under
 #                                         its shipped name (fmnist_ddpm_lite -> fmnist_ddpm,
 #                                         fmnist_cnn_lite_X -> fmnist_cnn_X, fmnist_dncnn_S as is)
+#        scripts/train_shipped.sh keep MODEL
+#                                         copy MODEL's resumable state into training-state/MODEL/ of the
+#                                         repository (commit it: a session's machine keeps nothing else;
+#                                         at most three times per model, <= 10 MB; removed once the model
+#                                         ships); `run` restores it when $CK has none
 # Outputs: $CK/NAME/model[.safetensors|.json] (the trained model), $CK/NAME/state (resumable state),
 # $CK/NAME.log.
 set -euo pipefail
@@ -74,7 +79,17 @@ finished() {
 sys.exit(0 if json.load(open(sys.argv[1]))[sys.argv[2]].get("finished") else 1)' "$file" "$key"
 }
 
+KEPT=$ROOT/training-state  # resumable states kept in the repository across sessions
+
 resume_flag() { [[ -f $CK/$1/state/state.json ]] && echo --resume || true; }
+
+# restore NAME: the state kept in the repository, where $CK has none (a new machine).
+restore() {
+  if [[ ! -f $CK/$1/state/state.json && -f $KEPT/$1/state.json ]]; then
+    mkdir -p "$CK/$1/state" && cp "$KEPT/$1/state.json" "$KEPT/$1/state.safetensors" "$CK/$1/state/"
+    echo "$(date -u +%FT%TZ) $1: restored its state from $KEPT/$1 (step/epoch in state.json)"
+  fi
+}
 
 # train_ddpm: train (or continue) the DDPM.
 train_ddpm() {
@@ -111,6 +126,7 @@ run() {
   mkdir -p "$CK"
   (
     flock -n 9 || { echo "$(date -u +%FT%TZ) $1 is being trained by another queue"; exit 0; }
+    restore "$1"
     echo "$(date -u +%FT%TZ) $1 starts"
     if [[ $1 == "$DDPM" ]]; then train_ddpm
     elif [[ -n ${DENOISER_SIGMA[$1]:-} ]]; then train_denoiser "$1"
@@ -141,6 +157,22 @@ open(sys.argv[2], "w").write(json.dumps(doc, indent=2, sort_keys=True) + "\n")' 
         echo "shipped $name as $shipped"
       fi
     done ;;
+  keep)
+    name=${2:?usage: $0 keep MODEL}
+    [[ -f $CK/$name/state/state.json ]] || { echo "no state of $name in $CK" >&2; exit 2; }
+    mkdir -p "$KEPT/$name"
+    src=$CK/$name/state
+    # A checkpoint writes state.safetensors, then state.json: copy a pair that belongs together (no
+    # write between the two copies, the JSON not older than the tensors), retrying while one is under way.
+    for _ in $(seq 100); do
+      before=$(stat -c %Y.%y "$src/state.json" "$src/state.safetensors" | tr '\n' ' ')
+      cp "$src/state.safetensors" "$src/state.json" "$KEPT/$name/"
+      after=$(stat -c %Y.%y "$src/state.json" "$src/state.safetensors" | tr '\n' ' ')
+      [[ $before == "$after" && ! "$src/state.safetensors" -nt "$src/state.json" ]] && break
+      sleep 1
+    done
+    [[ $before == "$after" ]] || { echo "the state of $name kept changing: try again" >&2; exit 1; }
+    echo "kept $name's state ($(grep -o '"step": [0-9]*' "$KEPT/$name/state.json")) in $KEPT/$name: commit it" ;;
   list)
     for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}"; do
       if finished "$name"; then echo "$name finished"; else echo "$name not finished"; fi

@@ -4,8 +4,9 @@ there for a signal.
 
 Usage: ``python tests/crash_after_rows.py K [RANK] [pause] -- diffsmooth arguments...``; under
 torchrun only the process whose RANK matches dies (default: every process).  The crash point is
-exact, so the tests that resume from it are deterministic; with ``pause`` a signal sent once K
-groups are in the file is sure to arrive mid-run.
+exact, so the tests that resume from it are deterministic; with ``pause`` the process creates the
+file ``$PAUSE_MARKER`` (when set) once its K-th group is written, and a signal sent after that is
+sure to arrive mid-run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def install(after: int, rank: str | None, pause: bool) -> None:
         if count >= after:
             if not pause:
                 os._exit(1)  # no cleanup, like a kill
+            marker = os.environ.get("PAUSE_MARKER")
+            if marker:  # tells the test that the row is written and the process waits
+                open(marker, "w").close()
             while True:  # mid-run until a signal ends the process
                 time.sleep(0.05)
 

@@ -162,8 +162,10 @@ def test_existing_results_are_not_truncated(tmp_path, fmnist_dir, classifier_pat
 @pytest.mark.parametrize("method", ["rs", "dds", "diffsmooth"])
 def test_certify_three_images_with_each_method(tmp_path, fmnist_dir, classifier_path, denoiser_path, method):
     out = tmp_path / f"{method}.tsv"
-    args = rs_args(fmnist_dir, classifier_path, out, "--max", "3", "--denoiser", str(denoiser_path),
-                   "--m", "3", "--vote", "hard")
+    # Each method gets the options it uses: any other would be refused (issue #31).
+    extra = {"rs": [], "dds": ["--denoiser", str(denoiser_path)],
+             "diffsmooth": ["--denoiser", str(denoiser_path), "--m", "3", "--vote", "hard"]}[method]
+    args = rs_args(fmnist_dir, classifier_path, out, "--max", "3", *extra)
     args[args.index("--method") + 1] = method
     assert main(args) == 0
     assert [r.idx for r in read_rows(out)[1]] == [0, 1, 2]

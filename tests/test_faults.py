@@ -151,7 +151,7 @@ def test_out_of_memory_is_named_with_the_fix(tmp_path, fmnist_dir, classifier_pa
 
     monkeypatch.setattr(runner, "build_base", lambda *args, **kwargs: Huge())
     out = tmp_path / "r.tsv"
-    fails(capsys, rs_args(fmnist_dir, classifier_path, out, "--m", "100000"), "out of memory")
+    fails(capsys, rs_args(fmnist_dir, classifier_path, out), "out of memory")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -325,9 +325,11 @@ def test_sigterm_mid_run_exits_cleanly_and_resumes(tmp_path, fmnist_dir, classif
     out = tmp_path / "r.tsv"
     args = rs_args(fmnist_dir, classifier_path, out, "--max", "4")
     # The child waits after its first flushed row until the signal comes: it surely lands mid-run.
-    proc = subprocess.Popen([sys.executable, CRASH, "1", "pause", "--", *args], stderr=subprocess.PIPE, text=True)
+    marker = tmp_path.parent / f"{tmp_path.name}.paused"
+    proc = subprocess.Popen([sys.executable, CRASH, "1", "pause", "--", *args], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PAUSE_MARKER": str(marker)})
     deadline = time.time() + 120
-    while time.time() < deadline and not (out.exists() and len(out.read_text().splitlines()) >= 2):
+    while time.time() < deadline and not marker.exists():
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     code, err = proc.wait(timeout=60), proc.stderr.read()

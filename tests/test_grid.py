@@ -208,10 +208,11 @@ def test_sequential_grid_rows_equal_each_configurations_own_sequential_run(tmp_p
     for entry in index:
         method = entry["spec"]["method"]
         alone = tmp_path / f"{entry['label']}.tsv"
-        args = grid_args(fmnist_dir, classifier_path, denoiser_path, alone, *SEQUENTIAL)
-        args[args.index("--out-dir")] = "--out"
-        args[2:5] = [method["method"]]  # "--method rs dds diffsmooth" -> this one
-        args[args.index("--local-m") + 1: args.index("--local-m") + 3] = [str(method["m"])]
+        own = {"rs": [], "dds": ["--denoiser", str(denoiser_path)],
+               "diffsmooth": ["--denoiser", str(denoiser_path), "--local-m", str(method["m"])]}[method["method"]]
+        args = ["certify", "--method", method["method"], "--data-dir", str(fmnist_dir), "--sigma", "0.25",
+                "--classifier", str(classifier_path), *own, "--n0", "8", "--batch", "40", "--max-images", "4",
+                "--device", "cpu", "--quiet", "--out", str(alone), *SEQUENTIAL]
         assert main(args) == 0
         rows = read_rows(entry["path"])[1]
         assert [(r.idx, r.predict, r.radius, r.extra) for r in rows] == \

@@ -140,6 +140,11 @@ def paired_comparison(path_a: Path, path_b: Path, radii: Sequence[float], label_
         only = sorted(set(a) ^ set(b))
         raise InputError(f"{path_a} and {path_b} hold different images (e.g. idx {only[0]}); compare runs "
                          "over the same images (same --max/--skip, both finished)")
+    differ = [i for i in sorted(a) if a[i].label != b[i].label]
+    if differ:
+        i = differ[0]
+        raise InputError(f"{path_a} and {path_b} give idx {i} the labels {a[i].label} and {b[i].label}: they are "
+                         "not the same images (another dataset or split?); pair runs over the same images")
     order = sorted(a)
     difference, standard_error = {}, {}
     for radius in radii:

@@ -8,9 +8,11 @@ Leaf module (imports nothing of ours but ``validate``), so every layer may use i
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +77,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fd)
         finally:
             os.close(fd)
+        # Whatever wrote the temp file (safetensors creates it 0600), the result has the mode a plain
+        # open() gives under the process's umask, like every other file we write.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -99,13 +104,26 @@ def write_json(path: str | Path, doc: dict[str, Any]) -> None:
 
 
 def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> str:
-    """Write tensors (each copied to a compact CPU tensor) atomically; returns the file's SHA-256."""
+    """Write tensors (each copied to a compact CPU tensor) atomically; returns the file's SHA-256.
+    A failed write (a full disk) is an ``OSError`` with the system's errno, as for any other file."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+        except SafetensorError as err:  # it wraps the OS error as text: "... Os { code: 28, ... }"
+            code = re.search(r"code: (\d+)", str(err))
+            errno_ = int(code.group(1)) if code else errno.EIO
+            raise OSError(errno_, os.strerror(errno_), str(path)) from None
     return file_sha256(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---- provenance ------------------------------------------------------------------------------------

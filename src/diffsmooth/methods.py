@@ -223,6 +223,9 @@ def build_grid(specs: Sequence[MethodSpec], device: torch.device | str = "cpu", 
 def _fast(base: nn.Module, spec: MethodSpec, static_batch: int | None) -> nn.Module:
     if spec.precision == "float32" and not (spec.channels_last or spec.compile or spec.cuda_graphs):
         return base
+    device = next(base.parameters(), torch.empty(0)).device
+    if spec.cuda_graphs and device.type != "cuda":
+        raise InputError(f"--cuda-graphs replays CUDA graphs and needs a CUDA device, not {device}; drop it")
     from diffsmooth.fast import accelerate
 
     return accelerate(base, precision=spec.precision, channels_last=spec.channels_last,

@@ -81,11 +81,11 @@ class SavedModel:
 
     def parse(self, build: Callable[[dict[str, Any]], T]) -> T:
         """``build(doc)`` (a config's ``from_dict``); a KeyError/TypeError/ValueError it raises is
-        named as a bad field of this file (``InputError`` passes unchanged)."""
+        named as a bad field of this file, an ``InputError`` (a value out of range) as this file's."""
         try:
             return build(self.doc)
-        except InputError:
-            raise
+        except InputError as err:
+            raise InputError(f"{self.config}: {err}; fix the file or re-save it with {self.saver}") from None
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"{self.config} has an invalid field ({err}); re-save it with {self.saver}") from None
 

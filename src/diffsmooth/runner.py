@@ -32,7 +32,7 @@ from diffsmooth.results import Row, configuration_label, environment, grid_store
 from diffsmooth.sampling import generator_for
 from diffsmooth.sequential import SequentialOptions
 from diffsmooth.smoothing import BOUNDS, SmoothedClassifier
-from diffsmooth.stats import FIRST_LOOK
+from diffsmooth.stats import FIRST_LOOK, separate_pb_alphas
 from diffsmooth.validate import InputError
 
 Images = Callable[[int], tuple[torch.Tensor, int]]
@@ -82,8 +82,8 @@ class RunSpec:
     def validate(self) -> None:
         self.method.validate()
         validate.choice(self.mode, "mode", MODES)
-        validate.whole(self.n0, "--n0")
-        validate.whole(self.n, "--n")
+        validate.whole(self.n0, "--n0", 1, validate.MAX_SAMPLES)
+        validate.whole(self.n, "--n", 1, validate.MAX_SAMPLES)
         validate.whole(self.batch_size, "--batch")
         validate.seed(self.seed, "--seed")
         validate.alpha(self.alpha, "--alpha")
@@ -94,7 +94,7 @@ class RunSpec:
                 raise InputError("--sampling sequential is for certify")
             if self.n_max is None:
                 raise InputError("--sampling sequential needs --n-max, the most estimation samples an image may use")
-            validate.whole(self.n_max, "--n-max")
+            validate.whole(self.n_max, "--n-max", 1, validate.MAX_SAMPLES)
             if self.bound != "cohen":
                 raise InputError("--sampling sequential reads its own anytime-valid bound; use --bound cohen")
             self.sequential_options()
@@ -326,6 +326,8 @@ def prepare(job: Job, task: Task, probe_idx: int | None, device: torch.device,
         # The probe runs eagerly: a compiled base would specialise to its batch of one.
         _probe(base.base if isinstance(base, FastBase) else base, job.images(probe_idx)[0].to(device), job.num_classes)
     smoothed = SmoothedClassifier(base, job.num_classes, spec.method.sigma, bound=spec.bound)
+    if spec.bound == "separate-pb":
+        separate_pb_alphas(spec.alpha, job.num_classes)  # a share that underflows is refused before any file
     describe = base.describe() if hasattr(base, "describe") else {"type": type(base).__name__}
     if grid is not None:
         describe = {**describe, "configurations": dict(zip(_labels(grid), describe.pop("configurations")))}

@@ -244,8 +244,8 @@ class SmoothedClassifier:
                generators: Generators) -> tuple[Tensor, Tensor]:
         """CERTIFY's two draws (selection, estimation counts), its settings checked first."""
         check_images(xs, "xs")
-        validate.whole(n0, "n0")
-        validate.whole(n, "n")
+        validate.whole(n0, "n0", 1, validate.MAX_SAMPLES)
+        validate.whole(n, "n", 1, validate.MAX_SAMPLES)
         validate.alpha(alpha)
         validate.whole(batch_size, "batch_size")
         gens = per_image_generators(generators, xs.shape[0])
@@ -324,8 +324,8 @@ class SmoothedClassifier:
     def _sequential(self, xs: Tensor, n0: int, n_max: int, alpha: float, batch_size: int, generators: Generators,
                     options: SequentialOptions, grid: bool) -> list[list[SequentialCertificate]]:
         check_images(xs, "xs")
-        validate.whole(n0, "n0")
-        validate.whole(n_max, "n_max")
+        validate.whole(n0, "n0", 1, validate.MAX_SAMPLES)
+        validate.whole(n_max, "n_max", 1, validate.MAX_SAMPLES)
         validate.alpha(alpha)
         validate.whole(batch_size, "batch_size")
         if not isinstance(options, SequentialOptions):
@@ -375,7 +375,7 @@ class SmoothedClassifier:
         batches: the top class of ``n`` samples unless the two-sided binomial test of the top two
         counts has p-value above ``alpha`` (abstain)."""
         check_images(xs, "xs")
-        validate.whole(n, "n")
+        validate.whole(n, "n", 1, validate.MAX_SAMPLES)
         validate.alpha(alpha)
         validate.whole(batch_size, "batch_size")
         gens = per_image_generators(generators, xs.shape[0])

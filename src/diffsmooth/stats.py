@@ -49,7 +49,7 @@ def _check_counts(k: int, n: int) -> None:
 
 
 def _check_sigma(sigma: float) -> None:
-    validate.sigma(sigma)
+    validate.sigma(sigma, maximum=None)  # the formulas hold at any scale
 
 
 def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
@@ -169,6 +169,20 @@ reported on: ACR at sigma 0.25 / 0.5 was 0.2900 / 0.5062 with 0.1 against 0.2822
 half each (Cohen's p_A-only bound: 0.2910 / 0.5075; ``benchmarks/separate_pb.py``).  Any share fixed
 before certifying is sound."""
 
+def separate_pb_alphas(alpha: float, num_classes: int, pb_share: float = PB_ALPHA_SHARE) -> tuple[float, float]:
+    """How the separate-p_B certificate splits ``alpha``: ``((1 - pb_share) alpha, pb_share alpha / (K - 1))``,
+    the level of p_A's lower bound and of each other class's upper bound; refuses an ``alpha`` so small
+    that a share underflows to 0 (no bound would hold at level 0)."""
+    _check_alpha(alpha)
+    if not 0.0 < pb_share < 1.0:
+        raise ValueError(f"pb_share must lie strictly between 0 and 1, got {pb_share!r}")
+    shares = ((1 - pb_share) * alpha, pb_share * alpha / (num_classes - 1))
+    if not min(shares) > 0:
+        raise validate.InputError(f"alpha {alpha!r} is too small for the separate p_B bound: its share for each of the "
+                                  f"{num_classes - 1} other classes underflows to 0; use a larger alpha")
+    return shares
+
+
 def separate_pb_bounds(counts: Sequence[int], top: int, alpha: float,
                        pb_share: float = PB_ALPHA_SHARE) -> tuple[float, float]:
     """``(p_lower, p_b_upper)``: a lower bound on p_A and one upper bound valid for every other class.
@@ -185,17 +199,14 @@ def separate_pb_bounds(counts: Sequence[int], top: int, alpha: float,
     With probability at least 1 - alpha over the estimation draw, ``p_A >= p_lower`` and
     ``p_c <= p_b_upper`` for every class c other than A, simultaneously.
     """
-    _check_alpha(alpha)
-    if not 0.0 < pb_share < 1.0:
-        raise ValueError(f"pb_share must lie strictly between 0 and 1, got {pb_share!r}")
     k = len(counts)
     if k < 2:
         raise ValueError(f"counts must hold at least 2 classes, got {k}")
     if int(top) != top or not 0 <= top < k:
         raise ValueError(f"top must be a class index in [0, {k}), got {top!r}")
+    alpha_a, per_class = separate_pb_alphas(alpha, k, pb_share)
     n = int(sum(counts))
-    p_lower = clopper_pearson_lower(int(counts[top]), n, (1 - pb_share) * alpha)
-    per_class = pb_share * alpha / (k - 1)
+    p_lower = clopper_pearson_lower(int(counts[top]), n, alpha_a)
     p_b_upper = max(clopper_pearson_upper(int(c), n, per_class) for i, c in enumerate(counts) if i != top)
     return p_lower, min(p_b_upper, 1.0 - p_lower)
 

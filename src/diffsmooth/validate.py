@@ -29,12 +29,20 @@ def _real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def sigma(value: object, name: str = "sigma", *, zero_ok: bool = False) -> float:
+SIGMA_MAX = 10.0
+"""The largest smoothing noise a run takes: ten times the whole [0,1] pixel range (a sigma of 1000 is
+a 0-255 scale, whose certified radii of hundreds would say nothing about [0,1] images)."""
+
+
+def sigma(value: object, name: str = "sigma", *, zero_ok: bool = False, maximum: float | None = SIGMA_MAX) -> float:
     """A Gaussian noise level in [0,1] pixel units: finite and > 0 (>= 0 with ``zero_ok``, where 0
-    means no noise)."""
+    means no noise), at most ``maximum`` (None: no upper bound, for formulas)."""
     if not (_real(value) and math.isfinite(value) and (value > 0 or (zero_ok and value == 0))):
         bound = ">= 0 (0: no noise)" if zero_ok else "> 0"
         raise InputError(f"{name} must be a finite noise level {bound} in [0,1] pixel units (e.g. 0.25), got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{name} {value!r} is no noise level in [0,1] pixel units (at most {maximum:g}); "
+                         "on a 0-255 scale divide it by 255")
     return float(value)
 
 
@@ -53,6 +61,10 @@ def whole(value: object, name: str, minimum: int = 1, maximum: int | None = None
         raise InputError(f"{name} must be a whole number <= {maximum}, got {value!r}")
     return int(value)
 
+
+MAX_SAMPLES = 10**12
+"""The most noise samples a count may ask for (a trillion: beyond any run that ends, and within the
+integer range of the binomial bounds)."""
 
 SEED_MAX = 2**63 - 1
 """The largest seed a ``torch.Generator`` takes."""
@@ -95,10 +107,17 @@ def output_file(path: str | os.PathLike[str], name: str = "--out") -> Path:
     decision (``--resume`` / ``--overwrite``), not checked here."""
     text = os.fspath(path)
     out = Path(text)
-    if text.endswith(os.sep) or out.is_dir():
-        raise InputError(f"{name} {text} is a folder; give a file name inside it, e.g. {out / 'results.tsv'}")
+    _not_a_folder(text, out, name, out / "results.tsv", "a file name")
     writable_folder(out.parent, name)
     return out
+
+
+def _not_a_folder(text: str, path: Path, name: str, example: Path, what: str) -> None:
+    if path.is_dir():
+        raise InputError(f"{name} {text} is a folder; give {what} inside it, e.g. {example}")
+    if text.endswith(os.sep):
+        raise InputError(f"{name} {text} ends with '{os.sep}' but is no folder; give {what}, not a folder, "
+                         f"e.g. {example}")
 
 
 def output_folder(path: str | os.PathLike[str], name: str = "--out-dir") -> Path:
@@ -122,3 +141,23 @@ def writable_folder(folder: Path, name: str = "--out") -> Path:
     if not os.access(folder, os.W_OK):
         raise InputError(f"output folder {folder} of {name} is not writable; choose another {name}")
     return folder
+
+
+def output_stem(path: str | os.PathLike[str], name: str = "--out", suffixes: tuple[str, ...] = (".safetensors",
+                                                                                                 ".json")) -> Path:
+    """A path stem a command writes ``STEM<suffix>`` files at (a model's weights and JSON): given as
+    ``STEM`` or ``STEM<suffix>``, not a folder (nor written as one), in a writable folder."""
+    text = os.fspath(path)
+    out = Path(text)
+    stem = out.with_suffix("") if out.suffix in suffixes else out
+    _not_a_folder(text, stem, name, stem / "model", "a path stem")
+    writable_folder(stem.parent, name)
+    return stem
+
+
+def not_replaced(files: Iterable[Path], replace: bool, what: str, name: str = "--out") -> None:
+    """Refuse files a run would replace unless ``replace`` (``--overwrite``, or ``--resume`` of the run
+    that owns them)."""
+    existing = [f for f in files if f.exists() or f.is_symlink()]
+    if existing and not replace:
+        raise InputError(f"{existing[0]} exists; pass --overwrite to replace the {what} or choose another {name}")

@@ -19,11 +19,12 @@ if TYPE_CHECKING:
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
-def check_figure_path(path: Path, option: str) -> Path:
-    """Refuse, before any work, a figure path whose format or folder cannot be written."""
-    path = Path(path)
-    if path.suffix.lower() not in FIGURE_SUFFIXES:
-        raise InputError(f"{option} {path}: unknown figure format {path.suffix or '(none)'!r}; "
+def check_figure_path(path: str | Path, option: str) -> Path:
+    """Refuse, before any work, a figure path whose format or folder cannot be written (``path`` as
+    the user typed it: a trailing separator says a folder)."""
+    suffix = Path(path).suffix
+    if suffix.lower() not in FIGURE_SUFFIXES:
+        raise InputError(f"{option} {path}: unknown figure format {suffix or '(none)'!r}; "
                          f"use one of {', '.join(FIGURE_SUFFIXES)}")
     return validate.output_file(path, option)
 

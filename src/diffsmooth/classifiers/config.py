@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from diffsmooth import validate
+from diffsmooth.validate import InputError
+
 
 @dataclass(frozen=True)
 class ClassifierConfig:
@@ -28,6 +31,16 @@ class ClassifierConfig:
     std: tuple[float, ...]
     dataset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate.whole(self.num_classes, "num_classes", minimum=2)
+        validate.whole(self.in_channels, "in_channels")
+        validate.whole(self.image_size, "image_size")
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise InputError(f"mean and std need one value per channel ({self.in_channels}), "
+                             f"got {len(self.mean)} and {len(self.std)}")
+        if not all(s > 0 for s in self.std):
+            raise InputError(f"std must be positive per channel, got {list(self.std)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from diffsmooth import validate
 from diffsmooth.validate import InputError
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -31,7 +32,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--paired", nargs="+", default=[], metavar="A,B",
                    help="also print certified accuracy of run A minus run B (labels as in the table) per radius, "
                    "paired over the same images, with its standard error; * marks differences beyond 2 errors")
-    p.add_argument("--plot", type=Path, default=None, help="write certified accuracy vs radius to this PNG/PDF")
+    p.add_argument("--plot", default=None, help="write certified accuracy vs radius to this PNG/PDF")
     p.add_argument("--title", default=None, help="plot title")
     p.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
     p.set_defaults(func=_analyze)
@@ -54,9 +55,12 @@ def _analyze(args: argparse.Namespace) -> int:
             paths.append(path)
             names.append(path.stem)
     args.results = paths
-    labels = args.labels or names
+    labels = args.labels or _distinct(names, paths)
     if len(labels) != len(args.results):
         raise InputError(f"--labels gives {len(labels)} names for {len(args.results)} results files; give one each")
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise InputError(f"label {twice[0]!r} names two results files; give each its own with --labels")
     pairs = [pair.split(",") for pair in args.paired]
     for pair, names in zip(args.paired, pairs):
         if len(names) != 2 or any(name not in labels for name in names):
@@ -64,28 +68,34 @@ def _analyze(args: argparse.Namespace) -> int:
     if any(not (r >= 0) for r in args.radii) or any(r == float("inf") for r in args.radii):
         raise InputError("--radii must be finite numbers >= 0")
     if args.plot is not None:
-        check_figure_path(args.plot, "--plot")
-        if args.plot.exists() and not args.overwrite:
-            raise InputError(f"{args.plot} exists; pass --overwrite to replace it or choose another --plot")
+        args.plot = check_figure_path(args.plot, "--plot")
+        validate.not_replaced([args.plot], args.overwrite, "figure", "--plot")
     summaries = [summarize(path, args.radii, label) for path, label in zip(args.results, labels)]
     for path, summary in zip(args.results, summaries):
         if summary.dropped_torn_line:
             print(f"note: dropped the unfinished last line of {path} (a run still writing, or one that was killed)",
                   file=sys.stderr)
-    sys.stdout.write(table(summaries, args.radii, args.format, errors=args.errors))
+    # Everything is computed (and checked) before anything is printed: an error prints alone.
+    text = table(summaries, args.radii, args.format, errors=args.errors)
     if args.paired:
         from diffsmooth.analysis import paired_comparison, paired_table
 
         by_label = dict(zip(labels, args.results))
         comparisons = [paired_comparison(by_label[a], by_label[b], args.radii, a, b) for a, b in pairs]
-        sys.stdout.write("\n" + paired_table(comparisons, args.radii))
+        text += "\n" + paired_table(comparisons, args.radii)
     if attacks:
         from diffsmooth.analysis import robustness_table
 
         certified = [(s.label, path) for s, path in zip(summaries, args.results) if s.mode == "certify"]
-        sys.stdout.write("\n" + robustness_table(attacks, certified, args.format, errors=args.errors))
+        text += "\n" + robustness_table(attacks, certified, args.format, errors=args.errors)
+    sys.stdout.write(text)
     if args.plot is not None:
         certified = [(path, label) for path, label, s in zip(args.results, labels, summaries) if s.mode == "certify"]
         plot([p for p, _ in certified], [label for _, label in certified], args.plot, args.title, attacks=attacks)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def _distinct(names: list[str], paths: list[Path]) -> list[str]:
+    """File-name labels, the folder prepended where two files share a name (x/r.tsv, y/r.tsv -> x/r, y/r)."""
+    return [f"{Path(path).parent.name}/{name}" if names.count(name) > 1 else name for name, path in zip(names, paths)]

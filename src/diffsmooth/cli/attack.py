@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from diffsmooth import validate
 from diffsmooth.validate import InputError
 
 
@@ -13,7 +14,7 @@ def register(sub, formatter) -> None:
     from diffsmooth.attacks import AttackConfig, AuditSettings
     from diffsmooth.attacks.pgd import PURIFIER_GRADIENTS, TARGETS
     from diffsmooth.cli.certify import add_method_arguments
-    from diffsmooth.cli.options import add_image_arguments, default_of
+    from diffsmooth.cli.options import add_image_arguments, default_of, mark_defaults
     from diffsmooth.runner import RunSpec
 
     def attack(name: str):
@@ -37,6 +38,7 @@ def register(sub, formatter) -> None:
     add_method_arguments(p, sigma_required=False, steps_flag="--reverse-steps")
     g = p.add_argument_group("attack")
     g.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="l2 radii in [0,1] pixel units")
+    mark_defaults(p, ["eps"])
     g.add_argument("--steps", dest="attack_steps", type=int, default=attack("steps"), help="PGD steps per restart")
     g.add_argument("--eot", type=int, default=attack("eot"), help="noise draws averaged per step")
     g.add_argument("--restarts", type=int, default=attack("restarts"),
@@ -56,12 +58,12 @@ def register(sub, formatter) -> None:
                    help="run seed; image idx's attack and noise are seeded by (seed, idx)")
     add_image_arguments(p)
     g = p.add_argument_group("output")
-    g.add_argument("--out-dir", type=Path, default=None, help="folder of the attack's files")
+    g.add_argument("--out-dir", default=None, help="folder of the attack's files")
     g.add_argument("--audit", type=Path, default=None, metavar="RESULTS.tsv",
                    help="audit a certify results file (its manifest gives the method and sigma)")
     g.add_argument("--fraction", type=float, default=default_of(AuditSettings, "fraction"),
                    help="audit: attack inside this fraction of each radius")
-    g.add_argument("--out", type=Path, default=None, help="audit: TSV of the audited rows (default: none)")
+    g.add_argument("--out", default=None, help="audit: TSV of the audited rows (default: none)")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an existing attack folder")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing attack folder's files")
@@ -77,8 +79,23 @@ def _config(args: argparse.Namespace):
 
 
 def _attack(args: argparse.Namespace) -> int:
+    from diffsmooth.cli.certify import METHOD_OPTION_DESTS, check_method_options
+    from diffsmooth.cli.options import flag, typed_options
+
+    typed = typed_options(args)
     if args.audit is not None:
+        ignored = sorted(typed & {*METHOD_OPTION_DESTS, "eps"})
+        if ignored:
+            names = ", ".join("--reverse-steps" if d == "steps" else flag(d) for d in ignored)
+            raise InputError(f"--audit attacks the configuration RESULTS.tsv's manifest records (method, sigma, "
+                             f"models, precision); drop {names}")
+        if args.out_dir is not None or args.resume or args.overwrite:
+            raise InputError("--audit writes no attack folder: drop --out-dir, --resume and --overwrite "
+                             "(--out names the audit's own TSV)")
         return _audit(args)
+    check_method_options(args, steps_flag="--reverse-steps")
+    if args.out is not None:
+        raise InputError("--out names the audit's TSV (with --audit); an attack writes into --out-dir")
     if args.out_dir is None:
         raise InputError("give --out-dir for the attack's files (or --audit RESULTS.tsv to audit certificates)")
     if args.sigma is None:
@@ -88,6 +105,7 @@ def _attack(args: argparse.Namespace) -> int:
     from diffsmooth.data import load_dataset
     from diffsmooth.runner import Job, RunSpec, run, select_indices
 
+    args.out_dir = validate.output_folder(args.out_dir, "--out-dir")
     spec = RunSpec(mode="predict", method=method_spec(args), n=args.n, alpha=args.alpha, batch_size=args.batch,
                    seed=args.seed, split=args.split)
     task = AttackTask(spec, tuple(args.eps), _config(args))
@@ -125,8 +143,9 @@ def _audit(args: argparse.Namespace) -> int:
     manifest = read_manifest(manifest_path(args.audit))
     recorded = manifest["spec"]
     method = MethodSpec(**recorded["method"])
-    if args.out is not None and (args.out.exists() or not args.out.parent.is_dir()):
-        raise InputError(f"--out {args.out} exists or its folder is missing; choose a new file in an existing folder")
+    if args.out is not None:
+        args.out = validate.output_file(args.out, "--out")
+        validate.not_replaced([args.out], False, "audit TSV (the audit never replaces one)", "--out")
     if args.seed == recorded.get("seed", 0):
         # Fresh samples: the certificate's own noise would make the audit's estimate depend on it.
         args.seed = int(recorded.get("seed", 0)) + 1_000_003
@@ -136,6 +155,11 @@ def _audit(args: argparse.Namespace) -> int:
     # --indices / --skip / --max pick the certify file's rows (images) as they pick a dataset's images
     chosen = [r for r in results.rows if r.idx in set(args.indices)] if args.indices else results.rows
     chosen = [chosen[i] for i in select_indices(len(chosen), args.skip, args.max)]
+    outside = [r.idx for r in chosen if not 0 <= r.idx < len(dataset)]
+    if outside:
+        raise InputError(f"{args.audit} has idx {outside[0]}, outside the {len(dataset)} images of "
+                         f"{recorded['method']['dataset']} ({recorded.get('split', 'test')}); audit with the dataset "
+                         "(--data-dir) the rows were certified on")
     rows = auditable_rows(chosen, method.sigma)
     base = build_base(replace(method, compile=None, cuda_graphs=False), device)
     smoothed = SmoothedClassifier(base, dataset.info.num_classes, method.sigma)

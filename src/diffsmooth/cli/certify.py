@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
+from diffsmooth import validate
 from diffsmooth.validate import InputError
 
 
@@ -15,7 +15,7 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
     """Options that pick the base classifier; shared by certify, predict, purify and demo.
     With ``grid`` the method and DiffSmooth options take lists: every combination is certified
     from one noise stream (``--out-dir``)."""
-    from diffsmooth.cli.options import default_of
+    from diffsmooth.cli.options import default_of, mark_defaults
     from diffsmooth.defenses import LOCAL_NOISES, VOTES
     from diffsmooth.fast import PRECISIONS
     from diffsmooth.methods import METHODS, MethodSpec
@@ -79,10 +79,40 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
                    help="torch.compile the base: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs")
     g.add_argument("--cuda-graphs", action="store_true", help="capture and replay the base as a CUDA graph per batch shape")
     g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    # Options the user typed are told from defaults, so that one that no chosen method uses is refused
+    # (check_method_options) and a --recipe fills only the others; typed_options removes the marks.
+    mark_defaults(p, [d for d in METHOD_OPTION_DESTS if grid or d not in ("local_classifier", "dds_classifier")])
 
 
 GRID_OPTIONS = ("m", "local_sigma", "vote", "local_noise")
 """DiffSmooth's options that take lists in a grid (every combination is certified)."""
+
+USED_BY = {
+    "denoiser": ("dds", "diffsmooth", "densepure", "denoised"),
+    "denoiser_preset": ("dds", "diffsmooth", "densepure"),
+    "m": ("diffsmooth",), "local_sigma": ("diffsmooth",), "vote": ("diffsmooth",), "local_noise": ("diffsmooth",),
+    "local_noise_seed": ("diffsmooth",), "local_classifier": ("diffsmooth",),
+    "dds_classifier": ("dds",),
+    "runs": ("densepure",), "steps": ("densepure",), "reverse_chain": ("densepure",), "run_seed": ("densepure",),
+}
+"""The methods each method-specific option applies to."""
+METHOD_OPTION_DESTS = ("method", "dataset", "sigma", "classifier", *USED_BY, "precision", "channels_last", "compile",
+                       "cuda_graphs")
+"""The method options whose typing is tracked (``cli.options.mark_defaults``)."""
+
+
+def check_method_options(args: argparse.Namespace, steps_flag: str = "--steps") -> None:
+    """Refuse, before anything runs, a typed option that none of the chosen methods uses (it would be
+    recorded in the manifest and block a later --resume, while changing nothing)."""
+    from diffsmooth.cli.options import flag, typed_options
+
+    typed = typed_options(args)
+    methods = args.method if isinstance(args.method, list) else [args.method]
+    for dest, users in USED_BY.items():
+        if dest in typed and not set(methods) & set(users):
+            name = steps_flag if dest == "steps" else flag(dest)
+            raise InputError(f"{name} does not apply to --method {' '.join(methods)} (it is for "
+                             f"{' / '.join(users)}); drop it")
 
 
 def method_spec(args: argparse.Namespace):
@@ -188,8 +218,8 @@ def _add_run(sub, formatter, mode: str) -> None:
     add_image_arguments(p)
     g = p.add_argument_group("output")
     where = g.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", type=Path, help="results TSV of one configuration; its manifest is written to OUT.json")
-    where.add_argument("--out-dir", type=Path,
+    where.add_argument("--out", help="results TSV of one configuration; its manifest is written to OUT.json")
+    where.add_argument("--out-dir",
                        help="folder for several configurations (lists in the method options): one TSV + manifest "
                        "per configuration, named after its settings, and index.json (read by `diffsmooth analyze DIR`). "
                        "Every row is a (1 - alpha) certificate of its configuration on its own; picking the best "
@@ -228,6 +258,7 @@ def _run(args: argparse.Namespace) -> int:
     from diffsmooth.runner import Job, RunSpec, resolve_batch_size, run, select_indices
 
     recipe = apply_recipe(args)  # first: it fills in the options the user did not give
+    check_method_options(args)
     if args.sigma is None:
         raise InputError("--sigma is required: the smoothing noise in [0,1] pixel units (e.g. 0.25), "
                          "or a --recipe that sets it (`diffsmooth recipes`)")
@@ -249,7 +280,7 @@ def _run(args: argparse.Namespace) -> int:
     spec.validate()
     for method in methods[1:]:
         method.validate()
-    out = args.out_dir if grid else args.out
+    out = validate.output_folder(args.out_dir, "--out-dir") if grid else validate.output_file(args.out, "--out")
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
     info = dataset.info

@@ -42,7 +42,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--m", type=int, default=5, help="DiffSmooth local noise samples")
     p.add_argument("--local-sigma", type=float, default=0.25, help="DiffSmooth local noise std")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: usual places)")
-    p.add_argument("--out-dir", type=Path, default=Path("demo-output"), help="where results, plot and grid go")
+    p.add_argument("--out-dir", default="demo-output", help="where results, plot and grid go")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="run seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -57,11 +57,11 @@ def _demo(args: argparse.Namespace) -> int:
     from diffsmooth.purification import purification_grid
     from diffsmooth.results import grid_files
     from diffsmooth.runner import Job, RunSpec, run, select_indices
+    from diffsmooth import validate
     from diffsmooth.validate import InputError
 
     start = time.perf_counter()
-    if args.out_dir.exists() and not args.out_dir.is_dir():
-        raise InputError(f"--out-dir {args.out_dir} is a file; give a folder (it is created if missing)")
+    args.out_dir = validate.output_folder(args.out_dir, "--out-dir")
     from diffsmooth.results import INDEX_NAME
 
     # The demo replaces its own table and figures, never a file of that name in a folder it did not write.

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -37,3 +38,44 @@ def add_image_arguments(p: argparse.ArgumentParser) -> None:
                    help="at most this many images, counted after --skip (--max-images under torchrun); unlike "
                    "the --max of Cohen et al.'s scripts, which bounds the dataset index")
     g.add_argument("--indices", type=int, nargs="+", default=None, help="explicit dataset indices instead")
+
+
+# ---- which options the user typed ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Default:
+    """An option's default, marked so that a typed value can be told from it; prints as the value."""
+
+    value: Any
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def mark_defaults(p: argparse.ArgumentParser, dests: Iterable[str]) -> None:
+    """Mark the defaults of the options with these ``dests`` (``Default``), so that ``typed_options``
+    can tell which ones the user typed (also when typing the default value)."""
+    dests = [d for d in dests if not isinstance(p.get_default(d), Default)]
+    marked = tuple(p.get_default("_marked") or ()) + tuple(dests)
+    p.set_defaults(**{d: Default(p.get_default(d)) for d in dests}, _marked=marked)
+
+
+def typed_options(args: argparse.Namespace) -> set[str]:
+    """The marked options the user typed; removes every mark, so that everything after sees plain
+    values (call it first; later calls return the same set)."""
+    if not hasattr(args, "_typed"):
+        typed = set()
+        for dest in getattr(args, "_marked", ()):
+            value = getattr(args, dest)
+            if isinstance(value, Default):
+                setattr(args, dest, value.value)
+            else:
+                typed.add(dest)
+        args._typed = typed
+    return args._typed
+
+
+def flag(dest: str) -> str:
+    """The option of ``dest`` as the user types it (``local_sigma`` -> ``--local-sigma``)."""
+    return "--" + dest.replace("_", "-")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from diffsmooth import validate
 from diffsmooth.validate import InputError
 
 
@@ -24,14 +24,14 @@ def register(sub, formatter) -> None:
     p.add_argument("--indices", type=int, nargs="+", default=list(range(8)), help="dataset indices to show")
     p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    p.add_argument("--out", type=Path, default=None, help="figure to write (.png, .pdf or .svg)")
+    p.add_argument("--out", default=None, help="figure to write (.png, .pdf or .svg)")
     p.add_argument("--stats", action="store_true",
                    help="measure instead (or as well): over --draws noise draws per image, the distribution of "
                    "||D(x+d) - x|| (the paper's bounded neighbourhood), of the distance to the mean of --runs "
                    "stochastic reverse runs in --steps steps (one-shot approximates the mean), and the local sigma "
                    "the spread suggests (per-pixel rms of D(x+d) - x)")
     p.add_argument("--draws", type=int, default=16, help="--stats: noise draws per image")
-    p.add_argument("--json", type=Path, default=None, help="--stats: also write the numbers to this JSON file")
+    p.add_argument("--json", default=None, help="--stats: also write the numbers to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_purify)
 
@@ -41,20 +41,20 @@ def _purify(args: argparse.Namespace) -> int:
     from diffsmooth.data import load_dataset
     from diffsmooth.purification import purification_grid
     from diffsmooth.runner import select_indices
+    from diffsmooth.cli.options import typed_options
     from diffsmooth.visualize import check_figure_path
 
+    typed_options(args)  # plain values (--runs / --steps are the diagnostic's reverse runs here)
     spec = method_spec(args)
     spec.validate()
     if args.out is None and not args.stats:
         raise InputError("give --out FIGURE for the grid, --stats for the diagnostic, or both")
-    for path, flag in ((args.out, "--out"), (args.json, "--json")):
-        if path is not None:
-            if flag == "--out":
-                check_figure_path(path, flag)
-            elif not path.parent.is_dir():
-                raise InputError(f"folder {path.parent} for --json does not exist; create it first")
-            if path.exists() and not args.overwrite:
-                raise InputError(f"{path} exists; pass --overwrite to replace it or choose another {flag}")
+    if args.out is not None:
+        args.out = check_figure_path(args.out, "--out")
+        validate.not_replaced([args.out], args.overwrite, "figure", "--out")
+    if args.json is not None:
+        args.json = validate.output_file(args.json, "--json")
+        validate.not_replaced([args.json], args.overwrite, "file", "--json")
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
     indices = select_indices(len(dataset), indices=args.indices)

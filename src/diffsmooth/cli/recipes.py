@@ -1,8 +1,9 @@
 """``diffsmooth recipes``: the named settings of the reference runs; and ``--recipe`` for certify/predict.
 
 A recipe's values apply to the options the user did not type. To tell a typed option from its
-default, ``add_recipe_argument`` marks the defaults of the options a recipe may set (``Default``);
-``apply_recipe`` removes the marks, so that everything after it sees plain values.
+default, ``add_recipe_argument`` marks the defaults of the options a recipe may set
+(``cli.options.mark_defaults``); ``apply_recipe`` reads which were typed (``typed_options``, which
+removes the marks), so that everything after it sees plain values.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from typing import Any
 
+from diffsmooth.cli.options import mark_defaults, typed_options
 from diffsmooth.validate import InputError
 
 FLAGS = {"method": "--method", "dataset": "--dataset", "sigma": "--sigma", "n0": "--n0", "n": "--n",
@@ -30,23 +31,13 @@ def _dest(setting: str) -> str:
     return "batch" if setting == "batch_size" else setting
 
 
-@dataclass(frozen=True)
-class Default:
-    """An option's default, marked so that a recipe can tell it from a typed value; prints as the value."""
-
-    value: Any
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-
 def add_recipe_argument(p: argparse.ArgumentParser, mode: str) -> None:
     """``--recipe NAME`` on the certify / predict parser ``p``, after all its options are added."""
     p.add_argument("--recipe", metavar="NAME", default=None,
                    help="the settings of a reference run (`diffsmooth recipes` lists them, with the file each "
                    "value comes from); options you give override it; the manifest records the recipe and every "
                    "value's origin")
-    p.set_defaults(**{_dest(s): Default(p.get_default(_dest(s))) for s in FLAGS if mode == "certify" or s != "n0"})
+    mark_defaults(p, [_dest(s) for s in FLAGS if mode == "certify" or s != "n0"])
 
 
 def apply_recipe(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -55,13 +46,8 @@ def apply_recipe(args: argparse.Namespace) -> dict[str, Any] | None:
     recipe (None without one)."""
     from diffsmooth.recipes import get_recipe, resolve
 
-    given = {}
-    for setting in FLAGS:
-        value = getattr(args, _dest(setting), None)
-        if isinstance(value, Default):
-            setattr(args, _dest(setting), value.value)
-        elif hasattr(args, _dest(setting)):
-            given[setting] = value
+    typed = typed_options(args)
+    given = {setting: getattr(args, _dest(setting)) for setting in FLAGS if _dest(setting) in typed}
     if args.recipe is None:
         return None
     recipe = get_recipe(args.recipe)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,8 +59,10 @@ def _common(p: argparse.ArgumentParser, config: type) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="folder for the resumable training state (default: OUT.train next to --out)")
-    p.add_argument("--resume", action="store_true", help="continue from the state in --checkpoint-dir")
-    p.add_argument("--overwrite", action="store_true", help="replace the model at --out if it exists")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the state in --checkpoint-dir")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace the model at --out and start afresh over an unfinished run's state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -164,7 +165,7 @@ def _classifier_options(c: argparse.ArgumentParser, config: type) -> None:
 
 
 def _denoiser_options(n: argparse.ArgumentParser, config: type) -> None:
-    n.add_argument("--out", type=Path, required=True, help="output path stem: writes OUT.safetensors and OUT.json")
+    n.add_argument("--out", required=True, help="output path stem: writes OUT.safetensors and OUT.json")
     _option(n, config, "--arch", "dncnn or dncnn-wide")
     _option(n, config, "--objective", "mse, stability or mse+stability")
     n.add_argument("--sigma", type=float, required=True, help="training noise std in [0,1] pixel units")
@@ -181,6 +182,7 @@ def _denoiser_options(n: argparse.ArgumentParser, config: type) -> None:
 def _train_denoiser(args: argparse.Namespace) -> int:
     from diffsmooth.training import DenoiserTrainConfig, train_denoiser
 
+    args.out = _model_out(args, "denoiser")
     config = _config(DenoiserTrainConfig, args)
     result = train_denoiser(config, args.out, checkpoint_dir=args.checkpoint_dir, device=args.device,
                             resume=args.resume, quiet=args.quiet, eval_limit=args.eval_limit)
@@ -191,27 +193,32 @@ def _train_denoiser(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(text: str, files: list[Path], overwrite: bool, what: str) -> None:
-    """Refuse, before training, an --out that cannot be written or would replace a model unasked."""
-    out = Path(text)
-    if text.endswith(os.sep) and not out.is_dir():
-        raise InputError(f"--out {text} ends with '{os.sep}' but is no folder; give the {what} path itself, "
-                         f"e.g. {out / 'model'}")
-    validate.writable_folder(out.parent, "--out")
-    existing = [f for f in files if f.exists() or f.is_symlink()]
-    if existing and not overwrite:
-        raise InputError(f"{existing[0]} exists; pass --overwrite to replace the {what} or choose another --out")
+def _model_out(args: argparse.Namespace, what: str) -> Path:
+    """The one check of a trainer's outputs, before anything loads: ``--out`` (a folder for the
+    diffusion model, a path stem of OUT.safetensors + OUT.json otherwise) in a writable folder, no
+    model replaced without ``--overwrite`` (or ``--resume``), and a ``--checkpoint-dir`` that can be
+    written and holds no unfinished run unless ``--resume`` continues it or ``--overwrite`` starts
+    afresh.  Returns the path to hand to the trainer."""
+    from diffsmooth.training.loop import checkpoint_folder
+
+    if what == "diffusion model":
+        out = validate.output_folder(args.out, "--out")
+        files = [out / "config.json", out / "model.safetensors"]
+    else:
+        stem = validate.output_stem(args.out, "--out")
+        out, files = stem, [stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")]
+    validate.not_replaced(files, args.overwrite or args.resume, what)
+    state = validate.output_folder(checkpoint_folder(out, args.checkpoint_dir), "--checkpoint-dir")
+    if (state / "state.json").exists() and not (args.resume or args.overwrite):
+        raise InputError(f"an unfinished training run is in {state}: pass --resume to continue it or --overwrite "
+                         "to start afresh")
+    return out
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
     from diffsmooth.training import ClassifierTrainConfig, loss_defaults, train_classifier
 
-    raw, args.out = args.out, Path(args.out)
-    stem = args.out.with_suffix("") if args.out.suffix in (".safetensors", ".json") else args.out
-    if stem.is_dir():
-        raise InputError(f"--out {args.out} is a folder; give a path stem inside it, e.g. {stem / 'classifier'}")
-    _check_out(raw, [stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")],
-               args.overwrite or args.resume, "classifier")
+    args.out = _model_out(args, "classifier")
 
     known = loss_defaults(args.method)
     given = {dest: getattr(args, dest) for _, dest, _, _ in _HPARAMS if getattr(args, dest) is not None}
@@ -231,11 +238,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def _train_diffusion(args: argparse.Namespace) -> int:
     from diffsmooth.training import DiffusionTrainConfig, train_diffusion
 
-    raw, args.out = args.out.rstrip("/") or args.out, Path(args.out)
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} is a file; the diffusion model is written as a folder, choose another path")
-    _check_out(raw, [args.out / "config.json", args.out / "model.safetensors"],
-               args.overwrite or args.resume, "diffusion model")
+    args.out = _model_out(args, "diffusion model")
 
     config = _config(DiffusionTrainConfig, args)
     result = train_diffusion(config, args.out, checkpoint_dir=args.checkpoint_dir, device=args.device,

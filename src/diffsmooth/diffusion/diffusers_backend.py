@@ -3,7 +3,8 @@
 Reads a local folder in the layout of ``google/ddpm-cifar10-32``: ``config.json`` +
 ``diffusion_pytorch_model.safetensors|bin`` + ``scheduler_config.json``, either side by side
 or in ``unet/`` and ``scheduler/`` subfolders (pipeline layout). Nothing is downloaded
-(``local_files_only``); ``.bin`` weights are read by diffusers with ``weights_only=True``.
+(``local_files_only``); ``.bin`` weights are read by us with ``torch.load(weights_only=True)`` and
+loaded strictly into the network diffusers builds from ``config.json``.
 diffusers is optional and imported only here.
 """
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from diffsmooth.diffusion.presets import DiffusionModel
 from diffsmooth.diffusion.schedules import NoiseSchedule
 from diffsmooth.files import file_sha256, read_json_object
+from diffsmooth.modelfile import load_state_strictly, read_state_file
 from diffsmooth.validate import InputError
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -93,11 +95,22 @@ def load_diffusers_model(folder: str | Path) -> DiffusionModel:
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise InputError(f"{unet_config} describes a {config['_class_name']}; only UNet2DModel "
                          "(unconditional pixel-space DDPM) folders are supported")
-    try:
-        model = UNet2DModel.from_pretrained(str(unet_config.parent), local_files_only=True)
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as err:
-        raise InputError(f"diffusers could not load {unet_config.parent} ({str(err).splitlines()[0][:200]}); "
-                         "the weights are truncated or do not fit config.json, download them again") from None
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # its warnings are not ours to print
+    if weights.suffix == ".bin":
+        # A torch file: read weights-only by us (pickled code is refused with our message, never run),
+        # then put into the network diffusers builds from config.json.
+        state, _, _ = read_state_file(weights, "diffusers weights")
+        model = UNet2DModel.from_config(config)
+        load_state_strictly(model, state, weights, f"the UNet2DModel of {unet_config}",
+                            "the weights do not fit config.json; download the folder again")
+    else:
+        try:
+            model = UNet2DModel.from_pretrained(str(unet_config.parent), local_files_only=True)
+        except (OSError, ValueError, RuntimeError, EnvironmentError) as err:
+            raise InputError(f"diffusers could not load {unet_config.parent} ({str(err).splitlines()[0][:200]}); "
+                             "the weights are truncated or do not fit config.json, download them again") from None
     size = config.get("sample_size", 32)
     return DiffusionModel(
         unet=DiffusersUNet(model).eval(),

@@ -32,13 +32,20 @@ def read_index(folder: Path) -> list[dict[str, Any]]:
     return [{**entry, "path": Path(folder) / entry["file"]} for entry in doc["runs"]]
 
 
+def _kind(spec: dict[str, Any]) -> str:
+    """What an index entry's file holds: an attack's rows (its spec names the file's eps) or certify rows."""
+    return "attack" if "file_eps" in spec else "certify"
+
+
 class StoreSet:
     """The files of a run that writes one results file per configuration into ``out_dir``, plus
     ``index.json`` listing them (label, file name, settings).
 
     Each file is a ``ResultsStore`` of its own, with the manifest a single run of that
     configuration writes, so a file of a grid can be resumed or analysed alone.  An image is
-    done when every file holds it; a file that already has it skips its row on resume.
+    done when every file holds it; a file that already has it skips its row on resume.  A folder
+    that already lists other configurations keeps them in its index (a grid extended by another
+    run); one that lists another kind of run (an attack's files beside certify files) is refused.
     """
 
     def __init__(self, out_dir: Path, entries: dict[str, tuple[str, dict[str, Any]]], *, resume: bool = False,
@@ -46,6 +53,7 @@ class StoreSet:
         self.out = Path(out_dir)
         self.entries = entries
         self.resume, self.overwrite = resume, overwrite
+        self._kept: list[dict[str, Any]] = []  # other runs listed in the folder's index (check)
         self.stores = {label: ResultsStore(self.out / name, spec, resume=resume, overwrite=overwrite, columns=columns,
                                            defaults=defaults)
                        for label, (name, spec) in entries.items()}
@@ -66,14 +74,26 @@ class StoreSet:
         index = out / INDEX_NAME
         if index.exists():
             try:
-                ours = json.loads(index.read_text()).get("format") == INDEX_FORMAT
+                doc = json.loads(index.read_text())
+                ours = doc.get("format") == INDEX_FORMAT and isinstance(doc.get("runs"), list)
             except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
                 ours = False
             if not ours:
                 raise InputError(f"{index} exists and is not a diffsmooth results index; it is left alone: "
                                  "choose another --out-dir")
+            # Other runs' entries stay listed; a folder holds certify files or an attack's, not both.
+            files = {name for name, _ in self.entries.values()}
+            self._kept = [e for e in doc["runs"] if isinstance(e, dict) and e.get("file") not in files
+                          and (out / str(e.get("file"))).is_file()]
+            kinds = {_kind(e.get("spec", {})) for e in self._kept}
+            if kinds - {self._kind()}:
+                raise InputError(f"--out-dir {out} holds another kind of run ({', '.join(sorted(kinds))} files listed "
+                                 f"in {INDEX_NAME}); write the {self._kind()} into another folder")
         done_sets = [store.check(parts) for store in self.stores.values()]
         return set.intersection(*done_sets) if done_sets else set()
+
+    def _kind(self) -> str:
+        return _kind(next(iter(self.entries.values()))[1]) if self.entries else "certify"
 
     @contextmanager
     def writing(self, manifest: dict[str, Any], rank: int | None = None,
@@ -83,10 +103,8 @@ class StoreSet:
 
         self.out.mkdir(exist_ok=True)
         if rank in (None, 0):
-            write_manifest(self.out / INDEX_NAME, {
-                "format": INDEX_FORMAT,
-                "runs": [{"label": label, "file": name, "spec": spec} for label, (name, spec) in self.entries.items()],
-            })
+            ours = [{"label": label, "file": name, "spec": spec} for label, (name, spec) in self.entries.items()]
+            write_manifest(self.out / INDEX_NAME, {"format": INDEX_FORMAT, "runs": self._kept + ours})
         with ExitStack() as stack:
             sinks = {label: stack.enter_context(store.writing(
                 {**manifest, "base": manifest.get("base", {}).get("configurations", {}).get(label, manifest.get("base")),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import platform
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,11 +314,19 @@ class ResultsStore:
                 handle.write(header_line(self.mode, self.columns))
                 handle.flush()
             sink = Sink(path, self.mode, self.columns, skip=frozenset(self.done), _file=handle)
+            samples = self.spec.get("n", 0) + (self.spec.get("n0", 0) if self.mode == "certify" else 0)
             try:
                 yield sink
-            finally:
+            except BaseException as err:
                 handle.close()
-            samples = self.spec.get("n", 0) + (self.spec.get("n0", 0) if self.mode == "certify" else 0)
+                if not resuming and path.stat().st_size <= len(header_line(self.mode, self.columns).encode()):
+                    _remove_results(path)  # stopped before its first row: nothing to resume, no litter
+                else:
+                    _best_effort(lambda: write_manifest(manifest_path(path), {
+                        **manifest, "status": "stopped", "stopped_by": _why(err),
+                        "throughput": throughput(sink.rows, samples)}))
+                raise
+            handle.close()
             write_manifest(manifest_path(path), {**manifest, "status": "finished",
                                                  "throughput": throughput(sink.rows, samples)})
         finally:
@@ -375,10 +384,36 @@ class ResultsStore:
                 "distributed": {"split": "images", "world_size": world_size, "ranks": ranks_info}}
 
 
+def _why(err: BaseException) -> str:
+    """What stopped a run, for its manifest: a signal, an interrupt, or the error's first line."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if type(err).__name__ == "_Terminated":
+        return "terminated (SIGTERM)"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}"[:300]
+
+
+def _best_effort(write: Callable[[], None]) -> None:
+    """A last write while a run stops: a full disk must not hide the error that stopped it."""
+    with contextlib.suppress(OSError):
+        write()
+
+
 def _remove_results(path: Path) -> None:
-    """Remove a results file of ours and its manifest (a symlink itself, not its target)."""
+    """Remove a results file of ours, its manifest (a symlink itself, not its target) and its lock
+    file where no process holds it (a crashed writer's)."""
     for p in (path, manifest_path(path)):
         if p.is_symlink() or p.exists():
             p.unlink()
+    lock = lock_path(path)
+    if lock.exists() and not lock.is_symlink():
+        with contextlib.suppress(OSError):
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: its holder is gone
+                lock.unlink()
+            finally:
+                os.close(fd)
 
 

@@ -114,8 +114,9 @@ def read_results(path: Path, writer_file: bool | None = None) -> Results:
     Every row must parse and satisfy the invariants (``correct`` consistent with
     ``predict``/``label``, radius finite, >= 0 and 0 for abstentions, idx unique); the first bad
     line is named.  An unterminated last line is a torn write when the file is the writer's own
-    (``writer_file``; by default: its manifest exists): it is dropped and reported in
-    ``dropped_torn_line``.  In a hand-written file it is read like any other line.
+    (``writer_file``; by default: its manifest exists) or when it does not parse: it is dropped and
+    reported in ``dropped_torn_line``; otherwise (a hand-written file without a final newline) it is
+    read like any other line.  Windows line endings (CRLF) read as plain ones.
     """
     path = Path(path)
     if not path.is_file():
@@ -126,7 +127,7 @@ def read_results(path: Path, writer_file: bool | None = None) -> Results:
         raise InputError(f"{path} is not a text file; give the path of a TSV written by `diffsmooth certify`") from None
     except OSError as err:
         raise InputError(f"cannot read {path} ({err.strerror}); check the path and its permissions") from None
-    lines = text.split("\n")
+    lines = text.replace("\r\n", "\n").split("\n")  # a file saved on Windows reads the same
     found = _mode_of(tuple(lines[0].split("\t")))
     if found is None:
         raise InputError(
@@ -138,7 +139,9 @@ def read_results(path: Path, writer_file: bool | None = None) -> Results:
     body, last = lines[1:-1], lines[-1]
     dropped = False
     if last:
-        if writer_file:
+        # An unterminated last line: a torn write in the writer's own file, kept in a hand-written
+        # one unless it does not parse (then it was torn there too).
+        if writer_file or not _parses(mode, extra, last):
             dropped = True
         else:
             body.append(last)
@@ -158,6 +161,14 @@ def read_results(path: Path, writer_file: bool | None = None) -> Results:
     return Results(mode, extra, rows, dropped)
 
 
+def _parses(mode: str, extra: tuple[str, ...], line: str) -> bool:
+    try:
+        _parse_row(mode, extra, line.split("\t"))
+    except ValueError:
+        return False
+    return True
+
+
 def read_rows(path: Path) -> tuple[str, list[Row]]:
     """``(mode, rows)`` of a results TSV (see ``read_results``)."""
     results = read_results(path)
@@ -170,7 +181,7 @@ def owned_results(path: Path) -> bool:
         return True
     try:
         with path.open("rb") as f:
-            first = f.readline(4096).decode("utf-8").rstrip("\n")
+            first = f.readline(4096).decode("utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError):
         return False
     return _mode_of(tuple(first.split("\t"))) is not None
