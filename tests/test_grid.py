@@ -188,13 +188,20 @@ def test_a_densepure_member_runs_its_own_chain_once(classifier_path, denoiser_pa
 # -- grid x sequential ------------------------------------------------------------------------------------
 
 
-SEQUENTIAL = ["--sampling", "sequential", "--n-max", "300", "--max-radius", "0.3", "--num-samples", "1"]
+SEQUENTIAL = ["--sampling", "sequential", "--n-max", "300", "--max-radius", "0.3"]
+
+
+def seq_grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir, *extra):
+    """``grid_args`` certifying sequentially (no --num-samples: the looks go up to --n-max)."""
+    args = grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir, *SEQUENTIAL, *extra)
+    i = args.index("--num-samples")
+    return args[:i] + args[i + 2:]
 
 
 @pytest.fixture(scope="module")
 def sequential_grid(tmp_path_factory, fmnist_dir, classifier_path, denoiser_path):
     out_dir = tmp_path_factory.mktemp("seqgrid") / "g"
-    assert main([*grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir), *SEQUENTIAL]) == 0
+    assert main(seq_grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir)) == 0
     return out_dir
 
 
@@ -223,7 +230,7 @@ def test_sequential_grid_rows_equal_each_configurations_own_sequential_run(tmp_p
 
 def test_sequential_grid_refuses_noise_drawn_per_call(tmp_path, fmnist_dir, classifier_path, denoiser_path, capsys):
     out_dir = tmp_path / "g"
-    args = [*grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir), *SEQUENTIAL, "--local-noise", "fresh"]
+    args = seq_grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir, "--local-noise", "fresh")
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "drop --method densepure and --local-noise fresh" in err and len(err.strip().splitlines()) == 1
@@ -236,6 +243,6 @@ def test_sequential_grid_under_torchrun_equals_one_process(tmp_path, fmnist_dir,
     from test_distributed import torchrun
 
     out_dir = tmp_path / "g"
-    done = torchrun([*grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir), *SEQUENTIAL])
+    done = torchrun(seq_grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir))
     assert done.returncode == 0, done.stderr[-3000:]
     assert grid_rows(out_dir) == grid_rows(sequential_grid)

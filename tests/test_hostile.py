@@ -23,12 +23,18 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+def without_n(args: list[str]) -> list[str]:
+    """``args`` without their ``--n`` (sequential sampling refuses it)."""
+    i = args.index("--n")
+    return args[:i] + args[i + 2:]
+
+
 # ---- tracebacks that became one line --------------------------------------------------------------
 
 def test_an_absurd_n_max_or_alpha_is_refused_before_any_file(tmp_path, fmnist_dir, classifier_path, capsys):
     out = tmp_path / "r.tsv"
-    fails(capsys, rs_args(fmnist_dir, classifier_path, out, "--sampling", "sequential", "--n-max",
-                          "1000000000000000000000"), "--n-max must be a whole number <= 1000000000000")
+    fails(capsys, without_n(rs_args(fmnist_dir, classifier_path, out, "--sampling", "sequential", "--n-max",
+                                    "1000000000000000000000")), "--n-max must be a whole number <= 1000000000000")
     fails(capsys, rs_args(fmnist_dir, classifier_path, out, "--bound", "separate-pb", "--alpha", "5e-324"),
           "too small for the separate p_B bound")
     assert listing(tmp_path) == []
@@ -176,6 +182,12 @@ def test_options_that_cannot_apply_are_refused(tmp_path, fmnist_dir, classifier_
     assert listing(tmp_path) == []
 
 
+def test_n_is_refused_with_sequential_sampling(tmp_path, fmnist_dir, classifier_path, capsys):
+    fails(capsys, rs_args(fmnist_dir, classifier_path, tmp_path / "r.tsv", "--sampling", "sequential", "--n-max",
+                          "100"), "--n does not apply to --sampling sequential")
+    assert listing(tmp_path) == []
+
+
 def test_the_audit_refuses_the_options_it_would_ignore(tmp_path, fmnist_dir, classifier_path, capsys):
     out = tmp_path / "r.tsv"
     assert main(rs_args(fmnist_dir, classifier_path, out, "--max", "2")) == 0
@@ -258,3 +270,24 @@ def test_no_stale_part_lock_stays_after_a_merge(tmp_path, fmnist_dir, classifier
     (tmp_path / "r.tsv.json").unlink()
     assert main(rs_args(fmnist_dir, classifier_path, out, "--max", "3", "--resume")) == 0
     assert listing(tmp_path) == ["r.tsv", "r.tsv.json"]
+
+
+def test_the_manifest_says_a_full_disk_stopped_the_run(tmp_path, fmnist_dir, classifier_path, capsys, monkeypatch):
+    import errno
+
+    from diffsmooth.results import Sink
+
+    write, calls = Sink.write, []
+
+    def write_until_full(self, rows):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        write(self, rows)
+
+    monkeypatch.setattr(Sink, "write", write_until_full)
+    out = tmp_path / "r.tsv"
+    fails(capsys, rs_args(fmnist_dir, classifier_path, out, "--max", "3"), "No space left on device")
+    manifest = json.loads((tmp_path / "r.tsv.json").read_text())
+    assert manifest["status"] == "stopped" and manifest["stopped_by"].startswith("OSError: [Errno 28]")
+    assert [r.idx for r in read_rows(out)[1]] == [0]

@@ -252,6 +252,7 @@ def register(sub, formatter) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from diffsmooth.cli.options import typed_options
     from diffsmooth.cli.recipes import apply_recipe
     from diffsmooth.data import load_dataset
     from diffsmooth.results import recorded_spec
@@ -259,6 +260,9 @@ def _run(args: argparse.Namespace) -> int:
 
     recipe = apply_recipe(args)  # first: it fills in the options the user did not give
     check_method_options(args)
+    if getattr(args, "sampling", "fixed") == "sequential" and "n" in typed_options(args):
+        raise InputError("--n does not apply to --sampling sequential, which draws up to --n-max estimation samples "
+                         "per image; drop --n")
     if args.sigma is None:
         raise InputError("--sigma is required: the smoothing noise in [0,1] pixel units (e.g. 0.25), "
                          "or a --recipe that sets it (`diffsmooth recipes`)")
