@@ -246,3 +246,29 @@ def test_sequential_grid_under_torchrun_equals_one_process(tmp_path, fmnist_dir,
     done = torchrun(seq_grid_args(fmnist_dir, classifier_path, denoiser_path, out_dir))
     assert done.returncode == 0, done.stderr[-3000:]
     assert grid_rows(out_dir) == grid_rows(sequential_grid)
+
+
+def test_several_classifiers_per_method_and_local_sigma_in_one_grid(tmp_path, fmnist_dir, classifier_path,
+                                                                    second_classifier, denoiser_path, capsys):
+    """RS with two classifiers, DiffSmooth with two local classifiers at one local sigma: one noise stream,
+    one purification per batch, and each configuration's rows those of its own run."""
+    common = ["--data-dir", str(fmnist_dir), "--sigma", "0.25", "--n0", "8", "--num-samples", "40", "--batch", "40",
+              "--max-images", "2", "--device", "cpu", "--quiet"]
+    a, b, ddpm = str(classifier_path), str(second_classifier), ["--denoiser", str(denoiser_path)]
+    out_dir = tmp_path / "g"
+    assert main(["certify", "--method", "rs", "diffsmooth", "--rs-classifier", a, b, "--local-classifier",
+                 f"0.12={a}", f"0.12={b}", "--local-m", "2", *ddpm, *common, "--out-dir", str(out_dir)]) == 0
+    index = read_index(out_dir)
+    labels = [e["label"] for e in index]
+    assert labels == ["rs_sigma0.25_tiny_cnn", "rs_sigma0.25_other_cnn", "diffsmooth_sigma0.25_m2_ls0.12_soft_tiny_cnn",
+                      "diffsmooth_sigma0.25_m2_ls0.12_soft_other_cnn"]
+    local = ["--method", "diffsmooth", *ddpm, "--local-sigma", "0.12", "--local-m", "2", "--classifier"]
+    alone_args = {labels[0]: ["--method", "rs", "--classifier", a], labels[1]: ["--method", "rs", "--classifier", b],
+                  labels[2]: [*local, a], labels[3]: [*local, b]}
+    for entry in index:
+        alone = tmp_path / f"{entry['label']}.tsv"
+        assert main(["certify", *alone_args[entry["label"]], *common, "--out", str(alone)]) == 0
+        assert strip(read_rows(entry["path"])[1]) == strip(read_rows(alone)[1]), entry["label"]
+    assert main(["certify", "--method", "diffsmooth", "--local-classifier", f"0.12={a}", b, *ddpm, *common,
+                 "--out-dir", str(tmp_path / "h")]) == 2
+    assert "not a mix" in capsys.readouterr().err

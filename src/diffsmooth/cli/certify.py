@@ -56,11 +56,16 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
     g.add_argument("--local-noise", choices=LOCAL_NOISES, default=default("local_noise"), nargs=many,
                    help="diffsmooth: local noises drawn once from --local-noise-seed, or fresh per call")
     if grid:
-        g.add_argument("--local-classifier", nargs="+", default=None, metavar="PATH",
-                       help="diffsmooth: one classifier per --local-sigma (default: --classifier, else the shipped "
-                       "Gaussian classifier for each local sigma)")
-        g.add_argument("--dds-classifier", default=None, metavar="PATH",
-                       help="dds: the clean classifier (default: --classifier, else the shipped clean one)")
+        g.add_argument("--local-classifier", nargs="+", default=None, metavar="[LOCAL_SIGMA=]PATH",
+                       help="diffsmooth: one classifier per --local-sigma, or LOCAL_SIGMA=PATH items (several "
+                       "classifiers may share a local sigma, e.g. 0.25=consistency 0.25=smoothadv); default: "
+                       "--classifier, else the shipped Gaussian classifier for each local sigma")
+        g.add_argument("--rs-classifier", nargs="+", default=None, metavar="PATH",
+                       help="rs: one configuration per classifier (default: --classifier, else the shipped Gaussian "
+                       "one for sigma)")
+        g.add_argument("--dds-classifier", nargs="+", default=None, metavar="PATH",
+                       help="dds: one configuration per clean classifier (default: --classifier, else the shipped "
+                       "clean one)")
     g.add_argument("--local-noise-seed", type=int, default=default("local_noise_seed"),
                    help="diffsmooth: seed of the local noise")
     from diffsmooth.diffusion.denoiser import REVERSE_CHAINS
@@ -81,7 +86,7 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
     g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     # Options the user typed are told from defaults, so that one that no chosen method uses is refused
     # (check_method_options) and a --recipe fills only the others; typed_options removes the marks.
-    mark_defaults(p, [d for d in METHOD_OPTION_DESTS if grid or d not in ("local_classifier", "dds_classifier")])
+    mark_defaults(p, [d for d in METHOD_OPTION_DESTS if grid or not d.endswith("_classifier")])
 
 
 GRID_OPTIONS = ("m", "local_sigma", "vote", "local_noise")
@@ -92,7 +97,7 @@ USED_BY = {
     "denoiser_preset": ("dds", "diffsmooth", "densepure"),
     "m": ("diffsmooth",), "local_sigma": ("diffsmooth",), "vote": ("diffsmooth",), "local_noise": ("diffsmooth",),
     "local_noise_seed": ("diffsmooth",), "local_classifier": ("diffsmooth",),
-    "dds_classifier": ("dds",),
+    "dds_classifier": ("dds",), "rs_classifier": ("rs",),
     "runs": ("densepure",), "steps": ("densepure",), "reverse_chain": ("densepure",), "run_seed": ("densepure",),
 }
 """The methods each method-specific option applies to."""
@@ -129,16 +134,13 @@ def method_spec(args: argparse.Namespace):
 
 
 def method_specs(args: argparse.Namespace) -> list:
-    """Every configuration the list options ask for: each method once, DiffSmooth for every
-    combination of --m, --local-sigma (with its classifier), --vote and --local-noise."""
+    """Every configuration the list options ask for: RS once per --rs-classifier, DDS once per
+    --dds-classifier, other methods once, DiffSmooth for every combination of --m, local sigma with
+    its classifier (--local-classifier), --vote and --local-noise."""
     from itertools import product
 
     from diffsmooth.methods import MethodSpec
 
-    local = args.local_classifier
-    if local is not None and len(local) != len(args.local_sigma):
-        raise InputError(f"--local-classifier gives {len(local)} classifiers for {len(args.local_sigma)} local sigmas; "
-                         "give one per --local-sigma")
     common = dict(dataset=args.dataset, sigma=args.sigma, denoiser=args.denoiser, denoiser_preset=args.denoiser_preset,
                   local_noise_seed=args.local_noise_seed, precision=args.precision, channels_last=args.channels_last,
                   compile=args.compile, cuda_graphs=args.cuda_graphs, runs=args.runs, steps=args.steps,
@@ -146,15 +148,44 @@ def method_specs(args: argparse.Namespace) -> list:
     specs = []
     for method in dict.fromkeys(args.method):
         if method == "diffsmooth":
-            for m, (j, local_sigma), vote, noise in product(dict.fromkeys(args.m), enumerate(args.local_sigma),
-                                                            dict.fromkeys(args.vote), dict.fromkeys(args.local_noise)):
-                classifier = local[j] if local is not None else args.classifier
+            for m, (local_sigma, classifier), vote, noise in product(
+                    dict.fromkeys(args.m), _local_classifiers(args), dict.fromkeys(args.vote),
+                    dict.fromkeys(args.local_noise)):
                 specs.append(MethodSpec("diffsmooth", classifier=classifier, m=m, local_sigma=local_sigma, vote=vote,
                                         local_noise=noise, **common))
         else:
-            classifier = (args.dds_classifier or args.classifier) if method == "dds" else args.classifier
-            specs.append(MethodSpec(method, classifier=classifier, **common))
+            own = {"rs": getattr(args, "rs_classifier", None), "dds": getattr(args, "dds_classifier", None)}.get(method)
+            for classifier in dict.fromkeys(own or [args.classifier]):
+                specs.append(MethodSpec(method, classifier=classifier, **common))
     return specs
+
+
+def _local_classifiers(args: argparse.Namespace) -> list[tuple[float, str | None]]:
+    """DiffSmooth's (local sigma, classifier) pairs: --local-sigma with --classifier, --local-classifier
+    PATHs zipped with --local-sigma, or --local-classifier LOCAL_SIGMA=PATH items."""
+    from diffsmooth.cli.options import typed_options
+
+    items = getattr(args, "local_classifier", None)
+    if items is None:
+        return [(s, args.classifier) for s in dict.fromkeys(args.local_sigma)]
+    paired = [item.partition("=") for item in items]
+    if all(sep for _, sep, _ in paired):
+        if "local_sigma" in typed_options(args):
+            raise InputError("give the local sigmas either in --local-classifier LOCAL_SIGMA=PATH items or with "
+                             "--local-sigma, not both")
+        try:
+            pairs = [(float(sigma), path) for sigma, _, path in paired]
+        except ValueError:
+            raise InputError(f"--local-classifier items are LOCAL_SIGMA=PATH (e.g. 0.25=fmnist_cnn_consistency_0.25), "
+                             f"got {items}") from None
+        return list(dict.fromkeys(pairs))
+    if any(sep for _, sep, _ in paired):
+        raise InputError("--local-classifier: give every item as LOCAL_SIGMA=PATH, or every item as PATH with one "
+                         "--local-sigma each, not a mix")
+    if len(items) != len(args.local_sigma):
+        raise InputError(f"--local-classifier gives {len(items)} classifiers for {len(args.local_sigma)} local sigmas; "
+                         "give one per --local-sigma, or LOCAL_SIGMA=PATH items")
+    return list(dict.fromkeys(zip(args.local_sigma, items)))
 
 
 def pick_device(name: str | None):
