@@ -43,8 +43,13 @@ class ClassifierTrainConfig:
         epochs, batch_size, lr, momentum, weight_decay: SGD (Nesterov) with cosine decay to 0.
         seed: seeds the data order and the noise generators.
         init: optional classifier checkpoint to start from (fine-tuning).
-        purify: optional diffusion model (``load_diffusion_model`` source): every batch is
-            replaced by purify(x + N(0, purify_sigma^2)) before the method's loss.
+        purify: optional diffusion model (``load_diffusion_model`` source or a shipped name): every
+            batch is replaced by purify(x + N(0, purify_sigma^2)) before the method's loss, whose own
+            noise (``sigma``) comes on top: a purifier-aware local classifier for DiffSmooth, or with
+            sigma 0 DDS's clean classifier fine-tuned on purified images.
+        purify_draws: with ``purify``, purify K noise draws per training image once before training
+            (``training.purified``) and give each image of a batch one of them; None: purify every
+            batch afresh.
         train_limit: use only the first N training images (tests, quick runs).
     """
 
@@ -62,6 +67,7 @@ class ClassifierTrainConfig:
     init: str | None = None
     purify: str | None = None
     purify_sigma: float | None = None
+    purify_draws: int | None = None
     data_dir: str | None = None
     train_limit: int | None = None
 
@@ -77,6 +83,12 @@ class ClassifierTrainConfig:
         validate.whole(self.batch_size, "--batch-size")
         if self.purify is not None and not (self.purify_sigma or self.sigma) > 0:
             raise InputError("--finetune-on-purified needs a noise level > 0: set --purify-sigma or --sigma")
+        if self.purify_sigma is not None:
+            validate.sigma(self.purify_sigma, "--purify-sigma")
+        if self.purify_draws is not None:
+            if self.purify is None:
+                raise InputError("--purify-draws needs --finetune-on-purified DENOISER")
+            validate.whole(self.purify_draws, "--purify-draws")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,8 +99,11 @@ def _purifier(config: ClassifierTrainConfig, device: torch.device):
         return None
     from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
 
+    from diffsmooth.shipped import resolve_model
+
     sigma = config.purify_sigma or config.sigma
-    denoiser = OneShotDenoiser(load_diffusion_model(config.purify), sigma).to(device).eval()
+    model = load_diffusion_model(resolve_model(config.purify, "denoiser"))
+    denoiser = OneShotDenoiser(model, sigma).to(device).eval()
     return denoiser.requires_grad_(False), sigma
 
 
@@ -119,13 +134,15 @@ def _build(config: ClassifierTrainConfig, num_classes: int) -> Classifier:
 
 def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoint_dir: str | Path | None = None,
                      device: str | torch.device = "cpu", resume: bool = False, quiet: bool = False,
-                     eval_limit: int | None = None, stop_after: int | None = None) -> TrainResult:
+                     eval_limit: int | None = None, stop_after: int | None = None,
+                     purify_cache: str | Path | None = None) -> TrainResult:
     """Train, checkpoint every epoch, save ``out.safetensors`` + ``out.json``; see the module docstring.
 
     ``checkpoint_dir`` defaults to ``<out>.train/``; with ``resume`` training continues from the
     checkpoint there (same config required, ``epochs`` may grow). ``eval_limit`` caps the test
     images used for the recorded accuracies. ``stop_after`` ends this call after that many
     epochs (time-sliced jobs); the model saved then is marked ``"finished": false``.
+    ``purify_cache``: a folder keeping the purified draws (``config.purify_draws``) for later runs.
     """
     config.validate()
     dev = resolve_device(device)
@@ -141,10 +158,20 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
     loss_fn = get_loss(config.method)
     hparams = {**loss_defaults(config.method), **config.hparams}
     purifier = _purifier(config, dev)
+    cached = None
+    if purifier is not None and config.purify_draws is not None:
+        from diffsmooth.training.purified import pick_draws, purified_draws
+
+        denoiser, p_sigma = purifier
+        cached = purified_draws(denoiser, images, p_sigma, config.purify_draws, config.seed, dev,
+                                None if purify_cache is None else Path(purify_cache),
+                                purifier_id=denoiser.model.sha256)
 
     def loss_of(idx: torch.Tensor, epoch: int) -> torch.Tensor:
         x, y = images[idx].to(dev), labels[idx].to(dev)
-        if purifier is not None:
+        if cached is not None:
+            x = pick_draws(cached, idx, state.generators["order"]).to(dev)
+        elif purifier is not None:
             denoiser, p_sigma = purifier
             with torch.no_grad():
                 x = denoiser(x + p_sigma * torch.randn(x.shape, generator=noise_gen, device=dev)).float()
