@@ -10,6 +10,7 @@ import torch
 
 from diffsmooth.classifiers import load_classifier
 from diffsmooth.cli import main
+from diffsmooth.training import purified
 from diffsmooth.training.purified import _draw_generator, pick_draws, purified_draws
 
 
@@ -30,8 +31,13 @@ def images():
     return torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch):
+    monkeypatch.setattr(purified, "BATCH", 4)  # several chunks of the 10 images
+
+
 def test_each_draw_is_the_purifier_on_its_own_noise(images):
-    draws = purified_draws(Halve(), images, sigma=0.5, draws=3, seed=7, device=torch.device("cpu"), batch_size=4)
+    draws = purified_draws(Halve(), images, sigma=0.5, draws=3, seed=7, device=torch.device("cpu"))
     assert draws.shape == (3, 10, 1, 4, 4) and draws.dtype == torch.float16
     for k in range(3):
         g = _draw_generator(7, k)
@@ -45,17 +51,16 @@ def test_each_draw_is_the_purifier_on_its_own_noise(images):
 def test_the_cache_is_reused_only_for_the_same_settings(tmp_path, images):
     cache = tmp_path / "cache"
     first = Halve()
-    a = purified_draws(first, images, 0.5, 2, 7, torch.device("cpu"), cache, batch_size=4, purifier_id="p1")
+    a = purified_draws(first, images, 0.5, 2, 7, torch.device("cpu"), cache, purifier_id="p1")
     assert first.calls == 6 and json.loads((cache / "cache.json").read_text())["draws"] == [0, 1]
     again = Halve()
-    assert torch.equal(purified_draws(again, images, 0.5, 2, 7, torch.device("cpu"), cache, batch_size=4,
-                                      purifier_id="p1"), a)
+    assert torch.equal(purified_draws(again, images, 0.5, 2, 7, torch.device("cpu"), cache, purifier_id="p1"), a)
     assert again.calls == 0  # read from the cache
     other = Halve()
-    b = purified_draws(other, images, 0.25, 2, 7, torch.device("cpu"), cache, batch_size=4, purifier_id="p1")
+    b = purified_draws(other, images, 0.25, 2, 7, torch.device("cpu"), cache, purifier_id="p1")
     assert other.calls == 6 and not torch.equal(a, b)  # another sigma: computed afresh
     more = Halve()
-    purified_draws(more, images, 0.25, 3, 7, torch.device("cpu"), cache, batch_size=4, purifier_id="p1")
+    purified_draws(more, images, 0.25, 3, 7, torch.device("cpu"), cache, purifier_id="p1")
     assert more.calls == 3  # only the new draw
 
 

@@ -164,9 +164,8 @@ def _classifier_options(c: argparse.ArgumentParser, config: type) -> None:
     _option(c, config, "--purify-sigma", "noise before purification (default: --sigma)", type=float)
     _option(c, config, "--purify-draws", "purify K noise draws per training image once, before training, and give "
             "each image of a batch one of them (default: purify every batch afresh)", type=int, metavar="K")
-    c.add_argument("--purify-cache", default=None, metavar="DIR",
-                   help="keep the purified draws in DIR and reuse them in later runs with the same purifier, "
-                   "sigma, seed and images")
+    _option(c, config, "--purify-cache", "keep the purified draws in DIR and reuse them in later runs with the same "
+            "purifier, sigma, seed and images", metavar="DIR")
 
 
 def _denoiser_options(n: argparse.ArgumentParser, config: type) -> None:
@@ -235,8 +234,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
     if args.purify_cache is not None:
         validate.output_folder(args.purify_cache, "--purify-cache")
     result = train_classifier(config, args.out, checkpoint_dir=args.checkpoint_dir, device=args.device,
-                              resume=args.resume, quiet=args.quiet, eval_limit=args.eval_limit,
-                              purify_cache=args.purify_cache)
+                              resume=args.resume, quiet=args.quiet, eval_limit=args.eval_limit)
     noisy = result.info.get("noisy_test_accuracy")
     print(f"wrote {result.path}; test accuracy {result.info['test_accuracy']:.4f}"
           + (f", under noise sigma={config.sigma:g}: {noisy:.4f}" if noisy is not None else ""))

@@ -49,7 +49,8 @@ class ClassifierTrainConfig:
             sigma 0 DDS's clean classifier fine-tuned on purified images.
         purify_draws: with ``purify``, purify K noise draws per training image once before training
             (``training.purified``) and give each image of a batch one of them; None: purify every
-            batch afresh.
+            batch afresh.  ``purify_cache``: a folder keeping those draws for later runs (where they
+            are kept decides nothing: resuming ignores it, as it ignores the device).
         train_limit: use only the first N training images (tests, quick runs).
     """
 
@@ -68,6 +69,7 @@ class ClassifierTrainConfig:
     purify: str | None = None
     purify_sigma: float | None = None
     purify_draws: int | None = None
+    purify_cache: str | None = None
     data_dir: str | None = None
     train_limit: int | None = None
 
@@ -88,6 +90,8 @@ class ClassifierTrainConfig:
         if self.purify_draws is not None:
             if self.purify is None:
                 raise InputError("--purify-draws needs --finetune-on-purified DENOISER")
+        if self.purify_cache is not None and self.purify_draws is None:
+            raise InputError("--purify-cache keeps the draws of --purify-draws; give --purify-draws K too")
             validate.whole(self.purify_draws, "--purify-draws")
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,15 +138,13 @@ def _build(config: ClassifierTrainConfig, num_classes: int) -> Classifier:
 
 def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoint_dir: str | Path | None = None,
                      device: str | torch.device = "cpu", resume: bool = False, quiet: bool = False,
-                     eval_limit: int | None = None, stop_after: int | None = None,
-                     purify_cache: str | Path | None = None) -> TrainResult:
+                     eval_limit: int | None = None, stop_after: int | None = None) -> TrainResult:
     """Train, checkpoint every epoch, save ``out.safetensors`` + ``out.json``; see the module docstring.
 
     ``checkpoint_dir`` defaults to ``<out>.train/``; with ``resume`` training continues from the
     checkpoint there (same config required, ``epochs`` may grow). ``eval_limit`` caps the test
     images used for the recorded accuracies. ``stop_after`` ends this call after that many
     epochs (time-sliced jobs); the model saved then is marked ``"finished": false``.
-    ``purify_cache``: a folder keeping the purified draws (``config.purify_draws``) for later runs.
     """
     config.validate()
     dev = resolve_device(device)
@@ -163,8 +165,8 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
         from diffsmooth.training.purified import pick_draws, purified_draws
 
         denoiser, p_sigma = purifier
-        cached = purified_draws(denoiser, images, p_sigma, config.purify_draws, config.seed, dev,
-                                None if purify_cache is None else Path(purify_cache),
+        cache = None if config.purify_cache is None else Path(config.purify_cache)
+        cached = purified_draws(denoiser, images, p_sigma, config.purify_draws, config.seed, dev, cache,
                                 purifier_id=denoiser.model.sha256)
 
     def loss_of(idx: torch.Tensor, epoch: int) -> torch.Tensor:

@@ -37,16 +37,20 @@ def _fingerprint(images: Tensor) -> str:
     return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
 
 
+BATCH = 500
+"""Images purified per forward pass (the noise is drawn chunk by chunk of this size)."""
+
+
 def purified_draws(purifier: torch.nn.Module, images: Tensor, sigma: float, draws: int, seed: int,
-                   device: torch.device, cache: Path | None = None, batch_size: int = 500,
-                   purifier_id: str = "") -> Tensor:
+                   device: torch.device, cache: Path | None = None, purifier_id: str = "") -> Tensor:
     """``(draws, N, C, H, W)`` float16 CPU tensor of ``purify(x_i + d)``, ``d ~ N(0, sigma^2 I)``.
 
     Args:
         purifier: noisy images in [0,1] -> purified images in [0,1] (e.g. ``OneShotDenoiser``), frozen.
         images: ``(N, C, H, W)`` training images in [0,1] (CPU).
         sigma: the smoothing noise in [0,1] pixel units; draws: K; seed: the noise of draw k comes from
-            a generator seeded by ``(seed, k)``, drawn on the CPU chunk by chunk (the same draws on any device).
+            a generator seeded by ``(seed, k)``, drawn on the CPU in chunks of ``BATCH`` images (the same
+            draws on any device).
         cache: a folder for the draws (one file per draw and ``cache.json``); reused when its record
             matches (``purifier_id``, sigma, seed, the images' SHA-256), rewritten otherwise.
     """
@@ -63,10 +67,10 @@ def purified_draws(purifier: torch.nn.Module, images: Tensor, sigma: float, draw
             continue
         generator = _draw_generator(seed, k)
         with torch.inference_mode():
-            for i in range(0, len(images), batch_size):
-                x = images[i:i + batch_size]
+            for i in range(0, len(images), BATCH):
+                x = images[i:i + BATCH]
                 noisy = x + sigma * torch.randn(x.shape, generator=generator)
-                out[k, i:i + batch_size] = purifier(noisy.to(device)).float().clamp(0, 1).cpu().half()
+                out[k, i:i + BATCH] = purifier(noisy.to(device)).float().clamp(0, 1).cpu().half()
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
             save_safetensors(cache / f"draw{k}.safetensors", {"images": out[k]})

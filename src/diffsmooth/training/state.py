@@ -122,7 +122,8 @@ def _comparable(config: dict[str, Any], ignore: tuple[str, ...]) -> dict[str, An
 
 
 def load_state(directory: str | Path, state: TrainState, *,
-               ignore: tuple[str, ...] = ("epochs", "steps", "quiet", "resume", "device")) -> tuple[int, int]:
+               ignore: tuple[str, ...] = ("epochs", "steps", "quiet", "resume", "device",
+                                          "purify_cache")) -> tuple[int, int]:
     """Restore a checkpoint written by ``save_state`` into ``state`` in place; returns (step, epoch).
 
     The checkpoint's config must equal ``state.config`` except for the keys in ``ignore``."""
