@@ -272,3 +272,15 @@ def test_several_classifiers_per_method_and_local_sigma_in_one_grid(tmp_path, fm
     assert main(["certify", "--method", "diffsmooth", "--local-classifier", f"0.12={a}", b, *ddpm, *common,
                  "--out-dir", str(tmp_path / "h")]) == 2
     assert "not a mix" in capsys.readouterr().err
+
+
+def test_configuration_labels_tell_classifiers_apart():
+    """Shipped names keep their dots (0.25 vs 0.50), generic file names get their folder's name."""
+    def label(classifier):
+        return configuration_label({"method": "rs", "sigma": 0.5, "classifier": classifier})
+
+    names = ["fmnist_cnn_gaussian_0.25", "fmnist_cnn_gaussian_0.50", "models/noise_0.25/checkpoint.pth.tar",
+             "models/noise_0.50/checkpoint.pth.tar", "runs/a/model", "runs/b/model", "x/tiny_cnn.safetensors"]
+    labels = [label(n) for n in names]
+    assert labels[0] == "rs_sigma0.5_fmnist_cnn_gaussian_0.25" and labels[2] == "rs_sigma0.5_noise_0.25-checkpoint"
+    assert labels[6] == "rs_sigma0.5_tiny_cnn" and len(set(labels)) == len(labels)

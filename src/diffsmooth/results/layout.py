@@ -36,8 +36,25 @@ def configuration_label(method: dict[str, Any]) -> str:
         if method["local_noise"] != "fixed" or method["local_noise_seed"] != 42:
             label += f"_{method['local_noise']}{method['local_noise_seed']}"
     if method.get("classifier") is not None:
-        label += "_" + Path(method["classifier"]).name.split(".")[0]
+        label += "_" + _model_name(method["classifier"])
     return label
+
+
+GENERIC_NAMES = ("model", "checkpoint", "pytorch_model", "weights", "best", "last", "final")
+"""File names that say nothing of the model (Cohen et al.'s checkpoint.pth.tar, a trainer's model.*):
+the folder's name goes before them in a label."""
+
+
+MODEL_SUFFIXES = (".pth.tar", ".safetensors", ".json", ".pth", ".pt", ".bin", ".tar", ".ckpt")
+
+
+def _model_name(path: str) -> str:
+    """A model's name in a label: its file name without its model-file extension (a shipped name keeps
+    its dots: ``fmnist_cnn_gaussian_0.25``), after its folder's where that name is generic
+    (``noise_0.25/checkpoint.pth.tar`` -> ``noise_0.25-checkpoint``)."""
+    p = Path(path)
+    stem = next((p.name[: -len(x)] for x in MODEL_SUFFIXES if p.name.endswith(x)), p.name)
+    return f"{p.parent.name}-{stem}" if stem in GENERIC_NAMES and p.parent.name else stem
 
 
 def attack_label(eps: float) -> str:
