@@ -14,6 +14,18 @@
 #   tables    print the model card's tables from what the parts wrote: certified accuracy with
 #             standard errors, and paired differences DiffSmooth (soft) - RS / - DDS / - Denoised
 #             Smoothing per radius
+#   cardrs    issue #32's RS rows per sigma in SIGMAS, as one sequential grid (radii 0, sigma/2 ...
+#             5 sigma/2 decided with at most N_MAX samples) into OUT/card<sigma>/rs: every classifier
+#             trained for sigma (gaussian, consistency, smoothadv, smoothmix)
+#   card      the purified rows, one sequential grid per sigma (one purification per noisy batch; the
+#             same seed, so the same noise per image as cardrs) into OUT/card<sigma>/purified: DDS with
+#             the clean classifier and with it fine-tuned on purified images (clean_purified_<sigma>),
+#             DiffSmooth (m 5, soft) with each local classifier of LOCAL_<sigma> (LOCAL_SIGMA=NAME items;
+#             default: gaussian, consistency and smoothadv at local sigma 0.25 (0.5 at sigma 1.0) and the
+#             purifier-aware purified_<sigma>); CLS: a folder of trained-but-unshipped models
+#             (CLS/fmnist_cnn_lite_NAME/model)
+#   cardtables  the card's tables: certified accuracy with errors and the paired differences of the
+#             best DiffSmooth row (BEST_<sigma>, a label) against every RS row
 #
 # Usage: OMP_NUM_THREADS=1 scripts/model_card_certify.sh [PART ...]   (default: the four runs, then tables)
 #        SIGMAS="0.5" scripts/model_card_certify.sh grid               (one sigma; run two at once on 2 cores)
@@ -37,6 +49,17 @@ else DS=(.venv/bin/diffsmooth); dev=(); fi
 common=("${dev[@]}" --dataset fashion-mnist --n0 "$N0" --alpha 0.001 --batch "$BATCH" --seed 0 --compile default --resume --quiet)
 mkdir -p "$OUT"
 parts=("$@"); (( ${#parts[@]} )) || parts=(grid trained denoised densepure tables)
+N_MAX=${N_MAX:-2000}; CLS=${CLS:-}
+# the card's runs: eager (--compile recompiles for the varying batches of sequential sampling: no gain)
+card=("${dev[@]}" --dataset fashion-mnist --n0 "$N0" --alpha 0.001 --batch "$BATCH" --seed 0 --resume --quiet)
+
+# model NAME: the shipped model, else CLS's trained-but-not-shipped one (nothing when neither exists)
+model() {
+  if [[ -f src/diffsmooth/weights/$1.safetensors ]]; then echo "$1"
+  elif [[ -n $CLS && -f $CLS/${1/fmnist_cnn_/fmnist_cnn_lite_}/model.safetensors ]]; then
+    echo "$CLS/${1/fmnist_cnn_/fmnist_cnn_lite_}/model"
+  fi
+}
 
 for part in "${parts[@]}"; do
   case $part in
@@ -90,6 +113,45 @@ for part in "${parts[@]}"; do
               --paired "$dp,rs_sigma$g" "$dp,dds_sigma$g" "$ours,$dp"
         fi
       done ;;
-    *) echo "unknown part $part: grid, trained, denoised, densepure or tables" >&2; exit 2 ;;
+    cardrs|card)
+      for sigma in $SIGMAS; do
+        s=$(printf '%.2f' "$sigma"); key=LOCAL_${s/./_}
+        radii=($(awk -v s="$sigma" 'BEGIN { for (k = 0; k <= 5; k++) printf "%g ", k * s / 2 }'))
+        seq=(--sampling sequential --n-max "$N_MAX" --radii "${radii[@]}" --max-images "$MAX")
+        mkdir -p "$OUT/card$sigma"
+        if [[ $part == cardrs ]]; then
+          rs=()
+          for method in gaussian consistency smoothadv smoothmix; do m=$(model "fmnist_cnn_${method}_$s"); [[ -n $m ]] && rs+=("$m"); done
+          "${DS[@]}" certify "${card[@]}" --sigma "$sigma" --method rs --rs-classifier "${rs[@]}" "${seq[@]}" \
+              --out-dir "$OUT/card$sigma/rs"
+          continue
+        fi
+        dds=() local=()
+        for name in fmnist_cnn_clean "fmnist_cnn_clean_purified_$s"; do m=$(model "$name"); [[ -n $m ]] && dds+=("$m"); done
+        ls=0.25; [[ $s == 1.00 ]] && ls=0.5
+        default="$ls=fmnist_cnn_gaussian_$(printf '%.2f' $ls) $ls=fmnist_cnn_consistency_$(printf '%.2f' $ls)"
+        default+=" $ls=fmnist_cnn_smoothadv_$(printf '%.2f' $ls) $ls=fmnist_cnn_purified_$s"
+        for item in ${!key:-$default}; do m=$(model "${item#*=}"); [[ -n $m ]] && local+=("${item%%=*}=$m"); done
+        "${DS[@]}" certify "${card[@]}" --sigma "$sigma" --method dds diffsmooth --dds-classifier "${dds[@]}" \
+            --local-classifier "${local[@]}" --local-m 5 --vote soft "${seq[@]}" --out-dir "$OUT/card$sigma/purified"
+      done ;;
+    cardtables)
+      for sigma in $SIGMAS; do
+        compgen -G "$OUT/card$sigma/*/index.json" > /dev/null || continue
+        s=$(printf '%.2f' "$sigma"); key=BEST_${s/./_}
+        radii=($(awk -v s="$sigma" 'BEGIN { for (k = 0; k <= 5; k++) printf "%g ", k * s / 2 }'))
+        labels=($(.venv/bin/python -c 'import sys; from diffsmooth.results import read_index
+print(" ".join(e["label"] for d in sys.argv[1:] for e in read_index(d)))' "$OUT/card$sigma"/*/))
+        best=${!key:-}
+        paired=()
+        if [[ -n $best ]]; then
+          paired=(--paired)
+          for l in "${labels[@]}"; do [[ $l == rs_* ]] && paired+=("$best,$l"); done
+        fi
+        echo "### sigma = $sigma (n_max = $N_MAX, $MAX images)"
+        .venv/bin/diffsmooth analyze "$OUT/card$sigma"/*/ --radii "${radii[@]}" --errors "${paired[@]}" \
+            --plot "$OUT/card_sigma$sigma.png" --overwrite --title "Fashion-MNIST, sigma=$sigma, n_max=$N_MAX, $MAX images"
+      done ;;
+    *) echo "unknown part $part: grid, trained, denoised, densepure, tables, cardrs, card or cardtables" >&2; exit 2 ;;
   esac
 done

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Trains the shipped Fashion-MNIST models from scratch (issues #15, #17, #32): the narrow DDPM (ADM UNet,
 # 16 channels, 8 norm groups, 95.9 MFLOP per sample, timesteps focused on the t* range of sigma
-# 0.12-1.0, EMA); thirteen fmnist_cnn_lite classifiers (8.3 MFLOP per image) with the same budget for
+# 0.12-1.0, EMA); fifteen fmnist_cnn_lite classifiers (8.3 MFLOP per image) with the same budget for
 # every method (same epochs, batch, SGD schedule, seed and initialisation): clean; gaussian 0.12,
-# 0.25, 0.5, 1.0; consistency and smoothadv 0.12, 0.25, 0.5 and 1.0; then SmoothMix at 0.25 and 0.5 and two
-# small DnCNN denoisers (MSE) for Denoised Smoothing. CPU, one thread per process, fixed seeds.
+# 0.25, 0.5, 1.0; consistency and smoothadv 0.12, 0.25, 0.5 and 1.0; then SmoothMix at 0.25 and 0.5;
+# purifier-aware fine-tunes per sigma (below); two small DnCNN denoisers (MSE) for Denoised Smoothing.
+# CPU, one thread per process, fixed seeds.
 #
 # Usage: scripts/train_shipped.sh MODEL   train (or continue) one model: a name listed by `list`
 #        scripts/train_shipped.sh queue   every model in the order below, skipping finished ones and
@@ -38,7 +39,10 @@ CLASSIFIERS=(fmnist_cnn_lite_gaussian_0.50 fmnist_cnn_lite_gaussian_0.25 fmnist_
              fmnist_cnn_lite_smoothadv_0.50 fmnist_cnn_lite_consistency_0.25 fmnist_cnn_lite_smoothadv_0.25
              fmnist_cnn_lite_smoothmix_0.50 fmnist_cnn_lite_smoothmix_0.25
              fmnist_cnn_lite_consistency_0.12 fmnist_cnn_lite_smoothadv_0.12
-             fmnist_cnn_lite_consistency_1.00 fmnist_cnn_lite_smoothadv_1.00)
+             fmnist_cnn_lite_consistency_1.00 fmnist_cnn_lite_smoothadv_1.00
+             fmnist_cnn_lite_purified_0.50 fmnist_cnn_lite_clean_purified_0.50
+             fmnist_cnn_lite_purified_0.25 fmnist_cnn_lite_clean_purified_0.25
+             fmnist_cnn_lite_purified_1.00 fmnist_cnn_lite_clean_purified_1.00)
 DENOISERS=(fmnist_dncnn_0.50 fmnist_dncnn_0.25)
 EPOCHS=${EPOCHS:-10}
 # Every budget is sized so that each model trains within one 3-hour session on one core (a session's
@@ -46,6 +50,17 @@ EPOCHS=${EPOCHS:-10}
 # epochs per epoch (m = 2 copies, 2 PGD steps): 5 epochs (about the compute of SmoothAdv's 10);
 # DnCNN (depth 10, width 32, 0.12 GFLOP per image): 3 epochs of MSE.
 declare -A EPOCHS_OF=([fmnist_cnn_lite_smoothmix_0.50]=5 [fmnist_cnn_lite_smoothmix_0.25]=5)
+declare -A LR_OF=()
+# Issue #32's purifier-aware models fine-tune a shipped classifier for 3 epochs at lr 0.01 on what it sees
+# at certification: the shipped DDPM's one-shot purification of x + N(0, sigma^2), 4 draws per training
+# image purified once (cached in $CK/purified_<sigma>, shared by the two models of a sigma; the DDPM must
+# be shipped first). purified_<sigma>: DiffSmooth's local classifier at the card's local sigma (0.25;
+# 0.5 at sigma 1.0), from the SmoothAdv classifier of that local sigma (the pairing the training-image
+# pilots chose at sigma 0.25 and 0.5) with its SmoothAdv loss (the local noise on top); clean_purified_<sigma>: DDS +finetune (Carlini et al.), from the clean classifier, no noise.
+for s in 0.25 0.50 1.00; do
+  EPOCHS_OF[fmnist_cnn_lite_purified_$s]=3 EPOCHS_OF[fmnist_cnn_lite_clean_purified_$s]=3
+  LR_OF[fmnist_cnn_lite_purified_$s]=0.01 LR_OF[fmnist_cnn_lite_clean_purified_$s]=0.01
+done
 DENOISER_EPOCHS=${DENOISER_EPOCHS:-3}
 
 # Extra options per classifier: method, sigma and the method's hyper-parameters.
@@ -65,6 +80,12 @@ declare -A METHOD=(
   [fmnist_cnn_lite_consistency_1.00]="--method consistency --sigma 1.0 --m-train 2 --lbd 10 --eta 0.5"
   [fmnist_cnn_lite_smoothadv_0.12]="--method smoothadv --sigma 0.12 --m-train 1 --epsilon 0.25 --num-steps 2 --warmup 2"
   [fmnist_cnn_lite_smoothadv_1.00]="--method smoothadv --sigma 1.0 --m-train 1 --epsilon 2.0 --num-steps 2 --warmup 2"
+  [fmnist_cnn_lite_purified_0.25]="--method smoothadv --sigma 0.25 --m-train 1 --epsilon 0.5 --num-steps 2 --warmup 0 --init fmnist_cnn_smoothadv_0.25 --purify-sigma 0.25"
+  [fmnist_cnn_lite_purified_0.50]="--method smoothadv --sigma 0.25 --m-train 1 --epsilon 0.5 --num-steps 2 --warmup 0 --init fmnist_cnn_smoothadv_0.25 --purify-sigma 0.5"
+  [fmnist_cnn_lite_purified_1.00]="--method smoothadv --sigma 0.5 --m-train 1 --epsilon 1.0 --num-steps 2 --warmup 0 --init fmnist_cnn_smoothadv_0.50 --purify-sigma 1.0"
+  [fmnist_cnn_lite_clean_purified_0.25]="--method gaussian --sigma 0 --init fmnist_cnn_clean --purify-sigma 0.25"
+  [fmnist_cnn_lite_clean_purified_0.50]="--method gaussian --sigma 0 --init fmnist_cnn_clean --purify-sigma 0.5"
+  [fmnist_cnn_lite_clean_purified_1.00]="--method gaussian --sigma 0 --init fmnist_cnn_clean --purify-sigma 1.0"
   [fmnist_cnn_lite_smoothmix_0.25]="--method smoothmix --sigma 0.25 --m-train 2 --num-steps 2 --eta 5 --warmup 1"
   [fmnist_cnn_lite_smoothmix_0.50]="--method smoothmix --sigma 0.5 --m-train 2 --num-steps 2 --eta 5 --warmup 1"
 )
@@ -106,9 +127,11 @@ train_ddpm() {
 
 train_classifier() {
   mkdir -p "$CK/$1"
+  local purify=()
+  [[ $1 == *purified_* ]] && purify=(--finetune-on-purified fmnist_ddpm --purify-draws 4 --purify-cache "$CK/purified_${1##*_}")
   # shellcheck disable=SC2086  # METHOD holds several options
-  "$PY" -m diffsmooth train-classifier --dataset fashion-mnist --arch fmnist_cnn_lite ${METHOD[$1]} \
-      --epochs "${EPOCHS_OF[$1]:-$EPOCHS}" --batch-size 128 --lr 0.05 --momentum 0.9 --weight-decay 5e-4 --seed 0 --quiet \
+  "$PY" -m diffsmooth train-classifier --dataset fashion-mnist --arch fmnist_cnn_lite ${METHOD[$1]} "${purify[@]}" \
+      --epochs "${EPOCHS_OF[$1]:-$EPOCHS}" --batch-size 128 --lr "${LR_OF[$1]:-0.05}" --momentum 0.9 --weight-decay 5e-4 --seed 0 --quiet \
       --out "$CK/$1/model" --checkpoint-dir "$CK/$1/state" $(resume_flag "$1") >> "$CK/$1.log" 2>&1
 }
 
