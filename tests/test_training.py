@@ -13,7 +13,13 @@ from torch import nn
 from diffsmooth.classifiers import create_classifier, load_classifier
 from diffsmooth.cli import main
 from diffsmooth.data import load_dataset
-from diffsmooth.diffusion import NoiseSchedule, OneShotDenoiser, adm_unet, load_diffusion_model
+from diffsmooth.diffusion import (
+    NoiseSchedule,
+    OneShotDenoiser,
+    adm_unet,
+    load_diffusion_model,
+)
+from diffsmooth.shipped import shipped_classifier
 from diffsmooth.training import (
     ClassifierTrainConfig,
     DenoiserTrainConfig,
@@ -286,7 +292,7 @@ def test_cli_focused_narrow_ddpm_records_its_settings_and_stops_and_resumes(tmp_
 def test_cli_defaults_are_the_library_defaults(tmp_path, monkeypatch, argv, expected):
     import functools
 
-    import diffsmooth.training as training
+    from diffsmooth import training
 
     class Called(Exception):
         pass
@@ -342,3 +348,19 @@ def test_cli_rejects_bad_values_with_exit_code_2(tmp_path, capsys, argv, message
                  "--quiet"] + (["--dataset", "digits"] if "--dataset" not in argv else []))
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_init_takes_a_shipped_classifier_by_name(tmp_path, capsys):
+    # --init resolves like certify's --classifier: a path, a trainer's --out stem or a shipped name
+    out = tmp_path / "ft"
+    assert main(["train-classifier", "--dataset", "fashion-mnist", "--sigma", "0", "--init", "fmnist_cnn_clean",
+                 "--lr", "1e-9", "--momentum", "0", "--weight-decay", "0", "--epochs", "1", "--batch-size", "32",
+                 "--train-limit", "32", "--eval-limit", "20", "--out", str(out), "--quiet"]) == 0
+    tuned, shipped = load_classifier(out).state_dict(), load_classifier(shipped_classifier("clean")).state_dict()
+    weights = [k for k in shipped if k.endswith("weight")]
+    assert weights and all(torch.allclose(tuned[k], shipped[k], atol=1e-6) for k in weights)
+    assert main(["train-classifier", "--dataset", "fashion-mnist", "--sigma", "0", "--init", "fmnist_cnn_nope",
+                 "--epochs", "1", "--train-limit", "32", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--init 'fmnist_cnn_nope' is neither an existing path nor a shipped model" in err
+    assert len(err.splitlines()) == 1 and not list(tmp_path.glob("x*"))

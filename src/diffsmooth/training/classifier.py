@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from diffsmooth import validate
-from diffsmooth.classifiers import Classifier, create_classifier, load_classifier, save_classifier
+from diffsmooth.classifiers import (
+    Classifier,
+    create_classifier,
+    load_classifier,
+    save_classifier,
+)
+from diffsmooth.shipped import resolve_model
 from diffsmooth.training.loop import (
     EpochPlan,
     TrainResult,
@@ -87,9 +93,8 @@ class ClassifierTrainConfig:
             raise InputError("--finetune-on-purified needs a noise level > 0: set --purify-sigma or --sigma")
         if self.purify_sigma is not None:
             validate.sigma(self.purify_sigma, "--purify-sigma")
-        if self.purify_draws is not None:
-            if self.purify is None:
-                raise InputError("--purify-draws needs --finetune-on-purified DENOISER")
+        if self.purify_draws is not None and self.purify is None:
+            raise InputError("--purify-draws needs --finetune-on-purified DENOISER")
         if self.purify_cache is not None and self.purify_draws is None:
             raise InputError("--purify-cache keeps the draws of --purify-draws; give --purify-draws K too")
             validate.whole(self.purify_draws, "--purify-draws")
@@ -102,8 +107,6 @@ def _purifier(config: ClassifierTrainConfig, device: torch.device):
     if config.purify is None:
         return None
     from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
-
-    from diffsmooth.shipped import resolve_model
 
     sigma = config.purify_sigma or config.sigma
     model = load_diffusion_model(resolve_model(config.purify, "denoiser"))
@@ -128,7 +131,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sigma
 
 def _build(config: ClassifierTrainConfig, num_classes: int) -> Classifier:
     if config.init is not None:
-        model = load_classifier(config.init)
+        model = load_classifier(resolve_model(str(config.init), "--init"))
         if model.config.num_classes != num_classes:
             raise InputError(f"--init {config.init} has {model.config.num_classes} classes, "
                              f"{config.dataset} has {num_classes}; start from a matching classifier")
