@@ -93,11 +93,12 @@ class ClassifierTrainConfig:
             raise InputError("--finetune-on-purified needs a noise level > 0: set --purify-sigma or --sigma")
         if self.purify_sigma is not None:
             validate.sigma(self.purify_sigma, "--purify-sigma")
-        if self.purify_draws is not None and self.purify is None:
-            raise InputError("--purify-draws needs --finetune-on-purified DENOISER")
+        if self.purify_draws is not None:
+            if self.purify is None:
+                raise InputError("--purify-draws needs --finetune-on-purified DENOISER")
+            validate.whole(self.purify_draws, "--purify-draws")
         if self.purify_cache is not None and self.purify_draws is None:
             raise InputError("--purify-cache keeps the draws of --purify-draws; give --purify-draws K too")
-            validate.whole(self.purify_draws, "--purify-draws")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
