@@ -89,6 +89,6 @@ def test_train_classifier_on_cached_purified_draws(tmp_path, capsys):
     assert main(["train-classifier", "--dataset", "digits", "--sigma", "0.12", "--purify-draws", "2", "--epochs",
                  "1", "--out", str(tmp_path / "c"), "--quiet"]) == 2
     assert "--purify-draws needs --finetune-on-purified" in capsys.readouterr().err
-    assert main([*args[:8], "--purify-draws", "0", "--epochs", "1", "--out", str(tmp_path / "d")]) == 2
+    assert main([*args[:9], "--purify-draws", "0", "--epochs", "1", "--out", str(tmp_path / "zz")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--purify-draws" in err and len(err.splitlines()) == 1 and not list(tmp_path.glob("d*"))
+    assert "--purify-draws" in err and len(err.splitlines()) == 1 and not list(tmp_path.glob("zz*"))
