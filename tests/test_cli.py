@@ -209,15 +209,25 @@ def test_demo_with_the_shipped_models(tmp_path, fmnist_dir, capsys):
     assert main(["demo", "--data-dir", str(fmnist_dir), "--max", "2", "--n0", "4", "--n", "8", "--batch", "64",
                  "--sampling", "fixed", "--device", "cpu", "--quiet", "--out-dir", str(out_dir)]) == 0
     printed = capsys.readouterr().out
-    for label in ("RS", "DDS", "DiffSmooth (soft)", "DiffSmooth (hard)"):
+    for label in ("RS", "RS (SmoothAdv)", "DDS", "DiffSmooth (soft)", "DiffSmooth (hard)"):
         assert f"| {label} " in printed
     assert "Each cell: % of images classified correctly with a certified l2 radius >= r" in printed
     assert "DiffSmooth (soft) - RS (points, paired standard error): r=0.5: " in printed
+    assert "DiffSmooth (soft) - RS (SmoothAdv) (points, paired standard error): r=0.5: " in printed
+    # the paper's pairing: DiffSmooth's local classifier is the SmoothAdv one of local sigma 0.25
+    index = json.loads((out_dir / "index.json").read_text())
+    local = {e["spec"]["method"]["classifier"] for e in index["runs"] if e["spec"]["method"]["method"] == "diffsmooth"}
+    assert local == {"fmnist_cnn_smoothadv_0.25"}
     assert "2 images are too few to rank the methods (the errors assume >= 30)" in printed
     # n = 8, alpha 0.001: p_lower = 0.001^(1/8) = 0.4217 < 1/2, so no radius at all
     assert "With n = 8, no radius above 0.00 can be certified" in printed
     names = sorted(p.name for p in out_dir.iterdir())
-    assert {"table.md", "certified_accuracy.png", "purification.png", "rs_sigma0.5.tsv"} <= set(names)
+    assert {"table.md", "certified_accuracy.png", "purification.png", "rs_sigma0.5.tsv",
+            "rs_sigma0.5_fmnist_cnn_smoothadv_0.50.tsv"} <= set(names)
+    assert main(["demo", "--local-sigma", "0.3", "--out-dir", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no shipped smoothadv classifier for --local-sigma 0.3" in err and "--robust none" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "other").exists()
 
 
 def test_demo_samples_sequentially_by_default(tmp_path, fmnist_dir, capsys):

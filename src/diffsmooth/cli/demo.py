@@ -14,6 +14,8 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
 DEFAULT_SIGMA, DEFAULT_N, DEFAULT_N_MAX, DEFAULT_MAX = 0.5, 500, 1500, 60
 RANK_RADII = (0.5, 0.75, 1.0)  # where the paired comparison decides whether the demo's sample ranks the methods
 MIN_RANK_IMAGES = 30  # below this the normal approximation behind "two standard errors" is not trusted
+ROBUST = ("smoothadv", "consistency", "none")
+OURS = "DiffSmooth (soft)"
 
 
 def register(sub, formatter) -> None:
@@ -41,6 +43,10 @@ def register(sub, formatter) -> None:
     p.add_argument("--batch", type=int, default=512, help="noisy images per forward pass")
     p.add_argument("--m", type=int, default=5, help="DiffSmooth local noise samples")
     p.add_argument("--local-sigma", type=float, default=0.25, help="DiffSmooth local noise std")
+    p.add_argument("--robust", choices=ROBUST, default="smoothadv",
+                   help="the robust training beside Gaussian RS (an RS row with its classifier for --sigma) and "
+                   "DiffSmooth's local classifier (its classifier for --local-sigma), the paper's pairing; "
+                   "none: Gaussian-trained local classifier, no robust RS row")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: usual places)")
     p.add_argument("--out-dir", default="demo-output", help="where results, plot and grid go")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -73,13 +79,20 @@ def _demo(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     dataset = load_dataset("fashion-mnist", split="test", data_dir=args.data_dir)
     indices = select_indices(len(dataset), max_count=args.max)
-    runs = {
-        "RS": MethodSpec("rs", "fashion-mnist", args.sigma),
-        "DDS": MethodSpec("dds", "fashion-mnist", args.sigma),
-        "DiffSmooth (soft)": MethodSpec("diffsmooth", "fashion-mnist", args.sigma, m=args.m, local_sigma=args.local_sigma),
-        "DiffSmooth (hard)": MethodSpec("diffsmooth", "fashion-mnist", args.sigma, m=args.m,
-                                        local_sigma=args.local_sigma, vote="hard"),
-    }
+    runs = {"RS": MethodSpec("rs", "fashion-mnist", args.sigma)}
+    local = None
+    if args.robust != "none":
+        robust_rs = _robust_classifier(args.robust, args.sigma)
+        local = _robust_classifier(args.robust, args.local_sigma)
+        if local is None:
+            raise InputError(f"no shipped {args.robust} classifier for --local-sigma {args.local_sigma:g} (shipped: "
+                             f"{', '.join(_ROBUST_SIGMAS)}); choose one of those or --robust none")
+        if robust_rs is not None:
+            runs[f"RS ({_TITLE[args.robust]})"] = MethodSpec("rs", "fashion-mnist", args.sigma, classifier=robust_rs)
+    runs["DDS"] = MethodSpec("dds", "fashion-mnist", args.sigma)
+    for label, vote in ((OURS, "soft"), ("DiffSmooth (hard)", "hard")):
+        runs[label] = MethodSpec("diffsmooth", "fashion-mnist", args.sigma, classifier=local, m=args.m,
+                                 local_sigma=args.local_sigma, vote=vote)
     sequential = args.sampling == "sequential"
     spec = RunSpec("certify", runs["RS"], n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
                    seed=args.seed, **(dict(sampling="sequential", n_max=args.n_max, radii=RADII)
@@ -102,7 +115,7 @@ def _demo(args: argparse.Namespace) -> int:
     atomic_write_text(args.out_dir / "table.md", text)
     plot(list(paths.values()), list(paths), args.out_dir / "certified_accuracy.png",
          title=f"Fashion-MNIST, sigma={args.sigma:g}, {samples}, {len(indices)} images")
-    purification_grid(runs["DiffSmooth (soft)"], dataset.__getitem__, list(range(min(6, len(dataset)))), args.seed,
+    purification_grid(runs[OURS], dataset.__getitem__, list(range(min(6, len(dataset)))), args.seed,
                       args.out_dir / "purification.png", device)
     print(f"\nCertified accuracy (%) on the first {len(indices)} Fashion-MNIST test images, sigma={args.sigma:g}, "
           f"n0={args.n0}, {samples}, alpha={args.alpha:g}:\n")
@@ -116,9 +129,20 @@ def _demo(args: argparse.Namespace) -> int:
 
 EXPLANATION = (
     "Each cell: % of images classified correctly with a certified l2 radius >= r (each certificate holds with\n"
-    "probability 1 - alpha). RS classifies noisy images; DDS purifies them first; DiffSmooth purifies, then votes "
-    "over m locally noised copies."
+    "probability 1 - alpha). RS classifies noisy images (with a Gaussian-trained or a robustly trained classifier); "
+    "DDS purifies them first;\nDiffSmooth purifies, then votes over m locally noised copies (its local classifier "
+    "trained as named by --robust)."
 )
+_TITLE = {"smoothadv": "SmoothAdv", "consistency": "Consistency"}
+_ROBUST_SIGMAS = ("0.12", "0.25", "0.50", "1.00")
+
+
+def _robust_classifier(training: str, sigma: float) -> str | None:
+    """The shipped classifier trained with ``training`` for noise ``sigma``, or None when none is shipped."""
+    from diffsmooth.shipped import list_shipped
+
+    name = f"fmnist_cnn_{training}_{sigma:.2f}"
+    return name if name in list_shipped() else None
 SEQUENTIAL = ("\nSequential sampling: each image drew samples in looks until each radius of the table was decided "
               "(samples/img: the mean used, n0 included).")
 
@@ -132,7 +156,7 @@ def verdict(paths: dict[str, Path], sigma: float, n: int, alpha: float, sequenti
     from diffsmooth.smoothing import decide
     from diffsmooth.stats import clopper_pearson_lower, look_schedule
 
-    ours = "DiffSmooth (soft)"
+    ours = OURS
     # All samples agreeing: the last look's bound (sequential) or Cohen's at n.
     p_lower = look_schedule(n, alpha).lower(-1, n) if sequential else clopper_pearson_lower(n, n, alpha)
     largest = decide(p_lower, sigma) or 0.0
@@ -141,7 +165,8 @@ def verdict(paths: dict[str, Path], sigma: float, n: int, alpha: float, sequenti
            f"(all samples agreeing); raise {flag} for more.")
     if len(read_results(paths[ours]).rows) < 2:
         return f"One image cannot rank the methods; MODEL_CARD.md compares them on 500 images.\n{cap}"
-    comparisons = [paired_comparison(paths[ours], paths[other], RANK_RADII, ours, other) for other in ("RS", "DDS")]
+    others = [label for label in paths if not label.startswith("DiffSmooth")]
+    comparisons = [paired_comparison(paths[ours], paths[other], RANK_RADII, ours, other) for other in others]
     lines = []
     for c in comparisons:
         cells = ", ".join(f"r={r:g}: {100 * c.difference[r]:+.1f} ± {100 * c.standard_error[r]:.1f}" for r in RANK_RADII)
