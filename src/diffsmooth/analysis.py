@@ -264,7 +264,7 @@ def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | N
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")  # a long run title fits the 5.5-inch figure
     fig.tight_layout()
     save_figure(fig, out)
     plt.close(fig)
