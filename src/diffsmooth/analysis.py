@@ -252,7 +252,8 @@ def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | N
     top = max([r.radius for rows in curves for r in rows if r.correct]
               + [eps for pts in points.values() for eps, _ in pts], default=1.0)
     grid = np.linspace(0.0, max(top, 1e-3) * 1.05, 400)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=150)
+    many = len(labels) + len(points) > 5  # more curves than fit beside the legend: the legend goes right
+    fig, ax = plt.subplots(figsize=(8.0 if many else 5.5, 3.8), dpi=150)
     for rows, label in zip(curves, labels):
         ax.plot(grid, [certified_accuracy(rows, r) for r in grid], label=f"certified: {label}", linewidth=1.8)
     for label, pts in points.items():
@@ -262,7 +263,10 @@ def plot(paths: Sequence[Path], labels: Sequence[str], out: Path, title: str | N
     ax.set_ylim(0, 1)
     ax.set_xlim(0, grid[-1])
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
+    if many:
+        ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(frameon=False)
     if title:
         ax.set_title(title, fontsize="medium")  # a long run title fits the 5.5-inch figure
     fig.tight_layout()
