@@ -38,7 +38,7 @@ def test_every_method_the_model_card_compares_has_its_shipped_model():
         assert {f"fmnist_cnn_{method}_0.25", f"fmnist_cnn_{method}_0.50"} <= names
     for method in ("consistency", "smoothadv"):  # issue #32: robust local classifiers, robust RS at 1.0
         assert {f"fmnist_cnn_{method}_0.12", f"fmnist_cnn_{method}_1.00"} <= names
-    for sigma in ("0.25", "0.50"):  # issue #32: purifier-aware local classifier and DDS +finetune per sigma
+    for sigma in ("0.25", "0.50", "1.00"):  # issue #32: purifier-aware local classifier and DDS +finetune
         assert {f"fmnist_cnn_purified_{sigma}", f"fmnist_cnn_clean_purified_{sigma}"} <= names
     assert {"fmnist_dncnn_0.25", "fmnist_dncnn_0.50"} <= names
 
@@ -74,7 +74,7 @@ def test_the_shipped_dncnn_denoises_real_test_images_as_the_model_card_says(sigm
     assert gain > CARD_PSNR_GAIN[sigma] - 1.0, gain
 
 
-@pytest.mark.parametrize("sigma", [0.25, 0.5])
+@pytest.mark.parametrize("sigma", [0.25, 0.5, 1.0])
 def test_purifier_aware_models_record_what_they_were_fine_tuned_on(sigma):
     """Issue #32: each fine-tune names the shipped purifier, the outer sigma it purified and its start."""
     from diffsmooth.classifiers import load_classifier
@@ -85,7 +85,9 @@ def test_purifier_aware_models_record_what_they_were_fine_tuned_on(sigma):
     for info in (local, dds):
         assert info["finished"] and info["config"]["purify"] == "fmnist_ddpm"
         assert info["config"]["purify_sigma"] == sigma and info["config"]["purify_draws"] == 4
-    # DiffSmooth's local classifier: SmoothAdv at the card's local sigma 0.25 on top of the purification
-    assert (local["method"], local["sigma"], local["config"]["init"]) == ("smoothadv", 0.25, "fmnist_cnn_smoothadv_0.25")
+    # DiffSmooth's local classifier: SmoothAdv at the card's local sigma (0.25; 0.5 at sigma 1.0) on top of
+    # the purification
+    ls = 0.5 if sigma == 1.0 else 0.25
+    assert (local["method"], local["sigma"], local["config"]["init"]) == ("smoothadv", ls, f"fmnist_cnn_smoothadv_{ls:.2f}")
     # DDS +finetune: the clean classifier on purified images, no noise of its own
     assert (dds["method"], dds["sigma"], dds["config"]["init"]) == ("gaussian", 0.0, "fmnist_cnn_clean")
