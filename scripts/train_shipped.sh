@@ -56,7 +56,7 @@ declare -A LR_OF=()
 # image purified once (cached in $CK/purified_<sigma>, shared by the two models of a sigma; the DDPM must
 # be shipped first). purified_<sigma>: DiffSmooth's local classifier at the card's local sigma (0.25;
 # 0.5 at sigma 1.0), from the SmoothAdv classifier of that local sigma (the pairing the training-image
-# pilots chose at sigma 0.25 and 0.5) with its SmoothAdv loss (the local noise on top); clean_purified_<sigma>: DDS +finetune (Carlini et al.), from the clean classifier, no noise.
+# pilots chose at every sigma) with its SmoothAdv loss (the local noise on top); clean_purified_<sigma>: DDS +finetune (Carlini et al.), from the clean classifier, no noise.
 for s in 0.25 0.50 1.00; do
   EPOCHS_OF[fmnist_cnn_lite_purified_$s]=3 EPOCHS_OF[fmnist_cnn_lite_clean_purified_$s]=3
   LR_OF[fmnist_cnn_lite_purified_$s]=0.01 LR_OF[fmnist_cnn_lite_clean_purified_$s]=0.01
