@@ -53,8 +53,8 @@ declare -A EPOCHS_OF=([fmnist_cnn_lite_smoothmix_0.50]=5 [fmnist_cnn_lite_smooth
 declare -A LR_OF=()
 # Issue #32's purifier-aware models fine-tune a shipped classifier for 3 epochs at lr 0.01 on what it sees
 # at certification: the shipped DDPM's one-shot purification of x + N(0, sigma^2), 4 draws per training
-# image purified once (cached in $CK/purified_<sigma>, shared by the two models of a sigma; the DDPM must
-# be shipped first). purified_<sigma>: DiffSmooth's local classifier at the card's local sigma (0.25;
+# image purified once (cached in $CK/purified_<sigma>, shared by the two models of a sigma; the purifier is
+# $CK's finished DDPM, else the shipped one). purified_<sigma>: DiffSmooth's local classifier at the card's local sigma (0.25;
 # 0.5 at sigma 1.0), from the SmoothAdv classifier of that local sigma (the pairing the training-image
 # pilots chose at every sigma) with its SmoothAdv loss (the local noise on top); clean_purified_<sigma>: DDS +finetune (Carlini et al.), from the clean classifier, no noise.
 for s in 0.25 0.50 1.00; do
@@ -128,7 +128,10 @@ train_ddpm() {
 train_classifier() {
   mkdir -p "$CK/$1"
   local purify=()
-  [[ $1 == *purified_* ]] && purify=(--finetune-on-purified fmnist_ddpm --purify-draws 4 --purify-cache "$CK/purified_${1##*_}")
+  # the purifier: this queue's DDPM when it finished here (a from-scratch run), else the shipped one
+  local ddpm=fmnist_ddpm
+  finished "$DDPM" && ddpm=$CK/$DDPM/model
+  [[ $1 == *purified_* ]] && purify=(--finetune-on-purified "$ddpm" --purify-draws 4 --purify-cache "$CK/purified_${1##*_}")
   # shellcheck disable=SC2086  # METHOD holds several options
   "$PY" -m diffsmooth train-classifier --dataset fashion-mnist --arch fmnist_cnn_lite ${METHOD[$1]} "${purify[@]}" \
       --epochs "${EPOCHS_OF[$1]:-$EPOCHS}" --batch-size 128 --lr "${LR_OF[$1]:-0.05}" --momentum 0.9 --weight-decay 5e-4 --seed 0 --quiet \
