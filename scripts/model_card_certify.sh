@@ -52,14 +52,7 @@ parts=("$@"); (( ${#parts[@]} )) || parts=(grid trained denoised densepure table
 N_MAX=${N_MAX:-2000}; CLS=${CLS:-}
 # the card's runs: eager (--compile recompiles for the varying batches of sequential sampling: no gain)
 card=("${dev[@]}" --dataset fashion-mnist --n0 "$N0" --alpha 0.001 --batch "$BATCH" --seed 0 --resume --quiet)
-
-# model NAME: the shipped model, else CLS's trained-but-not-shipped one (nothing when neither exists)
-model() {
-  if [[ -f src/diffsmooth/weights/$1.safetensors ]]; then echo "$1"
-  elif [[ -n $CLS && -f $CLS/${1/fmnist_cnn_/fmnist_cnn_lite_}/model.safetensors ]]; then
-    echo "$CLS/${1/fmnist_cnn_/fmnist_cnn_lite_}/model"
-  fi
-}
+source scripts/shipped_models.sh  # model NAME, table_radii SIGMA
 
 for part in "${parts[@]}"; do
   case $part in
@@ -100,7 +93,7 @@ for part in "${parts[@]}"; do
         done
         g=$(printf '%g' "$sigma")  # labels write sigma as %g: 1.0 -> 1
         # radii 0, sigma/2, ..., 5 sigma/2: n = 2,000 and alpha 0.001 certify at most 2.70 sigma
-        radii=($(awk -v s="$sigma" 'BEGIN { for (k = 0; k <= 5; k++) printf "%g ", k * s / 2 }'))
+        radii=($(table_radii "$sigma"))
         ours=diffsmooth_sigma${g}_m5_ls0.25_soft
         pairs=("$ours,rs_sigma$g" "$ours,dds_sigma$g")
         [[ -f $OUT/denoised_sigma$sigma.tsv ]] && pairs+=("$ours,denoised_sigma$sigma")
@@ -116,7 +109,7 @@ for part in "${parts[@]}"; do
     cardrs|card)
       for sigma in $SIGMAS; do
         s=$(printf '%.2f' "$sigma"); key=LOCAL_${s/./_}
-        radii=($(awk -v s="$sigma" 'BEGIN { for (k = 0; k <= 5; k++) printf "%g ", k * s / 2 }'))
+        radii=($(table_radii "$sigma"))
         seq=(--sampling sequential --n-max "$N_MAX" --radii "${radii[@]}" --max-images "$MAX")
         mkdir -p "$OUT/card$sigma"
         if [[ $part == cardrs ]]; then
@@ -139,7 +132,7 @@ for part in "${parts[@]}"; do
       for sigma in $SIGMAS; do
         compgen -G "$OUT/card$sigma/*/index.json" > /dev/null || continue
         s=$(printf '%.2f' "$sigma"); key=BEST_${s/./_}
-        radii=($(awk -v s="$sigma" 'BEGIN { for (k = 0; k <= 5; k++) printf "%g ", k * s / 2 }'))
+        radii=($(table_radii "$sigma"))
         labels=($(.venv/bin/python -c 'import sys; from diffsmooth.results import read_index
 print(" ".join(e["label"] for d in sys.argv[1:] for e in read_index(d)))' "$OUT/card$sigma"/*/))
         best=${!key:-}

@@ -15,26 +15,19 @@ OUT=${OUT:-pilot-runs}; N_MAX=${N_MAX:-2000}; MAX=${MAX:-100}; SKIP=${SKIP:-600}
 CLS=${CLS:-}; EXTRA=${EXTRA:-}
 s=$(printf '%.2f' "$sigma")
 declare -A LOCALS=([0.25]="0.12 0.25" [0.50]="0.12 0.25" [1.00]="0.25 0.50")
-
-# classifier NAME: the shipped model, else CLS's trained-but-not-shipped one
-classifier() {
-  if [[ -f src/diffsmooth/weights/$1.safetensors ]]; then echo "$1"
-  elif [[ -n $CLS && -f $CLS/${1/fmnist_cnn_/fmnist_cnn_lite_}/model.safetensors ]]; then
-    echo "$CLS/${1/fmnist_cnn_/fmnist_cnn_lite_}/model"
-  fi
-}
+source scripts/shipped_models.sh  # model NAME, table_radii SIGMA
 
 rs=() local=()
 for method in gaussian consistency smoothadv smoothmix; do
-  c=$(classifier "fmnist_cnn_${method}_$s") && [[ -n $c ]] && rs+=("$c")
+  c=$(model "fmnist_cnn_${method}_$s") && [[ -n $c ]] && rs+=("$c")
 done
 for ls in ${LOCALS[$s]}; do
   l=$(printf '%.2f' "$ls")
   for method in gaussian consistency smoothadv; do
-    c=$(classifier "fmnist_cnn_${method}_$l") && [[ -n $c ]] && local+=("$ls=$c")
+    c=$(model "fmnist_cnn_${method}_$l") && [[ -n $c ]] && local+=("$ls=$c")
   done
 done
-radii=($(awk -v s="$sigma" 'BEGIN { for (k = 0; k <= 5; k++) printf "%g ", k * s / 2 }'))
+radii=($(table_radii "$sigma"))
 dir=$OUT/pilot_sigma$sigma
 if [[ ${2:-} != table ]]; then
   # shellcheck disable=SC2086  # EXTRA holds several items

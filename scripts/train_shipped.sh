@@ -51,12 +51,14 @@ EPOCHS=${EPOCHS:-10}
 # DnCNN (depth 10, width 32, 0.12 GFLOP per image): 3 epochs of MSE.
 declare -A EPOCHS_OF=([fmnist_cnn_lite_smoothmix_0.50]=5 [fmnist_cnn_lite_smoothmix_0.25]=5)
 declare -A LR_OF=()
-# Issue #32's purifier-aware models fine-tune a shipped classifier for 3 epochs at lr 0.01 on what it sees
-# at certification: the shipped DDPM's one-shot purification of x + N(0, sigma^2), 4 draws per training
-# image purified once (cached in $CK/purified_<sigma>, shared by the two models of a sigma; the purifier is
-# $CK's finished DDPM, else the shipped one). purified_<sigma>: DiffSmooth's local classifier at the card's local sigma (0.25;
-# 0.5 at sigma 1.0), from the SmoothAdv classifier of that local sigma (the pairing the training-image
-# pilots chose at every sigma) with its SmoothAdv loss (the local noise on top); clean_purified_<sigma>: DDS +finetune (Carlini et al.), from the clean classifier, no noise.
+# Issue #32's purifier-aware models fine-tune a shipped classifier for 3 epochs at lr 0.01 on what it
+# sees at certification: the DDPM's one-shot purification of x + N(0, sigma^2), 4 draws per training
+# image purified once (cached in $CK/purified_<sigma>, shared by the two models of a sigma; the purifier
+# is $CK's finished DDPM, else the shipped one).
+# - purified_<sigma>: DiffSmooth's local classifier at the card's local sigma (0.25; 0.5 at sigma 1.0),
+#   from the SmoothAdv classifier of that local sigma (the pairing the training-image pilots chose at
+#   every sigma) with its SmoothAdv loss (the local noise on top);
+# - clean_purified_<sigma>: DDS +finetune (Carlini et al.), from the clean classifier, no noise.
 for s in 0.25 0.50 1.00; do
   EPOCHS_OF[fmnist_cnn_lite_purified_$s]=3 EPOCHS_OF[fmnist_cnn_lite_clean_purified_$s]=3
   LR_OF[fmnist_cnn_lite_purified_$s]=0.01 LR_OF[fmnist_cnn_lite_clean_purified_$s]=0.01

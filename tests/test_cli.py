@@ -280,3 +280,17 @@ def test_demo_verdict_ranks_only_beyond_two_paired_errors(tmp_path):
         path.write_text(rows([0.4] * 40))
     assert "40 images are too few to rank the methods: no difference exceeds two standard errors" in verdict(
         paths, 0.5, 500, 0.001)
+
+
+@pytest.mark.parametrize("robust, rs_row, local", [("none", None, None),
+                                                   ("consistency", "RS (Consistency)", "fmnist_cnn_consistency_0.25")])
+def test_demo_robust_picks_the_robust_rows(tmp_path, fmnist_dir, capsys, robust, rs_row, local):
+    """--robust none is the Gaussian-only demo; consistency swaps both robust classifiers."""
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--data-dir", str(fmnist_dir), "--max", "2", "--n0", "4", "--n", "8", "--batch", "64",
+                 "--sampling", "fixed", "--device", "cpu", "--quiet", "--robust", robust, "--out-dir", str(out_dir)]) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["RS", *([rs_row] if rs_row else []), "DDS", "DiffSmooth (soft)", "DiffSmooth (hard)"]
+    index = json.loads((out_dir / "index.json").read_text())
+    assert {e["spec"]["method"]["classifier"] for e in index["runs"]
+            if e["spec"]["method"]["method"] == "diffsmooth"} == {local}

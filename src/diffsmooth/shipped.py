@@ -58,15 +58,19 @@ def resolve_model(source: str, what: str) -> Path:
                      f"({', '.join(list_shipped())}); check the path")
 
 
+def classifier_name(method: str = "clean", sigma: float = 0.0, arch: str = "fmnist_cnn") -> str:
+    """The shipped name of the classifier trained with ``method`` at noise ``sigma``, shipped or not:
+    ``"fmnist_cnn_clean"`` (sigma ignored) or ``"fmnist_cnn_<method>_<sigma:.2f>"``."""
+    return f"{arch}_clean" if method == "clean" else f"{arch}_{method}_{float(sigma):.2f}"
+
+
 def shipped_classifier(method: str = "clean", sigma: float = 0.0, arch: str = "fmnist_cnn") -> Path:
     """Path of the shipped classifier trained with ``method`` at noise ``sigma``.
 
     ``method``: ``"clean"`` (sigma ignored) or a training method (``"gaussian"``,
     ``"consistency"`` ...) with its sigma, e.g. ``shipped_classifier("gaussian", 0.25)``.
     """
-    if method == "clean":
-        return shipped_path(f"{arch}_clean")
-    return shipped_path(f"{arch}_{method}_{float(sigma):.2f}")
+    return shipped_path(classifier_name(method, sigma, arch))
 
 
 def shipped_diffusion(name: str = "fmnist_ddpm") -> Path:

@@ -64,6 +64,7 @@ def _demo(args: argparse.Namespace) -> int:
     from diffsmooth.results import grid_files
     from diffsmooth.runner import Job, RunSpec, run, select_indices
     from diffsmooth import validate
+    from diffsmooth.shipped import classifier_name, list_shipped
     from diffsmooth.validate import InputError
 
     start = time.perf_counter()
@@ -85,8 +86,10 @@ def _demo(args: argparse.Namespace) -> int:
         robust_rs = _robust_classifier(args.robust, args.sigma)
         local = _robust_classifier(args.robust, args.local_sigma)
         if local is None:
+            prefix = classifier_name(args.robust, 0.0)[:-len("0.00")]
+            shipped = [name[len(prefix):] for name in list_shipped() if name.startswith(prefix)]
             raise InputError(f"no shipped {args.robust} classifier for --local-sigma {args.local_sigma:g} (shipped: "
-                             f"{', '.join(_ROBUST_SIGMAS)}); choose one of those or --robust none")
+                             f"{', '.join(shipped)}); choose one of those or --robust none")
         if robust_rs is not None:
             runs[f"RS ({_TITLE[args.robust]})"] = MethodSpec("rs", "fashion-mnist", args.sigma, classifier=robust_rs)
     runs["DDS"] = MethodSpec("dds", "fashion-mnist", args.sigma)
@@ -133,18 +136,17 @@ EXPLANATION = (
     "DDS purifies them first;\nDiffSmooth purifies, then votes over m locally noised copies (its local classifier "
     "trained as named by --robust)."
 )
+SEQUENTIAL = ("\nSequential sampling: each image drew samples in looks until each radius of the table was decided "
+              "(samples/img: the mean used, n0 included).")
 _TITLE = {"smoothadv": "SmoothAdv", "consistency": "Consistency"}
-_ROBUST_SIGMAS = ("0.12", "0.25", "0.50", "1.00")
 
 
 def _robust_classifier(training: str, sigma: float) -> str | None:
     """The shipped classifier trained with ``training`` for noise ``sigma``, or None when none is shipped."""
-    from diffsmooth.shipped import list_shipped
+    from diffsmooth.shipped import classifier_name, list_shipped
 
-    name = f"fmnist_cnn_{training}_{sigma:.2f}"
+    name = classifier_name(training, sigma)
     return name if name in list_shipped() else None
-SEQUENTIAL = ("\nSequential sampling: each image drew samples in looks until each radius of the table was decided "
-              "(samples/img: the mean used, n0 included).")
 
 
 def verdict(paths: dict[str, Path], sigma: float, n: int, alpha: float, sequential: bool = False) -> str:
