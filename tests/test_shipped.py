@@ -3,6 +3,8 @@ cost and quality."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -81,10 +83,13 @@ def test_purifier_aware_models_record_what_they_were_fine_tuned_on(sigma):
     from diffsmooth.shipped import shipped_path
 
     local = load_classifier(shipped_path(f"fmnist_cnn_purified_{sigma:.2f}")).training_info
+    ddpm_sha256 = json.loads((WEIGHTS_DIR / "fmnist_ddpm" / "config.json").read_text())["weights_sha256"]
     dds = load_classifier(shipped_path(f"fmnist_cnn_clean_purified_{sigma:.2f}")).training_info
     for info in (local, dds):
         assert info["finished"] and info["config"]["purify"] == "fmnist_ddpm"
         assert info["config"]["purify_sigma"] == sigma and info["config"]["purify_draws"] == 4
+        # ... and by hash the weights it purified with: the DDPM shipped now (its cached draws' record says so)
+        assert info["purifier_sha256"] == ddpm_sha256
     # DiffSmooth's local classifier: SmoothAdv at the card's local sigma (0.25; 0.5 at sigma 1.0) on top of
     # the purification
     ls = 0.5 if sigma == 1.0 else 0.25

@@ -85,6 +85,9 @@ def test_train_classifier_on_cached_purified_draws(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "b")]) == 0  # from the cache: the same training
     a, b = load_classifier(tmp_path / "a"), load_classifier(tmp_path / "b")
     assert a.training_info["config"]["purify_draws"] == 2
+    # the purifier's weights are named by hash, as in the cache's record
+    assert a.training_info["purifier_sha256"] == json.loads((cache / "cache.json").read_text())["purifier"]
+    assert len(a.training_info["purifier_sha256"]) == 64
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert main(["train-classifier", "--dataset", "digits", "--sigma", "0.12", "--purify-draws", "2", "--epochs",
                  "1", "--out", str(tmp_path / "c"), "--quiet"]) == 2

@@ -52,7 +52,8 @@ class ClassifierTrainConfig:
         purify: optional diffusion model (``load_diffusion_model`` source or a shipped name): every
             batch is replaced by purify(x + N(0, purify_sigma^2)) before the method's loss, whose own
             noise (``sigma``) comes on top: a purifier-aware local classifier for DiffSmooth, or with
-            sigma 0 DDS's clean classifier fine-tuned on purified images.
+            sigma 0 DDS's clean classifier fine-tuned on purified images.  The training info records
+            the purifier's weights as ``purifier_sha256``.
         purify_draws: with ``purify``, purify K noise draws per training image once before training
             (``training.purified``) and give each image of a batch one of them; None: purify every
             batch afresh.  ``purify_cache``: a folder keeping those draws for later runs (where they
@@ -193,6 +194,8 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
         "config": config.to_dict(), "hparams": hparams,
         "test_accuracy": accuracy(model, test_x, test_y), "test_images": len(test_x),
     }
+    if purifier is not None:  # the name in ``config.purify`` may later load other weights: keep which ones
+        info_out["purifier_sha256"] = purifier[0].model.sha256
     if config.sigma > 0:
         info_out["noisy_test_accuracy"] = accuracy(model, test_x, test_y, config.sigma, eval_gen)
     model.eval()
