@@ -8,9 +8,14 @@
   per-image PSNR of the purified and of the noisy, clipped image) and each DnCNN's at its sigma,
   on the first --psnr-images test images, plus the clean classifier's accuracy on them, beside the
   DDPM's one-shot purification of the same noisy images (what DDS classifies);
-- MFLOP per noise sample of each method's whole base (DiffSmooth: purifier + m copies).
+- MFLOP per noise sample of each method's whole base (DiffSmooth: purifier + m copies);
+- the accuracy of the classifiers on what they see at certification (``purified_accuracy``): DDS's
+  clean classifiers on D(x + d), DiffSmooth's local classifiers on D(x + d) + N(0, local_sigma^2)
+  (one draw of d per image, then one local draw, one generator seeded 4321; D the DDPM's one-shot
+  purification), on the first --psnr-images test images.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/evaluate_shipped.py [--psnr-images 2000] [--json out.json]
+       ... evaluate_shipped.py --only purified     (the last table alone: about a minute)
 Ends with the numbers as MODEL_CARD.md's markdown tables (``markdown``).
 Certified accuracy is not computed here: it comes from scripts/model_card_certify.sh.
 """
@@ -34,6 +39,9 @@ from diffsmooth.methods import MethodSpec, build_base
 from diffsmooth.shipped import WEIGHTS_DIR, list_shipped, shipped_diffusion, shipped_path
 
 SIGMAS = (0.12, 0.25, 0.5, 1.0)
+# The model card's purified sigmas and DiffSmooth's local sigma at each (its local classifiers are trained for it)
+PURIFIED_SIGMAS = {0.25: 0.25, 0.5: 0.25, 1.0: 0.5}
+LOCAL_KINDS = ("gaussian", "consistency", "smoothadv")
 SHAPE = (1, 28, 28)
 # Purified PSNR (dB) of the previous shipped DDPM (380 MFLOP, 600 steps) on the same 2,000 test images, from
 # the model card of commit 82358ce; issue #15's target is 2 dB above.
@@ -66,6 +74,42 @@ def training_of(name: str) -> dict:
     return {"dataset": config.get("dataset", info.get("dataset")), **{k: config[k] for k in keep if k in config},
             "done": info.get("epochs_done", info.get("steps_done")),
             "train_seconds": info.get("train_seconds_total", info.get("train_seconds_this_run")), "git_commit": info.get("git_commit")}
+
+
+@torch.no_grad()
+def purified_accuracy(ddpm, x: torch.Tensor, y: torch.Tensor, sigma: float, local_sigma: float) -> dict[str, float]:
+    """Accuracy (fraction) of each classifier on what it classifies at certification, at outer ``sigma``.
+
+    x: (N, 1, 28, 28) in [0,1]; y: (N,). One generator seeded 4321 draws d ~ N(0, sigma^2) per image, then
+    one local draw N(0, local_sigma^2) on top of the purification D(x + d) (``OneShotDenoiser``). Keys:
+    ``dds <name>`` (on D(x + d): the clean classifier and it fine-tuned on purified images) and
+    ``local <name>`` (on D(x + d) + local noise: the classifiers trained for ``local_sigma`` and the
+    purifier-aware one).
+    """
+    generator = torch.Generator().manual_seed(4321)
+    noisy_x = x + sigma * torch.randn(x.shape, generator=generator)
+    purifier = OneShotDenoiser(ddpm, sigma).eval()
+    purified = torch.cat([purifier(noisy_x[i:i + 250]) for i in range(0, len(x), 250)])
+    local_x = purified + local_sigma * torch.randn(purified.shape, generator=generator)
+    row = {}
+    for name in ("fmnist_cnn_clean", f"fmnist_cnn_clean_purified_{sigma:.2f}"):
+        row[f"dds {name}"] = float((predict(load_classifier(shipped_path(name)).eval(), purified) == y).float().mean())
+    for name in [f"fmnist_cnn_{kind}_{local_sigma:.2f}" for kind in LOCAL_KINDS] + [f"fmnist_cnn_purified_{sigma:.2f}"]:
+        row[f"local {name}"] = float((predict(load_classifier(shipped_path(name)).eval(), local_x) == y).float().mean())
+    return row
+
+
+def purified_markdown(table: dict[str, dict[str, float]], images: int) -> str:
+    """``purified_accuracy`` rows per sigma as a table: one row per (input, sigma), a column per classifier."""
+    lines = [f"Accuracy (%) on what each classifier sees at certification (first {images:,} test images)", "",
+             "| input | sigma | classifier | accuracy |", "|---|---:|---|---:|"]
+    for sigma, row in table.items():
+        local_sigma = PURIFIED_SIGMAS[float(sigma)]
+        for key, value in row.items():
+            where, name = key.split(" ", 1)
+            what = "D(x + d)" if where == "dds" else f"D(x + d) + N(0, {local_sigma:g}^2)"
+            lines.append(f"| {what} | {float(sigma):g} | `{name.removeprefix('fmnist_cnn_')}` | {100 * value:.2f} |")
+    return "\n".join(lines)
 
 
 def markdown(report: dict) -> str:
@@ -109,10 +153,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--psnr-images", type=int, default=2000, help="test images for the purification rows")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--only", choices=["purified"], default=None,
+                        help="purified: only the accuracy on purified inputs (purified_accuracy)")
     args = parser.parse_args()
     torch.manual_seed(0)
     test = load_dataset("fashion-mnist", split="test")
     x, y = test.tensors()
+    if args.only == "purified":
+        ddpm = load_diffusion_model(shipped_diffusion())
+        xp, yp = x[:args.psnr_images], y[:args.psnr_images]
+        table = {f"{s:g}": purified_accuracy(ddpm, xp, yp, s, ls) for s, ls in PURIFIED_SIGMAS.items()}
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"purified_accuracy": table, "psnr_images": len(xp)}, f, indent=2)
+        print(purified_markdown(table, len(xp)))
+        return
     report: dict = {"test_images": len(x), "models": {}, "classifiers": {}, "purification": {}, "bases": {}}
     clean = load_classifier(shipped_path("fmnist_cnn_clean")).eval()
     ddpm = load_diffusion_model(shipped_diffusion())  # the DDPM beside each DnCNN, on the same noisy images
@@ -170,11 +225,14 @@ def main() -> None:
         except Exception as err:  # a method whose shipped model is missing: say so, go on
             report["bases"][label] = f"not shipped ({err})"
         print("base", label, report["bases"][label], flush=True)
+    report["purified_accuracy"] = {f"{s:g}": purified_accuracy(ddpm, xp, yp, s, ls) for s, ls in PURIFIED_SIGMAS.items()}
     report["psnr_images"] = len(xp)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     print(markdown(report))
+    print()
+    print(purified_markdown(report["purified_accuracy"], len(xp)))
     assert all(math.isfinite(r["psnr"]) for r in report["purification"].values())
 
 
