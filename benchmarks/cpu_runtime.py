@@ -9,6 +9,10 @@ other work does.  Reported: wall seconds (best of --repeats), CPU seconds (user 
 minor page faults per noise sample of the certify process, and the ratios.
 
     OMP_NUM_THREADS= .venv/bin/python benchmarks/cpu_runtime.py --images 4 --repeats 2
+    ... cpu_runtime.py --variant spin10k=GOMP_SPINCOUNT=10000 --variant 1thread=OMP_NUM_THREADS=1
+
+``--variant LABEL=VAR=VALUE[,VAR=VALUE]``: another row pair, defaults on plus those variables (what a
+user could set; ``configure_cpu`` leaves a variable the user set alone).
 """
 
 from __future__ import annotations
@@ -36,13 +40,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def certify(images: int, defaults: bool, out: Path) -> tuple[float, float, int]:
-    """(wall s, CPU s, minor faults) of one certify process."""
+def certify(images: int, env: dict[str, str], out: Path) -> tuple[float, float, int]:
+    """(wall s, CPU s, minor faults) of one certify process with ``env`` on top of a clean environment."""
     args = ["certify", "--method", "diffsmooth", "--sigma", "0.5", "--n0", "32", "--n", "500", "--max-images",
             str(images), "--device", "cpu", "--quiet", "--overwrite", "--out", str(out)]
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "diffsmooth", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=clean_env(DIFFSMOOTH_CPU_DEFAULTS="1" if defaults else "0"))
+                            stderr=subprocess.PIPE, env=clean_env(**env))
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if status != 0:
@@ -50,12 +54,24 @@ def certify(images: int, defaults: bool, out: Path) -> tuple[float, float, int]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_minflt
 
 
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    """``LABEL=VAR=VALUE[,VAR=VALUE]`` -> (LABEL, {VAR: VALUE}) with the CPU defaults on."""
+    label, _, assignments = text.partition("=")
+    pairs = [a.partition("=") for a in assignments.split(",")]
+    if not label or not assignments or any(not var or not eq for var, eq, _ in pairs):
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: write LABEL=VAR=VALUE[,VAR=VALUE]")
+    return label, {"DIFFSMOOTH_CPU_DEFAULTS": "1", **{var: value for var, _, value in pairs}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variant", type=variant, action="append", default=[],
+                        help="LABEL=VAR=VALUE[,VAR=VALUE]: another configuration (defaults on plus these)")
     args = parser.parse_args()
     samples = args.images * (32 + 500)
+    configs = {"off": {"DIFFSMOOTH_CPU_DEFAULTS": "0"}, "on": {"DIFFSMOOTH_CPU_DEFAULTS": "1"}, **dict(args.variant)}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.tsv"
@@ -63,25 +79,28 @@ def main() -> int:
             load = subprocess.Popen([sys.executable, "-c", LOAD], env=clean_env()) if loaded else None
             try:
                 time.sleep(3 if loaded else 0)  # let the load reach its loop
-                for defaults in (False, True):
-                    runs = [certify(args.images, defaults, out) for _ in range(args.repeats)]
-                    rows[(loaded, defaults)] = min(runs)
+                for name, env in configs.items():
+                    runs = [certify(args.images, env, out) for _ in range(args.repeats)]
+                    rows[(name, loaded)] = min(runs)
             finally:
                 if load is not None:
                     load.kill()
                     load.wait()
     print(f"certify DiffSmooth sigma 0.5, n0 32, n 500, {args.images} images ({samples} noise samples), "
-          f"best of {args.repeats}; nothing set in the environment but DIFFSMOOTH_CPU_DEFAULTS; "
-          f"{os.cpu_count()} CPUs; load: a 2-thread spinning torch matmul job\n")
-    print("| CPU defaults | load | wall s | CPU s | minor faults / sample | wall / idle wall |")
-    print("|---|---|---:|---:|---:|---:|")
-    for (loaded, defaults), (wall, cpu, faults) in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        idle = rows[(False, defaults)][0]
-        print(f"| {'on' if defaults else 'off'} | {'beside load' if loaded else 'idle'} | {wall:.2f} | {cpu:.2f} | "
-              f"{faults / samples:.0f} | {wall / idle:.2f} |")
-    off, on = rows[(False, False)][0], rows[(False, True)][0]
+          f"best of {args.repeats}; nothing set in the environment but DIFFSMOOTH_CPU_DEFAULTS and a variant's "
+          f"variables; {os.cpu_count()} CPUs; load: a 2-thread spinning torch matmul job\n")
+    print("| configuration | load | wall s | CPU s | CPU s / wall s | minor faults / sample | wall / idle wall |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, env in configs.items():
+        for loaded in (False, True):
+            wall, cpu, faults = rows[(name, loaded)]
+            extra = ", ".join(f"{k}={v}" for k, v in env.items() if k != "DIFFSMOOTH_CPU_DEFAULTS")
+            label = f"{name} ({extra})" if extra else f"defaults {name}"
+            print(f"| {label} | {'beside load' if loaded else 'idle'} | {wall:.2f} | {cpu:.2f} | {cpu / wall:.2f} | "
+                  f"{faults / samples:.0f} | {wall / rows[(name, False)][0]:.2f} |")
+    off, on = rows[("off", False)][0], rows[("on", False)][0]
     print(f"\nidle: defaults on are {off / on:.2f}x faster than off; beside load: "
-          f"{rows[(True, False)][0] / rows[(True, True)][0]:.2f}x")
+          f"{rows[('off', True)][0] / rows[('on', True)][0]:.2f}x")
     return 0
 
 

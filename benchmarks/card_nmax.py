@@ -1,0 +1,125 @@
+"""The model card's sigma-0.5 radius table with sequential sampling at n_max 10,000, against fixed n.
+
+Issue #29's target: the card's sigma-0.5 grid (RS, DDS, DiffSmooth m 5 local sigma 0.25 soft and
+hard, shipped models) as a radius table r = 0, 0.25, ..., 1.25 with ``--sampling sequential
+--n-max 10000`` on the first --images test images in <= 60 minutes on the machine's cores, its
+certified accuracies within 1 point of fixed n = 10,000 on the first --subset images.
+
+Two runs of ``diffsmooth certify`` (n0 100, alpha 0.001, seed 0, batch 1000: the card's settings),
+each a grid from one purification per noisy batch, under torchrun with --procs processes of one
+thread each (OMP_WAIT_POLICY=PASSIVE):
+
+  seq    sequential, n_max --n-max, the table's radii, --images images       -> OUT/seq
+  fixed  fixed n = --n-max on the first --subset images                      -> OUT/fixed
+
+Both resume (rerun the same command; the wall seconds of every invocation add up in
+OUT/timing.json). Then it prints, per configuration and radius, the certified accuracy of both on
+the subset and their difference, the largest difference, the samples per image and the wall time
+of each run against the target.
+
+    .venv/bin/python benchmarks/card_nmax.py --out /tmp/nmax                       # the issue's sizes
+    .venv/bin/python benchmarks/card_nmax.py --out /tmp/nmax-smoke --images 4 --subset 2 --n-max 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from diffsmooth.analysis import certified_accuracy
+from diffsmooth.results import read_index
+from diffsmooth.results.tsv import read_results
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SIGMA = 0.5
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
+GRID = ["--method", "rs", "dds", "diffsmooth", "--local-m", "5", "--local-sigma", "0.25", "--vote", "soft", "hard"]
+
+
+def certify(out: Path, procs: int, extra: list[str]) -> float:
+    """Run one grid under torchrun (resuming); its wall seconds."""
+    bindir = Path(sys.executable).parent
+    cmd = [str(bindir / "torchrun"), "--standalone", "--nproc-per-node", str(procs), "-m", "diffsmooth", "certify",
+           "--device", "cpu", "--dataset", "fashion-mnist", "--sigma", str(SIGMA), *GRID, "--n0", "100",
+           "--alpha", "0.001", "--batch", "1000", "--seed", "0", "--resume", "--quiet", "--out-dir", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"certify into {out} failed (exit {done.returncode}); rerun to resume")
+    return time.perf_counter() - start
+
+
+def rows_by_label(folder: Path, subset: int | None) -> dict[str, list]:
+    """Each configuration's rows (label -> rows of images idx < subset when given)."""
+    out = {}
+    for entry in read_index(folder):
+        rows = read_results(entry["path"]).rows
+        out[entry["label"]] = [r for r in rows if subset is None or r.idx < subset]
+    return out
+
+
+def samples(rows: list, fixed_n: int) -> float:
+    """Mean estimation samples per image: the sequential rows' ``samples`` column, else the fixed n."""
+    if not rows or "samples" not in dict(rows[0].extra):
+        return float(fixed_n)
+    return sum(int(dict(r.extra)["samples"]) for r in rows) / len(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for both runs (resumable)")
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--subset", type=int, default=100)
+    parser.add_argument("--n-max", type=int, default=10000)
+    parser.add_argument("--procs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--target-minutes", type=float, default=60.0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    timing_path = args.out / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"seq": 0.0, "fixed": 0.0}
+    radii = [f"{r:g}" for r in RADII]
+    runs = {
+        "seq": ["--sampling", "sequential", "--n-max", str(args.n_max), "--radii", *radii, "--max-images", str(args.images)],
+        "fixed": ["--num-samples", str(args.n_max), "--max-images", str(args.subset)],
+    }
+    for name, extra in runs.items():
+        timing[name] += certify(args.out / name, args.procs, extra)
+        timing_path.write_text(json.dumps(timing, indent=2) + "\n")
+    seq, fixed = rows_by_label(args.out / "seq", args.subset), rows_by_label(args.out / "fixed", None)
+    seq_all = rows_by_label(args.out / "seq", None)
+    print(f"sigma {SIGMA}, n0 100, alpha 0.001, seed 0; sequential n_max {args.n_max} on {args.images} images vs "
+          f"fixed n {args.n_max} on the first {args.subset}; torchrun {args.procs} processes x 1 thread, "
+          f"OMP_WAIT_POLICY=PASSIVE; {os.cpu_count()} CPUs\n")
+    print("| configuration | " + " | ".join(f"r={r:g} seq / fixed" for r in RADII)
+          + " | samples/img seq | samples/img fixed |")
+    print("|---|" + "---:|" * (len(RADII) + 2))
+    worst = 0.0
+    for label, fixed_rows in fixed.items():
+        seq_rows = seq[label]
+        if [r.idx for r in seq_rows] != [r.idx for r in fixed_rows]:
+            raise SystemExit(f"{label}: the runs hold different images; let both finish")
+        cells = []
+        for r in RADII:
+            a, b = 100 * certified_accuracy(seq_rows, r), 100 * certified_accuracy(fixed_rows, r)
+            worst = max(worst, abs(a - b))
+            cells.append(f"{a:.1f} / {b:.1f}")
+        print(f"| {label} | " + " | ".join(cells) + f" | {samples(seq_rows, args.n_max):.0f} | {samples(fixed_rows, args.n_max):.0f} |")
+    minutes = timing["seq"] / 60
+    images = len(next(iter(seq_all.values())))
+    print(f"\nlargest |sequential - fixed| on the subset: {worst:.1f} points (target <= 1.0: "
+          f"{'met' if worst <= 1.0 else 'missed'})")
+    print(f"sequential run: {images} images in {minutes:.1f} min (target <= {args.target_minutes:g}: "
+          f"{'met' if minutes <= args.target_minutes else 'missed'}); fixed run: {timing['fixed'] / 60:.1f} min "
+          f"for {args.subset} images")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
