@@ -24,8 +24,10 @@
 #             default: gaussian, consistency and smoothadv at local sigma 0.25 (0.5 at sigma 1.0) and the
 #             purifier-aware purified_<sigma>); CLS: a folder of trained-but-unshipped models
 #             (CLS/fmnist_cnn_lite_NAME/model)
-#   cardtables  the card's tables: certified accuracy with errors and the paired differences of the
-#             best DiffSmooth row (BEST_<sigma>, a label) against every RS row
+#   cardtables  the card's tables (short labels rs_<training>, dds, dds_finetune, diffsmooth_<local>):
+#             certified accuracy with errors and the paired differences of the declared best DiffSmooth
+#             row (BEST_<sigma>, default diffsmooth_smoothadv) against every RS row, then the
+#             purifier-aware and fine-tuned rows against what they started from; plot OUT/card_sigma<sigma>.png
 #
 # Usage: OMP_NUM_THREADS=1 scripts/model_card_certify.sh [PART ...]   (default: the four runs, then tables)
 #        SIGMAS="0.5" scripts/model_card_certify.sh grid               (one sigma; run two at once on 2 cores)
@@ -133,17 +135,36 @@ for part in "${parts[@]}"; do
         compgen -G "$OUT/card$sigma/*/index.json" > /dev/null || continue
         s=$(printf '%.2f' "$sigma"); key=BEST_${s/./_}
         radii=($(table_radii "$sigma"))
-        labels=($(.venv/bin/python -c 'import sys; from diffsmooth.results import read_index
-print(" ".join(e["label"] for d in sys.argv[1:] for e in read_index(d)))' "$OUT/card$sigma"/*/))
-        best=${!key:-}
+        # the card's rows in its order, with short labels: rs_<training>, dds, dds_finetune, diffsmooth_<local>
+        mapfile -t rows < <(.venv/bin/python - "$OUT/card$sigma"/*/ <<'PY'
+import re, sys
+from diffsmooth.results import read_index
+order = ["rs_gaussian", "rs_consistency", "rs_smoothadv", "rs_smoothmix", "dds", "dds_finetune",
+         "diffsmooth_gaussian", "diffsmooth_consistency", "diffsmooth_smoothadv", "diffsmooth_purified"]
+found = {}
+for folder in sys.argv[1:]:
+    for e in read_index(folder):
+        method, clf = e["label"].split("_", 1)[0], re.sub(r"^lite_|_\d\.\d\d(-model)?$", "", e["label"].split("fmnist_cnn_")[-1])
+        short = {"clean": "dds", "clean_purified": "dds_finetune"}[clf] if method == "dds" else f"{method}_{clf}"
+        found[short] = e["path"]
+for short in sorted(found, key=lambda k: order.index(k) if k in order else len(order)):
+    print(short, found[short])
+PY
+)
+        labels=() files=()
+        for row in "${rows[@]}"; do labels+=("${row%% *}"); files+=("${row#* }"); done
+        best=${!key:-diffsmooth_smoothadv}  # declared on training images (MODEL_CARD.md, "Local sigma")
         paired=()
-        if [[ -n $best ]]; then
-          paired=(--paired)
-          for l in "${labels[@]}"; do [[ $l == rs_* ]] && paired+=("$best,$l"); done
-        fi
+        for l in "${labels[@]}"; do [[ $l == rs_* ]] && paired+=("$best,$l"); done
+        # the purifier-aware local classifier and the fine-tuned DDS against what they started from
+        for pair in diffsmooth_purified,rs_smoothadv diffsmooth_purified,diffsmooth_smoothadv \
+                    diffsmooth_smoothadv,diffsmooth_gaussian dds_finetune,dds "$best,dds_finetune"; do
+          [[ " ${labels[*]} " == *" ${pair%,*} "* && " ${labels[*]} " == *" ${pair#*,} "* ]] && paired+=("$pair")
+        done
         echo "### sigma = $sigma (n_max = $N_MAX, $MAX images)"
-        .venv/bin/diffsmooth analyze "$OUT/card$sigma"/*/ --radii "${radii[@]}" --errors "${paired[@]}" \
-            --plot "$OUT/card_sigma$sigma.png" --overwrite --title "Fashion-MNIST, sigma=$sigma, n_max=$N_MAX, $MAX images"
+        .venv/bin/diffsmooth analyze "${files[@]}" --labels "${labels[@]}" --radii "${radii[@]}" --errors \
+            --paired "${paired[@]}" --plot "$OUT/card_sigma$sigma.png" --overwrite \
+            --title "Fashion-MNIST, sigma=$sigma, n_max=$N_MAX, $MAX images"
       done ;;
     *) echo "unknown part $part: grid, trained, denoised, densepure, tables, cardrs, card or cardtables" >&2; exit 2 ;;
   esac
