@@ -13,7 +13,7 @@ thread each (OMP_WAIT_POLICY=PASSIVE):
   fixed  fixed n = --n-max on the first --subset images                      -> OUT/fixed
 
 Both resume (rerun the same command; the wall seconds of every invocation add up in
-OUT/timing.json); ``--part seq`` or ``--part fixed`` runs one of them (sessions of limited length). Then it prints, per configuration and radius, the certified accuracy of both on
+OUT/timing.json, written every 30 s); ``--part seq`` or ``--part fixed`` runs one of them (sessions of limited length). Then it prints, per configuration and radius, the certified accuracy of both on
 the subset and their difference, the largest difference, the samples per image and the wall time
 of each run against the target.
 
@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from diffsmooth.analysis import certified_accuracy
@@ -42,18 +43,25 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
 GRID = ["--method", "rs", "dds", "diffsmooth", "--local-m", "5", "--local-sigma", "0.25", "--vote", "soft", "hard"]
 
 
-def certify(out: Path, procs: int, extra: list[str]) -> float:
-    """Run one grid under torchrun (resuming); its wall seconds."""
+def certify(out: Path, procs: int, extra: list[str], tick: Callable[[float], None]) -> None:
+    """Run one grid under torchrun (resuming); ``tick(seconds so far)`` every 30 s and at the end, so
+    that a run killed with its session still leaves its time."""
     bindir = Path(sys.executable).parent
     cmd = [str(bindir / "torchrun"), "--standalone", "--nproc-per-node", str(procs), "-m", "diffsmooth", "certify",
            "--device", "cpu", "--dataset", "fashion-mnist", "--sigma", str(SIGMA), *GRID, "--n0", "100",
            "--alpha", "0.001", "--batch", "1000", "--seed", "0", "--resume", "--quiet", "--out-dir", str(out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=ROOT)
-    if done.returncode != 0:
-        raise SystemExit(f"certify into {out} failed (exit {done.returncode}); rerun to resume")
-    return time.perf_counter() - start
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    while True:
+        try:
+            code = proc.wait(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
+            tick(time.perf_counter() - start)
+    tick(time.perf_counter() - start)
+    if code != 0:
+        raise SystemExit(f"certify into {out} failed (exit {code}); rerun to resume")
 
 
 def rows_by_label(folder: Path, subset: int | None) -> dict[str, list]:
@@ -92,8 +100,17 @@ def main() -> int:
         "fixed": ["--num-samples", str(args.n_max), "--max-images", str(args.subset)],
     }
     for name, extra in runs.items():
+        if timing.get(f"{name} finished") == extra:
+            continue  # resuming a finished run would only add its start-up to the time
         if args.part in (name, "both"):
-            timing[name] += certify(args.out / name, args.procs, extra)
+            before = timing[name]
+
+            def tick(seconds: float, name: str = name, before: float = before) -> None:
+                timing[name] = before + seconds
+                timing_path.write_text(json.dumps(timing, indent=2) + "\n")
+
+            certify(args.out / name, args.procs, extra, tick)
+            timing[f"{name} finished"] = extra
             timing_path.write_text(json.dumps(timing, indent=2) + "\n")
     if not all((args.out / name / "index.json").exists() for name in runs):
         print(f"{args.part} done; the table needs both runs: rerun with --part both (finished runs only resume)")

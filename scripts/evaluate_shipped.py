@@ -15,7 +15,7 @@
   purification), on the first --psnr-images test images.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/evaluate_shipped.py [--psnr-images 2000] [--json out.json]
-       ... evaluate_shipped.py --only purified     (the last table alone: about a minute)
+       ... evaluate_shipped.py --only purified     (the last table alone: 14 s on 2 threads)
 Ends with the numbers as MODEL_CARD.md's markdown tables (``markdown``).
 Certified accuracy is not computed here: it comes from scripts/model_card_certify.sh.
 """
