@@ -14,6 +14,7 @@ from diffsmooth.defenses import DiffSmooth, Grid
 from diffsmooth.methods import MethodSpec, build_grid
 from diffsmooth.results import configuration_label, read_index, read_rows
 from diffsmooth.runner import Job, RunSpec, run
+from diffsmooth.validate import InputError
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,28 @@ def test_the_purifier_runs_once_per_batch_and_shared_copies_once(classifier_path
         for k, member in enumerate(grid.members):
             if not (isinstance(member, DiffSmooth) and member.local_noise == "fresh"):
                 assert torch.equal(scores[:, k], member(x).float()), k
+
+
+def test_a_grid_computes_only_the_configurations_asked(classifier_path, second_classifier, denoiser_path):
+    """Sequential certification asks a grid for the configurations still running: those rows are the
+    full grid's, bit for bit, the others zeros, and no purification when only RS runs."""
+    grid = build_grid(grid_methods(classifier_path, second_classifier, denoiser_path))
+    calls = {"denoiser": 0}
+    grid.members[1].denoiser.register_forward_hook(lambda *a: calls.__setitem__("denoiser", calls["denoiser"] + 1))
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        full = grid(x)
+        with grid.only([0]):  # RS alone
+            rs_only = grid(x)
+        with grid.only([1, 4]):  # DDS and one DiffSmooth member
+            some = grid(x)
+    assert calls["denoiser"] == 2  # the full grid and the second subset; RS alone purifies nothing
+    assert torch.equal(rs_only[:, 0], full[:, 0]) and not rs_only[:, 1:].any()
+    assert torch.equal(some[:, [1, 4]], full[:, [1, 4]]) and not some[:, [0, 2, 3]].any()
+    assert grid.active is None  # the block ends, the whole grid again
+    with pytest.raises(InputError, match="cannot compute only"):
+        with grid.only([]):
+            pass
 
 
 def test_grid_cli_writes_an_index_that_analyze_reads(tmp_path, fmnist_dir, classifier_path, denoiser_path, capsys):

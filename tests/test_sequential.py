@@ -314,3 +314,32 @@ def test_bad_numbers_name_the_argument(change, word):
     args = {**dict(n0=10, n_max=100, alpha=0.01, batch_size=10), **change}
     with pytest.raises(InputError, match=rf"^{word} "):
         smoothed.certify_sequential(torch.zeros(1, 2, 2), **args)
+
+
+def test_a_grid_draw_asks_only_for_the_configurations_still_running():
+    """estimate_in_looks asks each draw for the running configurations only (a grid then skips the
+    work of stopped ones), grouping images by them; what each configuration counts is unchanged."""
+    from diffsmooth.sequential import StopRule, estimate_in_looks
+    from diffsmooth.smoothing import decide
+    from diffsmooth.stats import look_schedule
+
+    schedule = look_schedule(1000, 0.001, n_first=10, ratio=2.0)
+    rule = StopRule(SequentialOptions(radii=(0.25,), n_first=10), lambda p: decide(p, 0.5))
+    asked = []
+
+    def draw(rows, count, configs):
+        asked.append((tuple(rows), configs))
+        fresh = torch.zeros(len(rows), 2, 3, dtype=torch.long)
+        fresh[:, 0, 0] = count  # configuration 0: every sample on class 0, decides early
+        fresh[:, 1, 0] = count * 4 // 5  # configuration 1: 80% on class 0, decides later
+        fresh[:, 1, 1] = count - count * 4 // 5
+        return fresh
+
+    looked = estimate_in_looks(draw, [[0, 0], [0, 0]], 3, schedule, rule)
+    configs = [c for _, c in asked]
+    stop_look = configs.index((1,))  # both run until configuration 0 decides, then configuration 1 alone
+    assert stop_look >= 1 and configs == [(0, 1)] * stop_look + [(1,)] * (len(configs) - stop_look)
+    assert all(rows == (0, 1) for rows, _ in asked)
+    assert [l.stop for l in looked[0]] == ["cap", "cap"]
+    assert int(looked[0][0].counts.sum()) == schedule.sizes[stop_look - 1]  # it counted nothing after its stop
+    assert int(looked[0][1].counts.sum()) == schedule.sizes[len(asked) - 1] > schedule.sizes[stop_look - 1]

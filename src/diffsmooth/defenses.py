@@ -17,7 +17,8 @@ Denoised Smoothing with a trained DnCNN (Salman et al. 2020) is ``DenoisedSmooth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -232,20 +233,39 @@ class Grid(nn.Module):
         if len(denoisers) > 1:
             raise InputError("the configurations of a grid must share one denoiser (one sigma, one model)")
         self.members = nn.ModuleList(members)
+        self.active: tuple[int, ...] | None = None  # see ``only``
 
     @property
     def num_configurations(self) -> int:
         return len(self.members)
 
+    @contextlib.contextmanager
+    def only(self, active: Sequence[int]) -> Iterator[None]:
+        """Within the block, compute only the members ``active`` (indices); the others' rows of the
+        output are zeros, for a caller that ignores them (sequential certification of a grid, whose
+        stopped configurations ignore later samples).  No purification when no active member needs it."""
+        chosen = tuple(sorted(set(active)))
+        if not chosen or not all(0 <= k < len(self.members) for k in chosen):
+            raise InputError(f"a grid of {len(self.members)} configurations cannot compute only {list(active)}")
+        before, self.active = self.active, chosen
+        try:
+            yield
+        finally:
+            self.active = before
+
     def forward(self, x: Tensor) -> Tensor:
         _check_noisy(x)
+        active = range(len(self.members)) if self.active is None else self.active
         # One purification for the members that classify the purified batch; the others (RS,
         # DensePure's own reverse runs) are called as they are.
-        purifying = [m for m in self.members if isinstance(m, (DiffSmooth, DenoisedSmoothing))]
+        purifying = [m for k, m in enumerate(self.members) if k in active and isinstance(m, (DiffSmooth, DenoisedSmoothing))]
         purified = purifying[0].denoiser(x) if purifying else None
         shared: dict[tuple, Tensor] = {}  # (classifier, local sigma, seed) -> logits of the copies made so far
-        scores = []
-        for member in self.members:
+        scores: list[Tensor | None] = []
+        for k, member in enumerate(self.members):
+            if k not in active:
+                scores.append(None)
+                continue
             if isinstance(member, DiffSmooth):
                 fitted = _fit_classifier_input(purified, member.classifier, "denoiser")
                 if member.local_noise == "fixed":
@@ -265,11 +285,12 @@ class Grid(nn.Module):
                 scores.append(member.classifier(_fit_classifier_input(purified, member.classifier, "denoiser")))
             else:
                 scores.append(member(x))
-        widths = {s.shape[-1] for s in scores}
+        widths = {s.shape[-1] for s in scores if s is not None}
         if len(widths) != 1:
             raise InputError(f"the configurations of a grid give different numbers of classes {sorted(widths)}; "
                              "use classifiers of one dataset")
-        return torch.stack([s.float() for s in scores], dim=1)
+        zeros = x.new_zeros(x.shape[0], widths.pop())
+        return torch.stack([zeros if s is None else s.float() for s in scores], dim=1)
 
     def describe(self) -> dict[str, Any]:
         return {"method": "grid", "configurations": [m.describe() for m in self.members]}

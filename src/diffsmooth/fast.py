@@ -27,7 +27,9 @@ the last rows are repeated and their outputs dropped.  Rows of a base never inte
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -171,6 +173,14 @@ class FastBase(nn.Module):
                 outs.append(self._eager(chunk.contiguous(memory_format=torch.channels_last)
                                         if self.config.channels_last else chunk))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def only(self, active: Sequence[int]) -> contextlib.AbstractContextManager:
+        """A grid base's ``only`` (compute only some configurations) where the inner base has one and
+        runs eagerly; compiled or graphed bases compute every configuration (their captured work)."""
+        inner = getattr(self.base, "only", None)
+        if inner is None or self.config.compile is not None or self.config.cuda_graphs:
+            return contextlib.nullcontext()
+        return inner(active)
 
     @property
     def num_configurations(self) -> int | None:

@@ -140,14 +140,15 @@ class Looked:
     stop: str
 
 
-def estimate_in_looks(draw: Callable[[list[int], int], Tensor], selected: Sequence[Sequence[int]], num_classes: int,
+def estimate_in_looks(draw: Callable[[list[int], int, tuple[int, ...]], Tensor], selected: Sequence[Sequence[int]], num_classes: int,
                       schedule: LookSchedule, rule: StopRule) -> list[list[Looked]]:
     """The estimation draw of sequential CERTIFY, look by look, for K images under C configurations
     (a grid base; C = 1 otherwise).
 
-    ``draw(rows, count)`` returns the class counts ``(len(rows), C, num_classes)`` of ``count`` fresh
-    samples for each image in ``rows`` (indices into 0..K-1), continuing each image's own noise
-    stream; ``selected[i][c]`` is configuration c's class for image i from the selection draw.
+    ``draw(rows, count, configs)`` returns the class counts ``(len(rows), C, num_classes)`` of ``count``
+    fresh samples for each image in ``rows`` (indices into 0..K-1), continuing each image's own noise
+    stream; only the configurations ``configs`` (those still running for every image of ``rows``) need
+    be counted, the others' counts are ignored; ``selected[i][c]`` is configuration c's class for image i from the selection draw.
     Each (image, configuration) stops by ``rule`` on its own counts; an image draws while any of
     its configurations runs, and a stopped configuration ignores the samples drawn after its stop,
     so its result is the one it gets alone from the same stream.  In each round every running
@@ -160,14 +161,22 @@ def estimate_in_looks(draw: Callable[[list[int], int], Tensor], selected: Sequen
     successes: list[list[list[int]]] = [[[] for _ in range(c)] for _ in range(k)]
     drawn = 0
     for size in schedule.sizes:
-        running = [i for i in range(k) if any(stop is None for stop in stops[i])]
-        if not running:
+        # Running images grouped by their running configurations: each group's draw computes only those.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in range(k):
+            running_configs = tuple(j for j in range(c) if stops[i][j] is None)
+            if running_configs:
+                groups.setdefault(running_configs, []).append(i)
+        if not groups:
             break
-        fresh = draw(running, size - drawn)
+        fresh_of: dict[int, Tensor] = {}
+        for configs, rows in sorted(groups.items()):
+            fresh = draw(rows, size - drawn, configs)
+            fresh_of.update({i: fresh[row] for row, i in enumerate(rows)})
         drawn = size
-        for row, i in enumerate(running):
+        for i, fresh_i in sorted(fresh_of.items()):
             for j in (j for j in range(c) if stops[i][j] is None):
-                estimation[i, j] += fresh[row, j]
+                estimation[i, j] += fresh_i[j]
                 successes[i][j].append(int(estimation[i, j, selected[i][j]]))
                 p_lower[i][j] = sequential_lower(successes[i][j], schedule)[-1]
                 stops[i][j] = rule.stop(p_lower[i][j], successes[i][j][-1], size, schedule)

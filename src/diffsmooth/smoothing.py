@@ -13,6 +13,8 @@ an image is ``sequential``'s; the bounds themselves are ``stats``'.
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -314,7 +316,8 @@ class SmoothedClassifier:
 
         Each configuration selects its class on its own ``n0`` counts and stops by its own counts;
         an image draws its next look while any of its configurations runs (one purification of a
-        noisy batch serves them all), and a configuration that stopped ignores what is drawn after,
+        noisy batch serves them all; a base with ``only``, as ``Grid``, computes just the configurations
+        still running: no purification once only RS runs), and a configuration that stopped ignores what is drawn after,
         so its certificate is exactly the one ``certify_sequential_batch`` gives it alone with the
         same generators, a (1 - alpha) statement on its own.  Needs a base whose scores depend on
         each noisy image alone (no noise drawn per call, as DiffSmooth's ``local_noise="fresh"``).
@@ -334,10 +337,13 @@ class SmoothedClassifier:
         rule = StopRule(options, lambda p_lower: decide(p_lower, self.sigma))
         gens = per_image_generators(generators, xs.shape[0])
 
-        def counts(rows: list[int], num: int) -> Tensor:
-            """(len(rows), configurations, num_classes) counts of ``num`` fresh samples per image."""
+        def counts(rows: list[int], num: int, configs: tuple[int, ...] | None = None) -> Tensor:
+            """(len(rows), configurations, num_classes) counts of ``num`` fresh samples per image; a grid
+            base computes only ``configs`` (the others' counts are meaningless) where it can."""
             index = torch.tensor(rows, dtype=torch.long, device=xs.device)
-            drawn = self.sample_counts(xs[index], num, batch_size, [gens[i] for i in rows]).cpu()
+            only = getattr(self.base, "only", None) if grid and configs is not None else None
+            with only(configs) if only is not None else contextlib.nullcontext():
+                drawn = self.sample_counts(xs[index], num, batch_size, [gens[i] for i in rows]).cpu()
             if (drawn.dim() == 3) != grid:
                 raise InputError("certify_sequential_grid_batch needs a grid base; certify_sequential_batch a plain one")
             return drawn if grid else drawn[:, None]
