@@ -13,7 +13,8 @@ thread each (OMP_WAIT_POLICY=PASSIVE):
   fixed  fixed n = --n-max on the first --subset images                      -> OUT/fixed
 
 Both resume (rerun the same command; the wall seconds of every invocation add up in
-OUT/timing.json, written every 30 s); ``--part seq`` or ``--part fixed`` runs one of them (sessions of limited length). Then it prints, per configuration and radius, the certified accuracy of both on
+OUT/timing.json, written every 30 s); ``--part seq`` or ``--part fixed`` runs one of them (sessions
+of limited length). Then it prints, per configuration and radius, the certified accuracy of both on
 the subset and their difference, the largest difference, the samples per image and the wall time
 of each run against the target.
 
@@ -33,8 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from diffsmooth.analysis import certified_accuracy
-from diffsmooth.results import read_index
-from diffsmooth.results.tsv import read_results
+from diffsmooth.results import read_index, read_results
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -64,13 +64,9 @@ def certify(out: Path, procs: int, extra: list[str], tick: Callable[[float], Non
         raise SystemExit(f"certify into {out} failed (exit {code}); rerun to resume")
 
 
-def rows_by_label(folder: Path, subset: int | None) -> dict[str, list]:
-    """Each configuration's rows (label -> rows of images idx < subset when given)."""
-    out = {}
-    for entry in read_index(folder):
-        rows = read_results(entry["path"]).rows
-        out[entry["label"]] = [r for r in rows if subset is None or r.idx < subset]
-    return out
+def rows_by_label(folder: Path) -> dict[str, list]:
+    """Each configuration's rows: label -> rows."""
+    return {entry["label"]: read_results(entry["path"]).rows for entry in read_index(folder)}
 
 
 def samples(rows: list, fixed_n: int) -> float:
@@ -96,7 +92,8 @@ def main() -> int:
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"seq": 0.0, "fixed": 0.0}
     radii = [f"{r:g}" for r in RADII]
     runs = {
-        "seq": ["--sampling", "sequential", "--n-max", str(args.n_max), "--radii", *radii, "--max-images", str(args.images)],
+        "seq": ["--sampling", "sequential", "--n-max", str(args.n_max), "--radii", *radii,
+                "--max-images", str(args.images)],
         "fixed": ["--num-samples", str(args.n_max), "--max-images", str(args.subset)],
     }
     for name, extra in runs.items():
@@ -112,11 +109,11 @@ def main() -> int:
             certify(args.out / name, args.procs, extra, tick)
             timing[f"{name} finished"] = extra
             timing_path.write_text(json.dumps(timing, indent=2) + "\n")
-    if not all((args.out / name / "index.json").exists() for name in runs):
+    if not all(timing.get(f"{name} finished") == extra for name, extra in runs.items()):
         print(f"{args.part} done; the table needs both runs: rerun with --part both (finished runs only resume)")
         return 0
-    seq, fixed = rows_by_label(args.out / "seq", args.subset), rows_by_label(args.out / "fixed", None)
-    seq_all = rows_by_label(args.out / "seq", None)
+    seq_all, fixed = rows_by_label(args.out / "seq"), rows_by_label(args.out / "fixed")
+    seq = {label: [r for r in rows if r.idx < args.subset] for label, rows in seq_all.items()}
     print(f"sigma {SIGMA}, n0 100, alpha 0.001, seed 0; sequential n_max {args.n_max} on {args.images} images vs "
           f"fixed n {args.n_max} on the first {args.subset}; torchrun {args.procs} processes x 1 thread, "
           f"OMP_WAIT_POLICY=PASSIVE; {os.cpu_count()} CPUs\n")
@@ -133,7 +130,8 @@ def main() -> int:
             a, b = 100 * certified_accuracy(seq_rows, r), 100 * certified_accuracy(fixed_rows, r)
             worst = max(worst, abs(a - b))
             cells.append(f"{a:.1f} / {b:.1f}")
-        print(f"| {label} | " + " | ".join(cells) + f" | {samples(seq_rows, args.n_max):.0f} | {samples(fixed_rows, args.n_max):.0f} |")
+        used = " | ".join(f"{samples(rows, args.n_max):.0f}" for rows in (seq_rows, fixed_rows))
+        print(f"| {label} | " + " | ".join(cells) + f" | {used} |")
     minutes = timing["seq"] / 60
     images = len(next(iter(seq_all.values())))
     print(f"\nlargest |sequential - fixed| on the subset: {worst:.1f} points (target <= 1.0: "

@@ -36,7 +36,7 @@ from diffsmooth.diffusion import OneShotDenoiser, load_diffusion_model
 from diffsmooth.diffusion.diagnostics import per_image_psnr, purification_quality
 from diffsmooth.files import read_json_object
 from diffsmooth.methods import MethodSpec, build_base
-from diffsmooth.shipped import WEIGHTS_DIR, list_shipped, shipped_diffusion, shipped_path
+from diffsmooth.shipped import WEIGHTS_DIR, classifier_name, list_shipped, shipped_diffusion, shipped_path
 
 SIGMAS = (0.12, 0.25, 0.5, 1.0)
 # The model card's purified sigmas and DiffSmooth's local sigma at each (its local classifiers are trained for it)
@@ -92,9 +92,9 @@ def purified_accuracy(ddpm, x: torch.Tensor, y: torch.Tensor, sigma: float, loca
     purified = torch.cat([purifier(noisy_x[i:i + 250]) for i in range(0, len(x), 250)])
     local_x = purified + local_sigma * torch.randn(purified.shape, generator=generator)
     row = {}
-    for name in ("fmnist_cnn_clean", f"fmnist_cnn_clean_purified_{sigma:.2f}"):
+    for name in (classifier_name("clean"), classifier_name("clean_purified", sigma)):
         row[f"dds {name}"] = float((predict(load_classifier(shipped_path(name)).eval(), purified) == y).float().mean())
-    for name in [f"fmnist_cnn_{kind}_{local_sigma:.2f}" for kind in LOCAL_KINDS] + [f"fmnist_cnn_purified_{sigma:.2f}"]:
+    for name in [classifier_name(kind, local_sigma) for kind in LOCAL_KINDS] + [classifier_name("purified", sigma)]:
         row[f"local {name}"] = float((predict(load_classifier(shipped_path(name)).eval(), local_x) == y).float().mean())
     return row
 
@@ -225,7 +225,8 @@ def main() -> None:
         except Exception as err:  # a method whose shipped model is missing: say so, go on
             report["bases"][label] = f"not shipped ({err})"
         print("base", label, report["bases"][label], flush=True)
-    report["purified_accuracy"] = {f"{s:g}": purified_accuracy(ddpm, xp, yp, s, ls) for s, ls in PURIFIED_SIGMAS.items()}
+    report["purified_accuracy"] = {f"{s:g}": purified_accuracy(ddpm, xp, yp, s, ls)
+                                   for s, ls in PURIFIED_SIGMAS.items()}
     report["psnr_images"] = len(xp)
     if args.json:
         with open(args.json, "w") as f:

@@ -144,8 +144,10 @@ order = ["rs_gaussian", "rs_consistency", "rs_smoothadv", "rs_smoothmix", "dds",
 found = {}
 for folder in sys.argv[1:]:
     for e in read_index(folder):
-        method, clf = e["label"].split("_", 1)[0], re.sub(r"^lite_|_\d\.\d\d(-model)?$", "", e["label"].split("fmnist_cnn_")[-1])
-        short = {"clean": "dds", "clean_purified": "dds_finetune"}[clf] if method == "dds" else f"{method}_{clf}"
+        method = e["label"].split("_", 1)[0]
+        clf = re.sub(r"^lite_|_\d\.\d\d(-model)?$", "", e["label"].split("fmnist_cnn_")[-1])
+        dds = {"clean": "dds", "clean_purified": "dds_finetune"}
+        short = dds.get(clf, f"dds_{clf}") if method == "dds" else f"{method}_{clf}"
         found[short] = e["path"]
 for short in sorted(found, key=lambda k: order.index(k) if k in order else len(order)):
     print(short, found[short])

@@ -110,6 +110,13 @@ def test_a_grid_computes_only_the_configurations_asked(classifier_path, second_c
     with pytest.raises(InputError, match="cannot compute only"):
         with grid.only([]):
             pass
+    # through the fast path: an eager base passes ``only`` on; a compiled one computes every configuration
+    from diffsmooth.fast import accelerate
+
+    with accelerate(grid).only([0]):
+        assert grid.active == (0,)
+    with accelerate(grid, compile=True).only([0]):
+        assert grid.active is None
 
 
 def test_grid_cli_writes_an_index_that_analyze_reads(tmp_path, fmnist_dir, classifier_path, denoiser_path, capsys):

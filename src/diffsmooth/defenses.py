@@ -258,7 +258,8 @@ class Grid(nn.Module):
         active = range(len(self.members)) if self.active is None else self.active
         # One purification for the members that classify the purified batch; the others (RS,
         # DensePure's own reverse runs) are called as they are.
-        purifying = [m for k, m in enumerate(self.members) if k in active and isinstance(m, (DiffSmooth, DenoisedSmoothing))]
+        purifying = [m for k, m in enumerate(self.members)
+                     if k in active and isinstance(m, (DiffSmooth, DenoisedSmoothing))]
         purified = purifying[0].denoiser(x) if purifying else None
         shared: dict[tuple, Tensor] = {}  # (classifier, local sigma, seed) -> logits of the copies made so far
         scores: list[Tensor | None] = []

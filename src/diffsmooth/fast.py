@@ -28,7 +28,6 @@ the last rows are repeated and their outputs dropped.  Rows of a base never inte
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any

@@ -140,15 +140,16 @@ class Looked:
     stop: str
 
 
-def estimate_in_looks(draw: Callable[[list[int], int, tuple[int, ...]], Tensor], selected: Sequence[Sequence[int]], num_classes: int,
-                      schedule: LookSchedule, rule: StopRule) -> list[list[Looked]]:
+def estimate_in_looks(draw: Callable[[list[int], int, tuple[int, ...]], Tensor], selected: Sequence[Sequence[int]],
+                      num_classes: int, schedule: LookSchedule, rule: StopRule) -> list[list[Looked]]:
     """The estimation draw of sequential CERTIFY, look by look, for K images under C configurations
     (a grid base; C = 1 otherwise).
 
     ``draw(rows, count, configs)`` returns the class counts ``(len(rows), C, num_classes)`` of ``count``
     fresh samples for each image in ``rows`` (indices into 0..K-1), continuing each image's own noise
     stream; only the configurations ``configs`` (those still running for every image of ``rows``) need
-    be counted, the others' counts are ignored; ``selected[i][c]`` is configuration c's class for image i from the selection draw.
+    be counted, the others' counts are ignored; ``selected[i][c]`` is configuration c's class for
+    image i from the selection draw.
     Each (image, configuration) stops by ``rule`` on its own counts; an image draws while any of
     its configurations runs, and a stopped configuration ignores the samples drawn after its stop,
     so its result is the one it gets alone from the same stream.  In each round every running

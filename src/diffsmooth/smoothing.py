@@ -14,7 +14,6 @@ an image is ``sequential``'s; the bounds themselves are ``stats``'.
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -317,8 +316,8 @@ class SmoothedClassifier:
         Each configuration selects its class on its own ``n0`` counts and stops by its own counts;
         an image draws its next look while any of its configurations runs (one purification of a
         noisy batch serves them all; a base with ``only``, as ``Grid``, computes just the configurations
-        still running: no purification once only RS runs), and a configuration that stopped ignores what is drawn after,
-        so its certificate is exactly the one ``certify_sequential_batch`` gives it alone with the
+        still running: no purification once only RS runs), and a configuration that stopped ignores
+        what is drawn after, so its certificate is exactly the one ``certify_sequential_batch`` gives it alone with the
         same generators, a (1 - alpha) statement on its own.  Needs a base whose scores depend on
         each noisy image alone (no noise drawn per call, as DiffSmooth's ``local_noise="fresh"``).
         """
@@ -339,7 +338,8 @@ class SmoothedClassifier:
 
         def counts(rows: list[int], num: int, configs: tuple[int, ...] | None = None) -> Tensor:
             """(len(rows), configurations, num_classes) counts of ``num`` fresh samples per image; a grid
-            base computes only ``configs`` (the others' counts are meaningless) where it can."""
+            base computes only ``configs`` (None: all, as the selection draw needs; the others' counts
+            are meaningless) where it can."""
             index = torch.tensor(rows, dtype=torch.long, device=xs.device)
             only = getattr(self.base, "only", None) if grid and configs is not None else None
             with only(configs) if only is not None else contextlib.nullcontext():
