@@ -20,6 +20,7 @@ of each run against the target.
 
     .venv/bin/python benchmarks/card_nmax.py --out /tmp/nmax                       # the issue's sizes
     .venv/bin/python benchmarks/card_nmax.py --out /tmp/nmax-smoke --images 4 --subset 2 --n-max 300
+    .venv/bin/python benchmarks/card_nmax.py --out /tmp/nmax-pairings --pairings   # with the robust pairings
 """
 
 from __future__ import annotations
@@ -41,14 +42,19 @@ ROOT = HERE.parent
 SIGMA = 0.5
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
 GRID = ["--method", "rs", "dds", "diffsmooth", "--local-m", "5", "--local-sigma", "0.25", "--vote", "soft", "hard"]
+PAIRINGS = ["--method", "rs", "dds", "diffsmooth", "--local-m", "5", "--vote", "soft", "hard",
+            "--rs-classifier", *(f"fmnist_cnn_{t}_0.50" for t in ("gaussian", "consistency", "smoothadv", "smoothmix")),
+            "--local-classifier", *(f"0.25=fmnist_cnn_{t}_0.25" for t in ("gaussian", "consistency", "smoothadv"))]
+"""The grid with the robust pairings (``--pairings``): RS with every shipped sigma-0.5 training, DDS, and
+DiffSmooth with the Gaussian, Consistency and SmoothAdv local classifiers, soft and hard."""
 
 
-def certify(out: Path, procs: int, extra: list[str], tick: Callable[[float], None]) -> None:
+def certify(out: Path, procs: int, grid: list[str], extra: list[str], tick: Callable[[float], None]) -> None:
     """Run one grid under torchrun (resuming); ``tick(seconds so far)`` every 30 s and at the end, so
     that a run killed with its session still leaves its time."""
     bindir = Path(sys.executable).parent
     cmd = [str(bindir / "torchrun"), "--standalone", "--nproc-per-node", str(procs), "-m", "diffsmooth", "certify",
-           "--device", "cpu", "--dataset", "fashion-mnist", "--sigma", str(SIGMA), *GRID, "--n0", "100",
+           "--device", "cpu", "--dataset", "fashion-mnist", "--sigma", str(SIGMA), *grid, "--n0", "100",
            "--alpha", "0.001", "--batch", "1000", "--seed", "0", "--resume", "--quiet", "--out-dir", str(out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     start = time.perf_counter()
@@ -86,6 +92,9 @@ def main() -> int:
     parser.add_argument("--target-minutes", type=float, default=60.0)
     parser.add_argument("--part", choices=["seq", "fixed", "both"], default="both",
                         help="run only one of the two runs (the table needs both finished)")
+    parser.add_argument("--pairings", action="store_true",
+                        help="the grid with the robust pairings (RS x 4 trainings, DDS, DiffSmooth x 3 local "
+                             "classifiers x soft/hard) instead of RS, DDS, DiffSmooth soft and hard")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     timing_path = args.out / "timing.json"
@@ -106,7 +115,7 @@ def main() -> int:
                 timing[name] = before + seconds
                 timing_path.write_text(json.dumps(timing, indent=2) + "\n")
 
-            certify(args.out / name, args.procs, extra, tick)
+            certify(args.out / name, args.procs, PAIRINGS if args.pairings else GRID, extra, tick)
             timing[f"{name} finished"] = extra
             timing_path.write_text(json.dumps(timing, indent=2) + "\n")
     if not all(timing.get(f"{name} finished") == extra for name, extra in runs.items()):
