@@ -12,7 +12,8 @@ minor page faults per noise sample of the certify process, and the ratios.
     ... cpu_runtime.py --variant spin10k=GOMP_SPINCOUNT=10000 --variant 1thread=OMP_NUM_THREADS=1
 
 ``--variant LABEL=VAR=VALUE[,VAR=VALUE]``: another row pair, defaults on plus those variables (what a
-user could set; ``configure_cpu`` leaves a variable the user set alone).
+user could set; ``configure_cpu`` leaves a variable the user set alone).  ``--options LABEL='--opt
+value'``: another row pair with those certify options (``--options workers1='--cpu-workers 1'``).
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def certify(images: int, env: dict[str, str], out: Path) -> tuple[float, float, int]:
-    """(wall s, CPU s, minor faults) of one certify process with ``env`` on top of a clean environment."""
+def certify(images: int, env: dict[str, str], out: Path, extra: list[str]) -> tuple[float, float, int]:
+    """(wall s, CPU s, minor faults) of one certify process with ``env`` on top of a clean environment
+    and the command-line options ``extra``."""
     args = ["certify", "--method", "diffsmooth", "--sigma", "0.5", "--n0", "32", "--n", "500", "--max-images",
-            str(images), "--device", "cpu", "--quiet", "--overwrite", "--out", str(out)]
+            str(images), "--device", "cpu", "--quiet", "--overwrite", "--out", str(out), *extra]
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "diffsmooth", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=clean_env(**env))
@@ -54,13 +56,21 @@ def certify(images: int, env: dict[str, str], out: Path) -> tuple[float, float, 
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_minflt
 
 
-def variant(text: str) -> tuple[str, dict[str, str]]:
-    """``LABEL=VAR=VALUE[,VAR=VALUE]`` -> (LABEL, {VAR: VALUE}) with the CPU defaults on."""
+def variant(text: str) -> tuple[str, tuple[dict[str, str], list[str]]]:
+    """``LABEL=VAR=VALUE[,VAR=VALUE]`` -> (LABEL, ({VAR: VALUE}, [])) with the CPU defaults on."""
     label, _, assignments = text.partition("=")
     pairs = [a.partition("=") for a in assignments.split(",")]
     if not label or not assignments or any(not var or not eq for var, eq, _ in pairs):
         raise argparse.ArgumentTypeError(f"--variant {text!r}: write LABEL=VAR=VALUE[,VAR=VALUE]")
-    return label, {"DIFFSMOOTH_CPU_DEFAULTS": "1", **{var: value for var, _, value in pairs}}
+    return label, ({"DIFFSMOOTH_CPU_DEFAULTS": "1", **{var: value for var, _, value in pairs}}, [])
+
+
+def option_variant(text: str) -> tuple[str, tuple[dict[str, str], list[str]]]:
+    """``LABEL=OPTIONS`` (certify options, space-separated) -> (LABEL, ({}, OPTIONS)) with the CPU defaults on."""
+    label, _, options = text.partition("=")
+    if not label or not options.strip():
+        raise argparse.ArgumentTypeError(f"--options {text!r}: write LABEL='--option value ...'")
+    return label, ({"DIFFSMOOTH_CPU_DEFAULTS": "1"}, options.split())
 
 
 def main() -> int:
@@ -69,9 +79,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variant", type=variant, action="append", default=[],
                         help="LABEL=VAR=VALUE[,VAR=VALUE]: another configuration (defaults on plus these)")
+    parser.add_argument("--options", type=option_variant, action="append", default=[],
+                        help="LABEL='--option value ...': another configuration (defaults on, these certify options)")
     args = parser.parse_args()
     samples = args.images * (32 + 500)
-    configs = {"off": {"DIFFSMOOTH_CPU_DEFAULTS": "0"}, "on": {"DIFFSMOOTH_CPU_DEFAULTS": "1"}, **dict(args.variant)}
+    configs = {"off": ({"DIFFSMOOTH_CPU_DEFAULTS": "0"}, []), "on": ({"DIFFSMOOTH_CPU_DEFAULTS": "1"}, []),
+               **dict(args.variant), **dict(args.options)}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.tsv"
@@ -79,8 +92,8 @@ def main() -> int:
             load = subprocess.Popen([sys.executable, "-c", LOAD], env=clean_env()) if loaded else None
             try:
                 time.sleep(3 if loaded else 0)  # let the load reach its loop
-                for name, env in configs.items():
-                    runs = [certify(args.images, env, out) for _ in range(args.repeats)]
+                for name, (env, extra) in configs.items():
+                    runs = [certify(args.images, env, out, extra) for _ in range(args.repeats)]
                     rows[(name, loaded)] = min(runs)
             finally:
                 if load is not None:
@@ -91,10 +104,11 @@ def main() -> int:
           f"variables; {os.cpu_count()} CPUs; load: a 2-thread spinning torch matmul job\n")
     print("| configuration | load | wall s | CPU s | CPU s / wall s | minor faults / sample | wall / idle wall |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for name, env in configs.items():
+    for name, (env, options) in configs.items():
         for loaded in (False, True):
             wall, cpu, faults = rows[(name, loaded)]
-            extra = ", ".join(f"{k}={v}" for k, v in env.items() if k != "DIFFSMOOTH_CPU_DEFAULTS")
+            extra = ", ".join([f"{k}={v}" for k, v in env.items() if k != "DIFFSMOOTH_CPU_DEFAULTS"] + [" ".join(options)])
+            extra = extra.strip(", ")
             label = f"{name} ({extra})" if extra else f"defaults {name}"
             print(f"| {label} | {'beside load' if loaded else 'idle'} | {wall:.2f} | {cpu:.2f} | {cpu / wall:.2f} | "
                   f"{faults / samples:.0f} | {wall / rows[(name, False)][0]:.2f} |")

@@ -142,7 +142,9 @@ def test_describe_records_the_settings(trained_ish):
     assert info["acceleration"] == {"precision": "bfloat16", "channels_last": False, "compile": None,
                                     "cuda_graphs": False, "static_batch": 64}
     assert accelerate(clf, compile=True).describe()["acceleration"]["compile"] == "default"
-    assert accelerate(clf).describe()["precision"] == "float32"
+    # Nothing that could change a score (float32, eager, row-block workers): described as the base itself.
+    assert accelerate(Gaussian(clf), workers=2).describe() == Gaussian(clf).describe()
+    assert accelerate(Gaussian(clf), static_batch=8).describe()["precision"] == "float32"
 
 
 def test_bad_settings_raise_input_errors(trained_ish):

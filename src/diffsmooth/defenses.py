@@ -199,6 +199,11 @@ class DiffSmooth(nn.Module):
         purified = _fit_classifier_input(self.denoiser(x), self.classifier, "denoiser")
         return self.aggregate(self.copy_logits(purified, self.local_noises(purified)))
 
+    @property
+    def rows_independent(self) -> bool:
+        """Whether a row's scores depend on that row alone (no local noise drawn per call)."""
+        return self.local_noise == "fixed"
+
     def describe(self) -> dict[str, Any]:
         return {
             "method": "diffsmooth",
@@ -238,6 +243,11 @@ class Grid(nn.Module):
     @property
     def num_configurations(self) -> int:
         return len(self.members)
+
+    @property
+    def rows_independent(self) -> bool:
+        """Whether a row's scores depend on that row alone: every member's are."""
+        return all(getattr(m, "rows_independent", True) for m in self.members)
 
     @contextlib.contextmanager
     def only(self, active: Sequence[int]) -> Iterator[None]:
@@ -327,6 +337,11 @@ class DensePure(nn.Module):
         self.runs = runs
         self.seed = validate.seed(seed)
         self._generator: torch.Generator | None = None
+
+    @property
+    def rows_independent(self) -> bool:
+        """False: a row's scores depend on the noise the call drew for the rows before it."""
+        return False
 
     def forward(self, x: Tensor) -> Tensor:
         _check_noisy(x)

@@ -15,6 +15,9 @@ the results manifest, because a certificate is a statement about the base that r
 - ``compile``: ``torch.compile`` with ``dynamic=False`` (``True`` or a mode name).
 - ``cuda_graphs``: captures one forward per batch shape and replays it, removing the
   per-kernel launch cost that dominates small networks.
+- ``workers``: on the CPU, splits each call into row blocks run by single-threaded workers
+  (``diffsmooth.workers``): no OpenMP barriers inside a forward.  Eager bases whose rows are
+  independent only (``rows_independent``: no noise drawn per call).
 
 Compiled code and graphs are specialised to one batch shape (the run's batch size, so that it
 compiles once); shorter calls run eagerly, or padded where a CUDA graph must replay; calls are split into a
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -37,6 +40,7 @@ from torch import Tensor, nn
 
 from diffsmooth import validate
 from diffsmooth.validate import InputError
+from diffsmooth.workers import RowWorkers
 
 PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -53,6 +57,7 @@ class FastConfig:
         cuda_graphs: capture and replay one CUDA graph per batch shape (CUDA inputs only).
         static_batch: pad every call to this many rows (split larger ones); None pads to the
             largest batch seen so far when ``compile`` or ``cuda_graphs`` is on, else never.
+        workers: row blocks of a CPU call run concurrently on single-threaded workers (1: off).
     """
 
     precision: str = "float32"
@@ -60,6 +65,7 @@ class FastConfig:
     compile: str | None = None
     cuda_graphs: bool = False
     static_batch: int | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
         validate.choice(self.precision, "precision", PRECISIONS)
@@ -67,6 +73,10 @@ class FastConfig:
             validate.choice(self.compile, "compile mode", COMPILE_MODES)
         if self.static_batch is not None:
             validate.whole(self.static_batch, "static_batch")
+        validate.whole(self.workers, "workers")
+        if self.workers > 1 and self.fixed_shapes:
+            raise InputError(f"{self.workers} CPU workers run a base eagerly on row blocks of each call; "
+                             "drop the workers or the compilation, CUDA graphs and static batch")
 
     @property
     def fixed_shapes(self) -> bool:
@@ -127,6 +137,7 @@ class FastBase(nn.Module):
         self._static = config.static_batch
         self._graphs: dict[tuple, _GraphedForward] = {}
         self._forward: Callable[[Tensor], Tensor] = self._eager
+        self._rows = RowWorkers(config.workers)
         if config.compile is not None:
             mode = None if config.compile == "default" else config.compile
             self._forward = torch.compile(self._eager, mode=mode, dynamic=False)
@@ -157,7 +168,7 @@ class FastBase(nn.Module):
             raise InputError(f"expected a batch of noisy images (B, C, H, W), got shape {tuple(x.shape)}")
         b = x.shape[0]
         if not self.config.fixed_shapes:
-            return self._run(x)
+            return self._rows(self._run, x)
         if self._static is None or (self.config.static_batch is None and b > self._static):
             self._static = b
         size = self._static
@@ -191,11 +202,21 @@ class FastBase(nn.Module):
         """The batch size calls are padded to (None until the first call fixes it, or if unpadded)."""
         return self._static
 
+    @property
+    def workers(self) -> int:
+        """CPU row-block workers (1: none)."""
+        return self.config.workers
+
     def describe(self) -> dict[str, Any]:
-        """The base's description plus the settings it ran with."""
+        """The base's description plus the settings it ran with that could change its scores: row-block
+        workers change none (the run's manifest records them under ``environment``), so a base with
+        only workers is described as the base itself."""
         inner = dict(self.base.describe()) if hasattr(self.base, "describe") else {"type": type(self.base).__name__}
-        return {**inner, "precision": self.config.precision,
-                "acceleration": {**self.config.to_dict(), "static_batch": self._static}}
+        settings = {**self.config.to_dict(), "static_batch": self._static}
+        del settings["workers"]
+        if replace(self.config, workers=1) == FastConfig() and self._static is None:
+            return inner
+        return {**inner, "precision": self.config.precision, "acceleration": settings}
 
 
 def accelerate(
@@ -206,6 +227,7 @@ def accelerate(
     compile: bool | str = False,
     cuda_graphs: bool = False,
     static_batch: int | None = None,
+    workers: int = 1,
 ) -> FastBase:
     """The fast path of ``base``: same call contract, settings recorded by ``describe()``.
 
@@ -223,6 +245,8 @@ def accelerate(
             only once, which graphs would freeze, so that combination is refused).
         static_batch: pad calls to this many rows; by default the largest batch seen so far
             when compiling or graphing.
+        workers: on the CPU, run each call as this many row blocks on single-threaded workers
+            (``diffsmooth.workers``); needs an eager base whose ``rows_independent`` is not False.
 
     Returns:
         ``FastBase``: (B, C, H, W) -> (B, K) float32 scores (labels stay integer).
@@ -236,7 +260,10 @@ def accelerate(
     if cuda_graphs and getattr(base, "local_noise", None) == "fresh":
         raise InputError("cuda_graphs would replay the same 'fresh' local noise on every call; "
                          "use local_noise='fixed' or turn cuda_graphs off")
-    config = FastConfig(precision, bool(channels_last), mode, bool(cuda_graphs), static_batch)
+    if workers > 1 and getattr(base, "rows_independent", True) is False:
+        raise InputError("this base draws noise per call (--method densepure or --local-noise fresh), so row blocks "
+                         "on CPU workers would change its rows; use one worker")
+    config = FastConfig(precision, bool(channels_last), mode, bool(cuda_graphs), static_batch, workers)
     if channels_last:
         base.to(memory_format=torch.channels_last)
     return FastBase(base, config)

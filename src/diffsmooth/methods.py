@@ -191,21 +191,26 @@ METHODS: dict[str, Callable[[MethodSpec, _Models], nn.Module]] = {
 }
 
 
-def build_base(spec: MethodSpec, device: torch.device | str = "cpu", static_batch: int | None = None) -> nn.Module:
+def build_base(spec: MethodSpec, device: torch.device | str = "cpu", static_batch: int | None = None,
+               workers: int | None = 1) -> nn.Module:
     """The base classifier ``h`` of ``spec`` in eval mode on ``device``: noisy images
     ``(B, C, H, W)`` in [0,1] pixel space -> scores ``(B, num_classes)``.
 
     Any precision other than float32 or any fast-path setting wraps it in
     ``diffsmooth.fast.accelerate``, whose ``describe()`` records the settings; ``static_batch``
-    is the batch size it compiles for (a run's ``batch_size``), so it compiles once."""
+    is the batch size it compiles for (a run's ``batch_size``), so it compiles once.  ``workers``:
+    CPU row-block workers (``diffsmooth.workers``; the scores are unchanged), None for
+    ``default_workers``."""
     spec.validate()
-    return _fast(METHODS[spec.method](spec, _Models()).eval().to(device), spec, static_batch)
+    return _fast(METHODS[spec.method](spec, _Models()).eval().to(device), spec, static_batch, workers)
 
 
-def build_grid(specs: Sequence[MethodSpec], device: torch.device | str = "cpu", static_batch: int | None = None):
+def build_grid(specs: Sequence[MethodSpec], device: torch.device | str = "cpu", static_batch: int | None = None,
+               workers: int | None = 1):
     """One ``defenses.Grid`` base for several configurations that share sigma, dataset, denoiser and
     fast-path settings: each model file is loaded once and purification runs once per batch.
-    Its scores are ``(B, len(specs), num_classes)``; configuration k's equal ``build_base(specs[k])``'s."""
+    Its scores are ``(B, len(specs), num_classes)``; configuration k's equal ``build_base(specs[k])``'s.
+    ``workers`` as for ``build_base``."""
     from diffsmooth.defenses import Grid
 
     for spec in specs:
@@ -217,19 +222,32 @@ def build_grid(specs: Sequence[MethodSpec], device: torch.device | str = "cpu", 
             raise InputError(f"the configurations of one run must share --{name.replace('_', '-')}, got {sorted(map(str, values))}")
     models = _Models()
     grid = Grid([METHODS[spec.method](spec, models) for spec in specs]).eval().to(device)
-    return _fast(grid, specs[0], static_batch)
+    return _fast(grid, specs[0], static_batch, workers)
 
 
-def _fast(base: nn.Module, spec: MethodSpec, static_batch: int | None) -> nn.Module:
-    if spec.precision == "float32" and not (spec.channels_last or spec.compile or spec.cuda_graphs):
-        return base
+def default_workers(base: nn.Module, spec: MethodSpec, device: torch.device) -> int:
+    """CPU row-block workers for ``base`` when the user chose none: one per intra-op thread
+    (``torch.get_num_threads()``) on the CPU for an eager base whose rows are independent, else 1."""
+    if (device.type != "cpu" or spec.compile or spec.cuda_graphs
+            or getattr(base, "rows_independent", True) is False):
+        return 1
+    return torch.get_num_threads()
+
+
+def _fast(base: nn.Module, spec: MethodSpec, static_batch: int | None, workers: int | None = 1) -> nn.Module:
     device = next(base.parameters(), torch.empty(0)).device
+    workers = default_workers(base, spec, device) if workers is None else workers
+    if spec.precision == "float32" and not (spec.channels_last or spec.compile or spec.cuda_graphs or workers > 1):
+        return base
     if spec.cuda_graphs and device.type != "cuda":
         raise InputError(f"--cuda-graphs replays CUDA graphs and needs a CUDA device, not {device}; drop it")
+    if workers > 1 and device.type != "cpu":
+        raise InputError(f"--cpu-workers splits calls on the CPU; drop it for {device}")
     from diffsmooth.fast import accelerate
 
     return accelerate(base, precision=spec.precision, channels_last=spec.channels_last,
-                      compile=spec.compile or False, cuda_graphs=spec.cuda_graphs, static_batch=static_batch)
+                      compile=spec.compile or False, cuda_graphs=spec.cuda_graphs,
+                      static_batch=static_batch if spec.compile or spec.cuda_graphs else None, workers=workers)
 
 
 def build_smoothed(spec: MethodSpec, device: torch.device | str = "cpu", static_batch: int | None = None):

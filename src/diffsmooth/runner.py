@@ -227,7 +227,8 @@ class Job:
     certifies a ready base classifier instead of building ``spec.method``'s (the manifest then
     records its ``describe()``); ``resume`` / ``overwrite`` continue or replace existing files;
     ``manifest_extra`` is added to every manifest; ``split_samples``: under torchrun, processes
-    share each image's samples instead of the images.
+    share each image's samples instead of the images; ``cpu_workers``: row-block workers of a built
+    base on the CPU (``diffsmooth.workers``; None: ``methods.default_workers``).
     """
 
     spec: RunSpec | Task
@@ -243,6 +244,7 @@ class Job:
     manifest_extra: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     split_samples: bool = False
+    cpu_workers: int | None = None
 
 
 @dataclass
@@ -318,8 +320,8 @@ def prepare(job: Job, task: Task, probe_idx: int | None, device: torch.device,
     grid = task.grid
     base = job.base
     if base is None:
-        base = (build_base(spec.method, device, static_batch=spec.batch_size) if grid is None
-                else build_grid(grid, device, static_batch=spec.batch_size))
+        base = (build_base(spec.method, device, static_batch=spec.batch_size, workers=job.cpu_workers)
+                if grid is None else build_grid(grid, device, static_batch=spec.batch_size, workers=job.cpu_workers))
     if probe_idx is not None:
         from diffsmooth.fast import FastBase
 
@@ -331,7 +333,8 @@ def prepare(job: Job, task: Task, probe_idx: int | None, device: torch.device,
     describe = base.describe() if hasattr(base, "describe") else {"type": type(base).__name__}
     if grid is not None:
         describe = {**describe, "configurations": dict(zip(_labels(grid), describe.pop("configurations")))}
-    manifest = {"base": describe, "environment": environment(device), **manifest_extra}
+    manifest = {"base": describe, "environment": {**environment(device), "cpu_workers": getattr(base, "workers", 1)},
+                **manifest_extra}
     return Prepared(task, smoothed, job.images, device, manifest)
 
 

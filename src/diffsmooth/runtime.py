@@ -31,6 +31,7 @@ from typing import Any
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: keep up to 2 GiB of freed heap for reuse
 
 _DONE: dict[str, Any] = {}
@@ -62,8 +63,11 @@ def _tune_malloc() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # No mmap'ed blocks at all (large activations included: the 32 MiB ceiling of M_MMAP_THRESHOLD
-    # is below a batch's convolution workspace), and freed heap kept for the next batch.
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    # is below a batch's convolution workspace), and freed heap kept for the next batch; one arena,
+    # so that the row-block workers' threads (diffsmooth.workers) reuse that heap too instead of
+    # growing and trimming arenas of their own.
+    return (bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            and bool(mallopt(M_ARENA_MAX, 1)))
 
 
 def configure_cpu() -> dict[str, Any]:

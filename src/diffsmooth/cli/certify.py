@@ -209,13 +209,14 @@ def _add_run(sub, formatter, mode: str) -> None:
         ) + " Rows are flushed as each image completes; --resume continues an interrupted run. Under "
         "`torchrun --nproc-per-node K -m diffsmooth " + mode + " ...` each process takes a share of the images.",
     )
-    from diffsmooth.cli.options import add_image_arguments, default_of
+    from diffsmooth.cli.options import add_cpu_workers, add_image_arguments, default_of
     from diffsmooth.runner import SAMPLINGS, RunSpec
 
     def default(name: str):
         return default_of(RunSpec, name)
 
     add_method_arguments(p, grid=True, sigma_required=False)  # a --recipe may set it
+    add_cpu_workers(p)
     g = p.add_argument_group("sampling")
     if certify:
         g.add_argument("--n0", type=int, default=default("n0"), help="selection samples")
@@ -283,7 +284,7 @@ def register(sub, formatter) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from diffsmooth.cli.options import typed_options
+    from diffsmooth.cli.options import checked_cpu_workers, typed_options
     from diffsmooth.cli.recipes import apply_recipe
     from diffsmooth.data import load_dataset
     from diffsmooth.results import recorded_spec
@@ -316,6 +317,7 @@ def _run(args: argparse.Namespace) -> int:
     for method in methods[1:]:
         method.validate()
     out = validate.output_folder(args.out_dir, "--out-dir") if grid else validate.output_file(args.out, "--out")
+    cpu_workers = checked_cpu_workers(args.cpu_workers)
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)
     info = dataset.info
@@ -329,7 +331,8 @@ def _run(args: argparse.Namespace) -> int:
              **({"recipe": recipe} if recipe else {})}
     report = run(Job(spec, dataset.__getitem__, indices, out, info.num_classes, device,
                      grid=methods if grid else None, resume=args.resume, overwrite=args.overwrite,
-                     manifest_extra=extra, progress=not args.quiet, split_samples=args.split_samples))
+                     manifest_extra=extra, progress=not args.quiet, split_samples=args.split_samples,
+                     cpu_workers=cpu_workers))
     if report is not None and not args.quiet:
         done = len(report.rows) or max((len(r) for r in report.by_configuration.values()), default=0)
         verb = {"certify": "certified", "predict": "predicted"}[args.mode]

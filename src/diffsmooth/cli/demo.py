@@ -19,6 +19,8 @@ OURS = "DiffSmooth (soft)"
 
 
 def register(sub, formatter) -> None:
+    from diffsmooth.cli.options import add_cpu_workers
+
     p = sub.add_parser(
         "demo",
         formatter_class=formatter,
@@ -52,12 +54,14 @@ def register(sub, formatter) -> None:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="run seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_cpu_workers(p)
     p.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from diffsmooth.analysis import plot, summarize, table
     from diffsmooth.cli.certify import pick_device
+    from diffsmooth.cli.options import checked_cpu_workers
     from diffsmooth.data import load_dataset
     from diffsmooth.methods import MethodSpec
     from diffsmooth.purification import purification_grid
@@ -108,7 +112,8 @@ def _demo(args: argparse.Namespace) -> int:
     # The demo owns its folder: a rerun replaces its own files (never others; see ResultsStore).
     run(Job(spec, dataset.__getitem__, indices, args.out_dir, dataset.info.num_classes, device,
             grid=list(runs.values()), overwrite=args.out_dir.exists(),
-            manifest_extra={"dataset": {"name": "fashion-mnist", "split": "test"}}, progress=not args.quiet))
+            manifest_extra={"dataset": {"name": "fashion-mnist", "split": "test"}}, progress=not args.quiet,
+            cpu_workers=checked_cpu_workers(args.cpu_workers)))
     files = grid_files(args.out_dir, [m.to_dict() for m in runs.values()])
     paths = dict(zip(runs, files.values()))
     summaries = [summarize(path, RADII, label) for label, path in paths.items()]

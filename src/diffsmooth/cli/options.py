@@ -53,6 +53,20 @@ class Default:
         return str(self.value)
 
 
+def add_cpu_workers(p: argparse.ArgumentParser) -> None:
+    """``--cpu-workers N``: row-block workers of the base on the CPU (``diffsmooth.workers``); None: auto."""
+    p.add_argument("--cpu-workers", type=int, default=None, metavar="N",
+                   help="CPU: run each batch as N row blocks on single-threaded workers, results unchanged "
+                        "(default: one per thread where the base draws no noise per call; 1: off)")
+
+
+def checked_cpu_workers(value: int | None) -> int | None:
+    """``--cpu-workers`` checked (None stays None: the default)."""
+    from diffsmooth import validate
+
+    return None if value is None else validate.whole(value, "--cpu-workers")
+
+
 def mark_defaults(p: argparse.ArgumentParser, dests: Iterable[str]) -> None:
     """Mark the defaults of the options with these ``dests`` (``Default``), so that ``typed_options``
     can tell which ones the user typed (also when typing the default value)."""
