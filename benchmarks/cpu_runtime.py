@@ -107,8 +107,8 @@ def main() -> int:
     for name, (env, options) in configs.items():
         for loaded in (False, True):
             wall, cpu, faults = rows[(name, loaded)]
-            extra = ", ".join([f"{k}={v}" for k, v in env.items() if k != "DIFFSMOOTH_CPU_DEFAULTS"] + [" ".join(options)])
-            extra = extra.strip(", ")
+            parts = [f"{k}={v}" for k, v in env.items() if k != "DIFFSMOOTH_CPU_DEFAULTS"]
+            extra = ", ".join(parts + ([" ".join(options)] if options else []))
             label = f"{name} ({extra})" if extra else f"defaults {name}"
             print(f"| {label} | {'beside load' if loaded else 'idle'} | {wall:.2f} | {cpu:.2f} | {cpu / wall:.2f} | "
                   f"{faults / samples:.0f} | {wall / rows[(name, False)][0]:.2f} |")

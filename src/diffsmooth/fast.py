@@ -212,10 +212,10 @@ class FastBase(nn.Module):
         workers change none (the run's manifest records them under ``environment``), so a base with
         only workers is described as the base itself."""
         inner = dict(self.base.describe()) if hasattr(self.base, "describe") else {"type": type(self.base).__name__}
-        settings = {**self.config.to_dict(), "static_batch": self._static}
-        del settings["workers"]
         if replace(self.config, workers=1) == FastConfig() and self._static is None:
             return inner
+        settings = {**self.config.to_dict(), "static_batch": self._static}
+        del settings["workers"]
         return {**inner, "precision": self.config.precision, "acceleration": settings}
 
 

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
+from diffsmooth import validate
+
 
 def _one_thread() -> None:
     torch.set_num_threads(1)
@@ -36,9 +38,7 @@ class RowWorkers:
     """
 
     def __init__(self, workers: int, min_rows: int = 8) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        self.workers = workers
+        self.workers = validate.whole(workers, "workers")
         self.min_rows = min_rows
         self._pool: ThreadPoolExecutor | None = None
 
