@@ -14,13 +14,16 @@ thread each (OMP_WAIT_POLICY=PASSIVE):
 
 Both resume (rerun the same command; the wall seconds of every invocation add up in
 OUT/timing.json, written every 30 s); ``--part seq`` or ``--part fixed`` runs one of them (sessions
-of limited length). Then it prints, per configuration and radius, the certified accuracy of both on
-the subset and their difference, the largest difference, the samples per image and the wall time
-of each run against the target.
+of limited length). ``--precision bfloat16`` runs the sequential part in bfloat16 autocast (into
+OUT/seq_bfloat16, with its own time) and compares it with the same float32 fixed run. Then it
+prints, per configuration and radius, the certified accuracy of both on the subset and their
+difference, the largest difference, the samples per image and the wall time of each run against
+the target.
 
     .venv/bin/python benchmarks/card_nmax.py --out /tmp/nmax                       # the issue's sizes
     .venv/bin/python benchmarks/card_nmax.py --out /tmp/nmax-smoke --images 4 --subset 2 --n-max 300
     .venv/bin/python benchmarks/card_nmax.py --out /tmp/nmax-pairings --pairings   # with the robust pairings
+    .venv/bin/python benchmarks/card_nmax.py --out /tmp/nmax-pairings --pairings --precision bfloat16
 """
 
 from __future__ import annotations
@@ -95,21 +98,25 @@ def main() -> int:
     parser.add_argument("--pairings", action="store_true",
                         help="the grid with the robust pairings (RS x 4 trainings, DDS, DiffSmooth x 3 local "
                              "classifiers x soft/hard) instead of RS, DDS, DiffSmooth soft and hard")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="precision of the sequential run (the fixed run, the reference, stays float32)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     timing_path = args.out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"seq": 0.0, "fixed": 0.0}
     radii = [f"{r:g}" for r in RADII]
+    seq_name, precision = ("seq", []) if args.precision == "float32" else \
+        (f"seq_{args.precision}", ["--precision", args.precision])
     runs = {
-        "seq": ["--sampling", "sequential", "--n-max", str(args.n_max), "--radii", *radii,
-                "--max-images", str(args.images)],
+        seq_name: ["--sampling", "sequential", "--n-max", str(args.n_max), "--radii", *radii,
+                   "--max-images", str(args.images), *precision],
         "fixed": ["--num-samples", str(args.n_max), "--max-images", str(args.subset)],
     }
     for name, extra in runs.items():
         if timing.get(f"{name} finished") == extra:
             continue  # resuming a finished run would only add its start-up to the time
-        if args.part in (name, "both"):
-            before = timing[name]
+        if args.part in (name.split("_")[0], "both"):
+            before = timing.get(name, 0.0)
 
             def tick(seconds: float, name: str = name, before: float = before) -> None:
                 timing[name] = before + seconds
@@ -121,10 +128,11 @@ def main() -> int:
     if not all(timing.get(f"{name} finished") == extra for name, extra in runs.items()):
         print(f"{args.part} done; the table needs both runs: rerun with --part both (finished runs only resume)")
         return 0
-    seq_all, fixed = rows_by_label(args.out / "seq"), rows_by_label(args.out / "fixed")
+    seq_all, fixed = rows_by_label(args.out / seq_name), rows_by_label(args.out / "fixed")
     seq = {label: [r for r in rows if r.idx < args.subset] for label, rows in seq_all.items()}
-    print(f"sigma {SIGMA}, n0 100, alpha 0.001, seed 0; sequential n_max {args.n_max} on {args.images} images vs "
-          f"fixed n {args.n_max} on the first {args.subset}; torchrun {args.procs} processes x 1 thread, "
+    print(f"sigma {SIGMA}, n0 100, alpha 0.001, seed 0; sequential n_max {args.n_max} ({args.precision}) on "
+          f"{args.images} images vs fixed n {args.n_max} (float32) on the first {args.subset}; "
+          f"torchrun {args.procs} processes x 1 thread, "
           f"OMP_WAIT_POLICY=PASSIVE; {os.cpu_count()} CPUs\n")
     print("| configuration | " + " | ".join(f"r={r:g} seq / fixed" for r in RADII)
           + " | samples/img seq | samples/img fixed |")
@@ -141,7 +149,7 @@ def main() -> int:
             cells.append(f"{a:.1f} / {b:.1f}")
         used = " | ".join(f"{samples(rows, args.n_max):.0f}" for rows in (seq_rows, fixed_rows))
         print(f"| {label} | " + " | ".join(cells) + f" | {used} |")
-    minutes = timing["seq"] / 60
+    minutes = timing[seq_name] / 60
     images = len(next(iter(seq_all.values())))
     print(f"\nlargest |sequential - fixed| on the subset: {worst:.1f} points (target <= 1.0: "
           f"{'met' if worst <= 1.0 else 'missed'})")
