@@ -103,19 +103,19 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     timing_path = args.out / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"seq": 0.0, "fixed": 0.0}
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     radii = [f"{r:g}" for r in RADII]
-    seq_name, precision = ("seq", []) if args.precision == "float32" else \
-        (f"seq_{args.precision}", ["--precision", args.precision])
-    runs = {
-        seq_name: ["--sampling", "sequential", "--n-max", str(args.n_max), "--radii", *radii,
-                   "--max-images", str(args.images), *precision],
-        "fixed": ["--num-samples", str(args.n_max), "--max-images", str(args.subset)],
+    float32 = args.precision == "float32"
+    seq_name = "seq" if float32 else f"seq_{args.precision}"
+    runs = {  # part -> (folder and timing key, certify options)
+        "seq": (seq_name, ["--sampling", "sequential", "--n-max", str(args.n_max), "--radii", *radii,
+                           "--max-images", str(args.images), *([] if float32 else ["--precision", args.precision])]),
+        "fixed": ("fixed", ["--num-samples", str(args.n_max), "--max-images", str(args.subset)]),
     }
-    for name, extra in runs.items():
+    for part, (name, extra) in runs.items():
         if timing.get(f"{name} finished") == extra:
             continue  # resuming a finished run would only add its start-up to the time
-        if args.part in (name.split("_")[0], "both"):
+        if args.part in (part, "both"):
             before = timing.get(name, 0.0)
 
             def tick(seconds: float, name: str = name, before: float = before) -> None:
@@ -125,7 +125,7 @@ def main() -> int:
             certify(args.out / name, args.procs, PAIRINGS if args.pairings else GRID, extra, tick)
             timing[f"{name} finished"] = extra
             timing_path.write_text(json.dumps(timing, indent=2) + "\n")
-    if not all(timing.get(f"{name} finished") == extra for name, extra in runs.items()):
+    if not all(timing.get(f"{name} finished") == extra for name, extra in runs.values()):
         print(f"{args.part} done; the table needs both runs: rerun with --part both (finished runs only resume)")
         return 0
     seq_all, fixed = rows_by_label(args.out / seq_name), rows_by_label(args.out / "fixed")
