@@ -33,6 +33,10 @@ export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH}  # this checkout's code, 
 
 DDPM=fmnist_ddpm_lite
 DDPM_STEPS=${DDPM_STEPS:-40000}
+# Issue #41's purifier ladder: the shipped recipe at other base widths (8 norm groups need a multiple
+# of 8), trained after every model the card needs; shipped as fmnist_ddpm_w<width>.
+LADDER=(fmnist_ddpm_w24_lite fmnist_ddpm_w8_lite)
+declare -A DDPM_WIDTH=([fmnist_ddpm_lite]=16 [fmnist_ddpm_w24_lite]=24 [fmnist_ddpm_w8_lite]=8)
 # In the order the demo and the model card need them.
 CLASSIFIERS=(fmnist_cnn_lite_gaussian_0.50 fmnist_cnn_lite_gaussian_0.25 fmnist_cnn_lite_clean
              fmnist_cnn_lite_gaussian_0.12 fmnist_cnn_lite_gaussian_1.00 fmnist_cnn_lite_consistency_0.50
@@ -96,7 +100,7 @@ declare -A DENOISER_SIGMA=([fmnist_dncnn_0.25]=0.25 [fmnist_dncnn_0.50]=0.5)
 # Whether model NAME finished all its steps/epochs (its saved JSON says so).
 finished() {
   local file key
-  if [[ $1 == "$DDPM" ]]; then file=$CK/$1/model/config.json key=extra; else file=$CK/$1/model.json key=training; fi
+  if [[ -n ${DDPM_WIDTH[$1]:-} ]]; then file=$CK/$1/model/config.json key=extra; else file=$CK/$1/model.json key=training; fi
   [[ -n ${DENOISER_SIGMA[$1]:-} ]] && key=training
   [[ -f $file ]] && "$PY" -c 'import json, sys
 sys.exit(0 if json.load(open(sys.argv[1]))[sys.argv[2]].get("finished") else 1)' "$file" "$key"
@@ -106,25 +110,34 @@ KEPT=$ROOT/training-state  # resumable states kept in the repository across sess
 
 resume_flag() { [[ -f $CK/$1/state/state.json ]] && echo --resume || true; }
 
-# restore NAME: the state kept in the repository, where $CK has none (a new machine).
+# restore NAME: the state kept in the repository, where $CK has none (a new machine). A kept state
+# is state.json beside state.safetensors, or beside its packed form state.safetensors.xz
+# (diffsmooth.training.state.pack_file: lossless, about 0.8x).
 restore() {
   if [[ ! -f $CK/$1/state/state.json && -f $KEPT/$1/state.json ]]; then
-    mkdir -p "$CK/$1/state" && cp "$KEPT/$1/state.json" "$KEPT/$1/state.safetensors" "$CK/$1/state/"
+    mkdir -p "$CK/$1/state"
+    if [[ -f $KEPT/$1/state.safetensors.xz ]]; then
+      "$PY" -c 'import sys; from diffsmooth.training.state import unpack_file; unpack_file(sys.argv[1], sys.argv[2])' \
+          "$KEPT/$1/state.safetensors.xz" "$CK/$1/state/state.safetensors"
+    else
+      cp "$KEPT/$1/state.safetensors" "$CK/$1/state/"
+    fi
+    cp "$KEPT/$1/state.json" "$CK/$1/state/"
     echo "$(date -u +%FT%TZ) $1: restored its state from $KEPT/$1 (step/epoch in state.json)"
   fi
 }
 
-# train_ddpm: train (or continue) the DDPM.
+# train_ddpm NAME: train (or continue) a DDPM of the recipe at its width.
 train_ddpm() {
-  mkdir -p "$CK/$DDPM"
+  mkdir -p "$CK/$1"
   # 40,000 steps of 64 images (about 43 epochs); AdamW 1e-3, cosine decay; EMA 0.9995. Longer than one
   # session on one core: resumable (the state in $CK/NAME/state; scripts/ddpm_state.sh keeps it in the repository).
-  "$PY" -m diffsmooth train-diffusion --dataset fashion-mnist --variant improved --num-channels 16 \
+  "$PY" -m diffsmooth train-diffusion --dataset fashion-mnist --variant improved --num-channels "${DDPM_WIDTH[$1]}" \
       --norm-groups 8 --channel-mult 1,2,2 --num-res-blocks 1 --attention-resolutions 7 --num-heads 1 \
       --dropout 0 --schedule cosine --diffusion-steps 1000 --focus-sigmas 0.12,1.0 --focus-fraction 0.9 \
       --steps "$DDPM_STEPS" --batch-size 64 --lr 1e-3 --warmup-steps 500 --ema 0.9995 --seed 0 \
-      --checkpoint-every 250 --quiet --out "$CK/$DDPM/model" --checkpoint-dir "$CK/$DDPM/state" \
-      $(resume_flag "$DDPM") >> "$CK/$DDPM.log" 2>&1
+      --checkpoint-every 250 --quiet --out "$CK/$1/model" --checkpoint-dir "$CK/$1/state" \
+      $(resume_flag "$1") >> "$CK/$1.log" 2>&1
 }
 
 train_classifier() {
@@ -156,7 +169,7 @@ run() {
     flock -n 9 || { echo "$(date -u +%FT%TZ) $1 is being trained by another queue"; exit 0; }
     restore "$1"
     echo "$(date -u +%FT%TZ) $1 starts"
-    if [[ $1 == "$DDPM" ]]; then train_ddpm
+    if [[ -n ${DDPM_WIDTH[$1]:-} ]]; then train_ddpm "$1"
     elif [[ -n ${DENOISER_SIGMA[$1]:-} ]]; then train_denoiser "$1"
     else train_classifier "$1"; fi
     echo "$(date -u +%FT%TZ) $1 stops: $(tail -n 1 "$CK/$1.log")"
@@ -166,14 +179,15 @@ run() {
 what=${1:-list}
 case $what in
   queue)
-    for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}"; do run "$name"; done ;;
+    for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}" "${LADDER[@]}"; do run "$name"; done ;;
   ship)
     weights=$ROOT/src/diffsmooth/weights
-    for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}"; do
+    for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}" "${LADDER[@]}"; do
       finished "$name" || { echo "$name is not finished: not shipped"; continue; }
-      if [[ $name == "$DDPM" ]]; then
-        rm -rf "$weights/fmnist_ddpm" && cp -r "$CK/$name/model" "$weights/fmnist_ddpm"
-        echo "shipped $name as fmnist_ddpm/"
+      if [[ -n ${DDPM_WIDTH[$name]:-} ]]; then
+        shipped=${name%_lite}
+        rm -rf "${weights:?}/$shipped" && cp -r "$CK/$name/model" "$weights/$shipped"
+        echo "shipped $name as $shipped/"
       else
         shipped=${name/fmnist_cnn_lite_/fmnist_cnn_}
         cp "$CK/$name/model.safetensors" "$weights/$shipped.safetensors"
@@ -200,13 +214,18 @@ open(sys.argv[2], "w").write(json.dumps(doc, indent=2, sort_keys=True) + "\n")' 
       sleep 1
     done
     [[ $before == "$after" ]] || { echo "the state of $name kept changing: try again" >&2; exit 1; }
+    # pack it (lossless, ~0.8x: a DDPM of width 24 has a 10.8 MB state, over the 10 MB to commit)
+    "$PY" -c 'import sys; from diffsmooth.training.state import pack_file, unpack_file
+size = pack_file(sys.argv[1], sys.argv[2]); unpack_file(sys.argv[2], sys.argv[1] + ".check")
+import filecmp; assert filecmp.cmp(sys.argv[1], sys.argv[1] + ".check", shallow=False)
+print(f"packed to {size / 1e6:.2f} MB")' "$KEPT/$name/state.safetensors" "$KEPT/$name/state.safetensors.xz"
+    rm -f "$KEPT/$name/state.safetensors" "$KEPT/$name/state.safetensors.check"
     echo "kept $name's state ($(grep -o '"step": [0-9]*' "$KEPT/$name/state.json")) in $KEPT/$name: commit it" ;;
   list)
-    for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}"; do
+    for name in "$DDPM" "${CLASSIFIERS[@]}" "${DENOISERS[@]}" "${LADDER[@]}"; do
       if finished "$name"; then echo "$name finished"; else echo "$name not finished"; fi
     done ;;
-  "$DDPM") run "$DDPM" ;;
   *)
-    [[ -n ${METHOD[$what]:-}${DENOISER_SIGMA[$what]:-} ]] || { echo "unknown model $what; see: $0 list" >&2; exit 2; }
+    [[ -n ${METHOD[$what]:-}${DENOISER_SIGMA[$what]:-}${DDPM_WIDTH[$what]:-} ]] || { echo "unknown model $what; see: $0 list" >&2; exit 2; }
     run "$what" ;;
 esac

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -25,6 +26,7 @@ from diffsmooth.training import (
     train_denoiser,
 )
 from diffsmooth.training.state import TrainState, load_state, save_state
+from diffsmooth.validate import InputError
 
 OLD_STATE = Path(__file__).parent / "fixtures" / "training" / "state_676e774"
 
@@ -99,3 +101,34 @@ def test_trainers_record_the_same_training_keys(tmp_path):
                               eval_limit=8)
     assert set(json.loads((tmp_path / "c.json").read_text())["training"]) == set(classifier.info) == CLASSIFIER_KEYS
     assert set(json.loads((tmp_path / "d.json").read_text())["training"]) == set(denoiser.info) == DENOISER_KEYS
+
+
+def test_a_packed_state_unpacks_to_the_same_bytes_and_is_smaller(tmp_path):
+    from diffsmooth.training.state import pack_file, unpack_file
+
+    src = OLD_STATE / "state.safetensors"
+    packed = tmp_path / "state.safetensors.xz"
+    size = pack_file(src, packed)
+    assert size == packed.stat().st_size < src.stat().st_size
+    unpack_file(packed, tmp_path / "back.safetensors")
+    assert (tmp_path / "back.safetensors").read_bytes() == src.read_bytes()
+    # a length that is not a multiple of 4 keeps its tail
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(bytes(range(7)) * 3)
+    pack_file(odd, tmp_path / "odd.xz")
+    unpack_file(tmp_path / "odd.xz", tmp_path / "odd.back")
+    assert (tmp_path / "odd.back").read_bytes() == odd.read_bytes()
+
+
+def test_a_damaged_or_foreign_packed_state_is_named(tmp_path):
+    from diffsmooth.training.state import pack_file, unpack_file
+
+    packed = tmp_path / "p.xz"
+    pack_file(OLD_STATE / "state.safetensors", packed)
+    packed.write_bytes(packed.read_bytes()[:-20])
+    with pytest.raises(InputError, match=r"p\.xz is damaged .*keep the state again"):
+        unpack_file(packed, tmp_path / "out")
+    (tmp_path / "foreign").write_bytes(b"hello")
+    with pytest.raises(InputError, match="not a file packed by"):
+        unpack_file(tmp_path / "foreign", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -23,7 +23,8 @@ from torch import nn
 from diffsmooth.files import git_commit, save_safetensors, write_json
 from diffsmooth.validate import InputError
 
-__all__ = ["TrainState", "git_commit", "has_state", "load_state", "resume_state", "save_state", "trained_seconds"]
+__all__ = ["TrainState", "git_commit", "has_state", "load_state", "pack_file", "resume_state", "save_state",
+           "trained_seconds", "unpack_file"]
 
 STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
@@ -155,3 +156,49 @@ def resume_state(directory: str | Path, state: TrainState) -> tuple[int, int]:
     if not has_state(directory):
         raise InputError(f"--resume: no checkpoint in {directory}; run without --resume to start fresh")
     return load_state(directory, state)
+
+
+PACK_MAGIC = b"diffsmooth-packed-v1\n"
+
+
+def pack_file(src: str | Path, dest: str | Path) -> int:
+    """Write ``src`` (e.g. a ``state.safetensors``) to ``dest`` losslessly packed, for keeping a
+    training state in the repository: the bytes of each 4-byte word regrouped (all first bytes, then all
+    second bytes, ...: float32 exponents end up together) and xz-compressed, about 0.8x of a float32
+    state where xz alone gives 0.9x. Returns the packed size in bytes; ``unpack_file`` inverts it."""
+    import lzma
+
+    import numpy as np
+
+    raw = np.frombuffer(Path(src).read_bytes(), dtype=np.uint8)
+    words = len(raw) // 4 * 4
+    shuffled = raw[:words].reshape(-1, 4).T.tobytes() + raw[words:].tobytes()
+    body = PACK_MAGIC + len(raw).to_bytes(8, "little") + lzma.compress(shuffled, preset=9)
+    tmp = Path(dest).with_name(Path(dest).name + ".tmp")
+    tmp.write_bytes(body)
+    tmp.replace(dest)
+    return len(body)
+
+
+def unpack_file(src: str | Path, dest: str | Path) -> None:
+    """Inverse of ``pack_file``: the original bytes of the packed ``src`` into ``dest`` (atomically)."""
+    import lzma
+
+    import numpy as np
+
+    body = Path(src).read_bytes()
+    if not body.startswith(PACK_MAGIC):
+        raise InputError(f"{src} is not a file packed by diffsmooth.training.state.pack_file; keep the state again")
+    head = len(PACK_MAGIC)
+    size = int.from_bytes(body[head:head + 8], "little")
+    try:
+        shuffled = np.frombuffer(lzma.decompress(body[head + 8:]), dtype=np.uint8)
+    except lzma.LZMAError as err:
+        raise InputError(f"{src} is damaged ({err}); keep the state again") from None
+    if len(shuffled) != size:
+        raise InputError(f"{src} is damaged (unpacks to {len(shuffled)} bytes, not {size}); keep the state again")
+    words = size // 4 * 4
+    raw = shuffled[:words].reshape(4, -1).T.tobytes() + shuffled[words:].tobytes()
+    tmp = Path(dest).with_name(Path(dest).name + ".tmp")
+    tmp.write_bytes(raw)
+    tmp.replace(dest)
