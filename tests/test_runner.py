@@ -124,3 +124,23 @@ def test_resume_accepts_a_manifest_from_before_a_setting_existed(tmp_path):
     manifest.write_text(json.dumps(doc))
     with pytest.raises(InputError, match=r"different settings \(method.precision\)"):
         certify(out, indices=range(4), resume=True)
+
+
+def test_resume_reads_a_saved_file_with_bom_and_crlf_and_refuses_other_columns(tmp_path):
+    full = tmp_path / "full.tsv"
+    certify(full)
+    out = tmp_path / "r.tsv"
+    certify(out, indices=range(3))
+    text = out.read_text()
+    out.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())  # saved by a Windows editor
+    report = certify(out, resume=True)
+    assert report.skipped == 3 and strip_time(read_rows(out)[1]) == strip_time(read_rows(full)[1])
+    # the same rows with the columns in another order: appending ours would misalign them
+    lines = [line.split("\t") for line in text.splitlines()]
+    out.write_text("".join("\t".join([f[4], *f[:4], f[5]]) + "\n" for f in lines))
+    before = out.read_bytes()
+    with pytest.raises(InputError, match=r"cannot resume .*r\.tsv: its columns \(correct idx label predict radius "
+                                         r"time\) are not the ones this run appends \(idx label predict radius "
+                                         r"correct time\); use a new --out, or --overwrite"):
+        certify(out, resume=True)
+    assert out.read_bytes() == before

@@ -34,9 +34,16 @@ class Summary:
     abstention_rate: float
     certified: dict[float, float]
     acr: float | None
-    seconds_per_image: float
+    seconds_per_image: float | None  # None where the file has no time column
     dropped_torn_line: bool = False
     samples_per_image: float | None = None  # sequential runs: mean estimation samples used
+
+
+def run_label(path: str | Path) -> str:
+    """A run's default name: its file name without a ``.tsv`` / ``.txt`` ending (Cohen et al.'s
+    files have none: ``sigma_0.50`` stays whole)."""
+    path = Path(path)
+    return path.stem if path.suffix.lower() in (".tsv", ".txt") else path.name
 
 
 def certified_accuracy(rows: Sequence[Row], radius: float) -> float:
@@ -54,14 +61,14 @@ def summarize(path: Path, radii: Sequence[float], label: str | None = None) -> S
     n = len(rows)
     certify = mode == "certify"
     return Summary(
-        label=label or Path(path).stem,
+        label=label or run_label(path),
         mode=mode,
         images=n,
         clean_accuracy=sum(r.correct for r in rows) / n,
         abstention_rate=sum(r.predict == -1 for r in rows) / n,
         certified={float(r): certified_accuracy(rows, r) for r in radii} if certify else {},
         acr=sum(r.radius * r.correct for r in rows) / n if certify else None,
-        seconds_per_image=sum(r.seconds for r in rows) / n,
+        seconds_per_image=(None if any(r.seconds is None for r in rows) else sum(r.seconds for r in rows) / n),
         dropped_torn_line=results.dropped_torn_line,
         samples_per_image=(sum(int(dict(r.extra)["samples"]) for r in rows) / n if "samples" in results.columns
                            else None),
@@ -90,7 +97,8 @@ def table(summaries: Sequence[Summary], radii: Sequence[float], fmt: str = "mark
         cert = [_percent(s.certified[float(r)], s.images, errors) if s.certified else "-" for r in radii]
         mean_radius = [f"{s.acr:.3f}" if s.acr is not None else "-"] if acr else []
         body.append([s.label, str(s.images), *cert, *mean_radius, f"{100 * s.abstention_rate:.1f}",
-                     f"{100 * s.clean_accuracy:.1f}", f"{s.seconds_per_image:.2f}"])
+                     f"{100 * s.clean_accuracy:.1f}",
+                     "-" if s.seconds_per_image is None else f"{s.seconds_per_image:.2f}"])
         if sequential:
             body[-1].append("-" if s.samples_per_image is None else f"{s.samples_per_image:.0f}")
     if fmt == "csv":
@@ -150,7 +158,7 @@ def paired_comparison(path_a: Path, path_b: Path, radii: Sequence[float], label_
     for radius in radii:
         passes = lambda run: [run[i].correct and run[i].radius >= radius for i in order]  # noqa: E731
         difference[float(radius)], standard_error[float(radius)] = paired_difference(passes(a), passes(b))
-    return Paired(label_a or Path(path_a).stem, label_b or Path(path_b).stem, len(order), difference,
+    return Paired(label_a or run_label(path_a), label_b or run_label(path_b), len(order), difference,
                   standard_error)
 
 

@@ -39,7 +39,7 @@ def register(sub, formatter) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from diffsmooth.analysis import plot, summarize, table
+    from diffsmooth.analysis import plot, run_label, summarize, table
     from diffsmooth.results import read_index
     from diffsmooth.visualize import check_figure_path
 
@@ -53,7 +53,7 @@ def _analyze(args: argparse.Namespace) -> int:
                     attacks.setdefault(path.name, {})[float(entry["spec"]["file_eps"])] = entry["path"]
         else:
             paths.append(path)
-            names.append(path.stem)
+            names.append(run_label(path))
     args.results = paths
     labels = args.labels or _distinct(names, paths)
     if len(labels) != len(args.results):

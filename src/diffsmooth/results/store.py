@@ -272,7 +272,11 @@ class ResultsStore:
         results = read_results(path, writer_file=True)
         old = read_manifest(manifest_path(path)).get("spec", {})
         differ = sorted(_diff(old, self.spec, self.defaults))
-        if results.mode != self.mode or differ or results.columns != self.columns:
+        ours = tuple(header_line(self.mode, self.columns).rstrip("\n").split("\t"))
+        if results.mode == self.mode and not differ and results.header != ours:
+            raise InputError(f"cannot resume {path}: its columns ({' '.join(results.header)}) are not the ones this "
+                             f"run appends ({' '.join(ours)}); use a new --out, or --overwrite")
+        if results.mode != self.mode or differ:
             raise InputError(
                 f"cannot resume {path}: it was written with different settings ({', '.join(differ) or 'mode'}); "
                 "use the same settings, a new --out, or --overwrite"
