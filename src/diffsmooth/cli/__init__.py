@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with the set of options the user typed (``cli.options.typed_options``)."""
+    from diffsmooth.cli.options import typed_dests
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args._typed = typed_dests(parser, argv)
+    return args
+
+
 class _Terminated(BaseException):
     """SIGTERM (a scheduler's stop, torchrun stopping its group) as an exception, so that
     files are closed, locks released and temp files removed on the way out."""
@@ -62,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_cpu()  # before anything imports torch: OpenMP reads its settings when it loads
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
     except KeyboardInterrupt:
         print("diffsmooth: interrupted", file=sys.stderr)
         return 130
@@ -83,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from diffsmooth.cli.applies import check_applies
+
     try:
+        if not getattr(args, "applies_after_recipe", False):
+            check_applies(args)
         return int(args.func(args) or 0)
     except InputError as err:
         print(f"diffsmooth {args.command}: error: {err}", file=sys.stderr)

@@ -68,7 +68,7 @@ def register(sub, formatter) -> None:
     mode.add_argument("--resume", action="store_true", help="continue an existing attack folder")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing attack folder's files")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_attack)
+    p.set_defaults(func=_attack, applies_after_recipe=True)
 
 
 def _config(args: argparse.Namespace):
@@ -79,7 +79,8 @@ def _config(args: argparse.Namespace):
 
 
 def _attack(args: argparse.Namespace) -> int:
-    from diffsmooth.cli.certify import METHOD_OPTION_DESTS, check_method_options
+    from diffsmooth.cli.applies import check_applies
+    from diffsmooth.cli.certify import METHOD_OPTION_DESTS
     from diffsmooth.cli.options import flag, typed_options
 
     typed = typed_options(args)
@@ -89,11 +90,12 @@ def _attack(args: argparse.Namespace) -> int:
             names = ", ".join("--reverse-steps" if d == "steps" else flag(d) for d in ignored)
             raise InputError(f"--audit attacks the configuration RESULTS.tsv's manifest records (method, sigma, "
                              f"models, precision); drop {names}")
+        check_applies(args)
         if args.out_dir is not None or args.resume or args.overwrite:
             raise InputError("--audit writes no attack folder: drop --out-dir, --resume and --overwrite "
                              "(--out names the audit's own TSV)")
         return _audit(args)
-    check_method_options(args, steps_flag="--reverse-steps")
+    check_applies(args)
     if args.out is not None:
         raise InputError("--out names the audit's TSV (with --audit); an attack writes into --out-dir")
     if args.out_dir is None:

@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 
 from diffsmooth import validate
+from diffsmooth.cli.applies import USED_BY
 from diffsmooth.validate import InputError
 
 
@@ -85,39 +86,16 @@ def add_method_arguments(p: argparse.ArgumentParser, grid: bool = False, sigma_r
     g.add_argument("--cuda-graphs", action="store_true", help="capture and replay the base as a CUDA graph per batch shape")
     g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     # Options the user typed are told from defaults, so that one that no chosen method uses is refused
-    # (check_method_options) and a --recipe fills only the others; typed_options removes the marks.
+    # (cli.applies) and a --recipe fills only the others; typed_options removes the marks.
     mark_defaults(p, [d for d in METHOD_OPTION_DESTS if grid or not d.endswith("_classifier")])
 
 
 GRID_OPTIONS = ("m", "local_sigma", "vote", "local_noise")
 """DiffSmooth's options that take lists in a grid (every combination is certified)."""
 
-USED_BY = {
-    "denoiser": ("dds", "diffsmooth", "densepure", "denoised"),
-    "denoiser_preset": ("dds", "diffsmooth", "densepure"),
-    "m": ("diffsmooth",), "local_sigma": ("diffsmooth",), "vote": ("diffsmooth",), "local_noise": ("diffsmooth",),
-    "local_noise_seed": ("diffsmooth",), "local_classifier": ("diffsmooth",),
-    "dds_classifier": ("dds",), "rs_classifier": ("rs",),
-    "runs": ("densepure",), "steps": ("densepure",), "reverse_chain": ("densepure",), "run_seed": ("densepure",),
-}
-"""The methods each method-specific option applies to."""
 METHOD_OPTION_DESTS = ("method", "dataset", "sigma", "classifier", *USED_BY, "precision", "channels_last", "compile",
                        "cuda_graphs")
 """The method options whose typing is tracked (``cli.options.mark_defaults``)."""
-
-
-def check_method_options(args: argparse.Namespace, steps_flag: str = "--steps") -> None:
-    """Refuse, before anything runs, a typed option that none of the chosen methods uses (it would be
-    recorded in the manifest and block a later --resume, while changing nothing)."""
-    from diffsmooth.cli.options import flag, typed_options
-
-    typed = typed_options(args)
-    methods = args.method if isinstance(args.method, list) else [args.method]
-    for dest, users in USED_BY.items():
-        if dest in typed and not set(methods) & set(users):
-            name = steps_flag if dest == "steps" else flag(dest)
-            raise InputError(f"{name} does not apply to --method {' '.join(methods)} (it is for "
-                             f"{' / '.join(users)}); drop it")
 
 
 def method_spec(args: argparse.Namespace):
@@ -266,7 +244,7 @@ def _add_run(sub, formatter, mode: str) -> None:
     from diffsmooth.cli.recipes import add_recipe_argument
 
     add_recipe_argument(p, mode)
-    p.set_defaults(func=_run, mode=mode)
+    p.set_defaults(func=_run, mode=mode, applies_after_recipe=True)
 
 
 def _batch(text: str) -> int | str:
@@ -284,17 +262,15 @@ def register(sub, formatter) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from diffsmooth.cli.options import checked_cpu_workers, typed_options
+    from diffsmooth.cli.applies import check_applies
+    from diffsmooth.cli.options import checked_cpu_workers
     from diffsmooth.cli.recipes import apply_recipe
     from diffsmooth.data import load_dataset
     from diffsmooth.results import recorded_spec
     from diffsmooth.runner import Job, RunSpec, resolve_batch_size, run, select_indices
 
     recipe = apply_recipe(args)  # first: it fills in the options the user did not give
-    check_method_options(args)
-    if getattr(args, "sampling", "fixed") == "sequential" and "n" in typed_options(args):
-        raise InputError("--n does not apply to --sampling sequential, which draws up to --n-max estimation samples "
-                         "per image; drop --n")
+    check_applies(args)
     if args.sigma is None:
         raise InputError("--sigma is required: the smoothing noise in [0,1] pixel units (e.g. 0.25), "
                          "or a --recipe that sets it (`diffsmooth recipes`)")

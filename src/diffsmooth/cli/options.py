@@ -76,9 +76,10 @@ def mark_defaults(p: argparse.ArgumentParser, dests: Iterable[str]) -> None:
 
 
 def typed_options(args: argparse.Namespace) -> set[str]:
-    """The marked options the user typed; removes every mark, so that everything after sees plain
-    values (call it first; later calls return the same set)."""
-    if not hasattr(args, "_typed"):
+    """The options the user typed: every one, where ``main`` parsed the command line (``typed_dests``),
+    else the marked ones typed; removes every mark, so that everything after sees plain values (call it
+    first; later calls return the same set)."""
+    if not hasattr(args, "_typed") or not getattr(args, "_marks_removed", False):
         typed = set()
         for dest in getattr(args, "_marked", ()):
             value = getattr(args, dest)
@@ -86,8 +87,37 @@ def typed_options(args: argparse.Namespace) -> set[str]:
                 setattr(args, dest, value.value)
             else:
                 typed.add(dest)
-        args._typed = typed
+        if not hasattr(args, "_typed"):
+            args._typed = typed
+        args._marks_removed = True
     return args._typed
+
+
+def typed_dests(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The ``dest`` of every option typed on ``argv`` (a command line that ``parser`` accepts): it is
+    parsed again with every default suppressed, so that what remains was typed (also when typed with
+    its default value, abbreviated or as ``--opt=value``)."""
+    saved: list[tuple[argparse.ArgumentParser, dict[str, Any], list[tuple[argparse.Action, Any]]]] = []
+
+    def suppress(p: argparse.ArgumentParser) -> None:
+        saved.append((p, dict(p._defaults), [(a, a.default) for a in p._actions]))
+        p._defaults.clear()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in dict.fromkeys(action.choices.values()):
+                    suppress(child)
+            action.default = argparse.SUPPRESS
+
+    suppress(parser)
+    try:
+        typed = vars(parser.parse_args(argv))
+    finally:
+        for p, defaults, actions in saved:
+            p._defaults.clear()
+            p._defaults.update(defaults)
+            for action, default in actions:
+                action.default = default
+    return set(typed) - {"command"}
 
 
 def flag(dest: str) -> str:

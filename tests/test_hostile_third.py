@@ -1,0 +1,100 @@
+"""Hostile input, third round (issue #40): every case one line and exit 2 with no file left behind,
+or the right answer; and the one table of which option applies where (``cli.applies``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diffsmooth.cli import main
+from diffsmooth.cli.applies import RULES, USED_BY, option_name
+from diffsmooth.cli.options import typed_dests
+
+from test_faults import fails, rs_args
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ---- options that do not apply ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, message", [
+    (["--indices", "1", "--skip", "2"], "--skip does not apply to `diffsmooth certify` here (it is for a run without "
+                                        "--indices (--indices names the images itself)); drop --skip"),
+    (["--indices", "1", "--max", "3"], "--max does not apply"),
+    (["--skip", "0", "--max", "0", "--indices", "1"], "--skip does not apply"),
+    (["--split-samples"], "--split-samples does not apply to `diffsmooth certify` here (it is for runs under "
+                          "torchrun (WORLD_SIZE > 1)); drop --split-samples"),
+])
+def test_certify_refuses_an_option_that_does_not_apply(extra, message, tmp_path, fmnist_dir, classifier_path, capsys):
+    fails(capsys, rs_args(fmnist_dir, classifier_path, tmp_path / "r.tsv", *extra), message)
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n", "20"], "--n does not apply to --sampling sequential (it is for --sampling fixed); drop --n"),
+    (["--sampling", "fixed", "--n-max", "100"], "--n-max does not apply to --sampling fixed (it is for --sampling "
+                                                "sequential (the default)); drop --n-max"),
+    (["--n", "100", "--n-max", "100"], "--n does not apply to --sampling sequential"),
+])
+def test_demo_refuses_the_other_samplings_budget(extra, message, tmp_path, capsys):
+    fails(capsys, ["demo", "--out-dir", str(tmp_path / "d"), "--max", "2", "--quiet", *extra], message)
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--json", "s.json"], "--json does not apply to `diffsmooth purify` here (it is for --stats); drop --json"),
+    (["--draws", "4"], "--draws does not apply"),
+    (["--vote", "hard"], "--vote does not apply to `diffsmooth purify` here (it is for certify (purify shows the "
+                         "purifier alone"),
+    (["--classifier", "x.pth"], "--classifier does not apply"),
+    (["--method", "denoised"], "--method does not apply"),
+    (["--method", "rs"], "--method does not apply"),
+])
+def test_purify_refuses_what_it_does_not_use(extra, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, ["purify", "--sigma", "0.25", "--indices", "0", "--out", "g.png", *extra], message)
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("extra", [["--title", "t"], ["--overwrite"]])
+def test_analyze_refuses_plot_options_without_a_plot(extra, tmp_path, capsys):
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t1.0\n")
+    fails(capsys, ["analyze", str(tsv), *extra], f"{extra[0]} does not apply to `diffsmooth analyze` here (it is for "
+                                                 f"--plot); drop {extra[0]}")
+
+
+def test_options_for_one_mode_of_a_trainer_are_refused_in_another(tmp_path, capsys):
+    fails(capsys, ["train-classifier", "--sigma", "0.25", "--purify-draws", "2", "--out", str(tmp_path / "c")],
+          "--purify-draws does not apply to `diffsmooth train-classifier` here (it is for --finetune-on-purified)")
+    fails(capsys, ["train-denoiser", "--sigma", "0.25", "--mse-epochs", "1", "--out", str(tmp_path / "d")],
+          "--mse-epochs does not apply to `diffsmooth train-denoiser` here (it is for --objective mse+stability)")
+    fails(capsys, ["train-denoiser", "--sigma", "0.25", "--classifier", "x", "--out", str(tmp_path / "d")],
+          "--classifier does not apply")
+    fails(capsys, ["train-diffusion", "--focus-fraction", "0.5", "--out", str(tmp_path)],
+          "--focus-fraction does not apply to `diffsmooth train-diffusion` here (it is for --focus-sigmas)")
+    assert listing(tmp_path) == []
+
+
+def test_typed_options_are_found_in_every_spelling():
+    from diffsmooth.cli import build_parser
+
+    parser = build_parser()
+    argv = ["certify", "--sigma=0.25", "--n", "100000", "--local-sig", "0.25", "--out", "r.tsv", "--quiet"]
+    assert typed_dests(parser, argv) == {"sigma", "n", "local_sigma", "out", "quiet"}
+    # the parser's defaults are back afterwards
+    args = parser.parse_args(["certify", "--out", "r.tsv"])
+    assert str(args.n) == "100000" and args.quiet is False and args.func is not None
+
+
+def test_every_rule_names_real_options_of_its_commands():
+    from diffsmooth.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for rule in RULES:  # every option of a rule is one of (at least one of) its commands
+        dests = {a.dest for command in rule.commands for a in commands[command]._actions}
+        assert set(rule.options) <= dests, (rule.commands, set(rule.options) - dests)
+    assert option_name("attack", "steps") == "--reverse-steps" and set(USED_BY["runs"]) == {"densepure"}
