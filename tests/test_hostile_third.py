@@ -68,14 +68,52 @@ def test_analyze_refuses_plot_options_without_a_plot(extra, tmp_path, capsys):
 
 
 def test_options_for_one_mode_of_a_trainer_are_refused_in_another(tmp_path, capsys):
+    fails(capsys, ["train-classifier", "--sigma", "0.25", "--purify-sigma", "0.5", "--out", str(tmp_path / "c")],
+          "--purify-sigma does not apply to `diffsmooth train-classifier` here (it is for --finetune-on-purified)")
     fails(capsys, ["train-classifier", "--sigma", "0.25", "--purify-draws", "2", "--out", str(tmp_path / "c")],
-          "--purify-draws does not apply to `diffsmooth train-classifier` here (it is for --finetune-on-purified)")
+          "--purify-draws needs --finetune-on-purified DENOISER")
     fails(capsys, ["train-denoiser", "--sigma", "0.25", "--mse-epochs", "1", "--out", str(tmp_path / "d")],
-          "--mse-epochs does not apply to `diffsmooth train-denoiser` here (it is for --objective mse+stability)")
+          "--mse-epochs applies to --objective mse+stability only")
     fails(capsys, ["train-denoiser", "--sigma", "0.25", "--classifier", "x", "--out", str(tmp_path / "d")],
-          "--classifier does not apply")
+          "--classifier does not apply to `diffsmooth train-denoiser` here (it is for --objective stability or "
+          "mse+stability)")
     fails(capsys, ["train-diffusion", "--focus-fraction", "0.5", "--out", str(tmp_path)],
-          "--focus-fraction does not apply to `diffsmooth train-diffusion` here (it is for --focus-sigmas)")
+          "--focus-sigmas and --focus-fraction go together")
+    assert listing(tmp_path) == []
+
+
+def classifier_args(fmnist_dir, out, *extra):
+    return ["train-classifier", "--sigma", "0.25", "--epochs", "1", "--train-limit", "64", "--eval-limit", "64",
+            "--batch-size", "32", "--data-dir", str(fmnist_dir), "--quiet", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--momentum", "-1"], "--momentum must lie in [0, 1) (e.g. 0.9), got -1.0"),
+    (["--momentum", "nan"], "--momentum must lie in [0, 1)"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite weight decay >= 0, got -1.0"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite weight decay >= 0, got nan"),
+    (["--method", "consistency", "--lbd", "nan"], "--lbd must be a finite number >= 0, got nan"),
+    (["--method", "consistency", "--m-train", "0"], "--m-train must be a whole number >= 1, got 0"),
+    (["--method", "smoothadv", "--epsilon", "-1"], "--epsilon must be a finite number >= 0, got -1.0"),
+    (["--train-limit", "0"], "--train-limit must be a whole number >= 1, got 0"),
+    (["--train-limit", "-59990"], "--train-limit must be a whole number >= 1, got -59990"),
+    (["--eval-limit", "0"], "--eval-limit must be a whole number >= 1, got 0"),
+    (["--eval-limit", "-9990"], "--eval-limit must be a whole number >= 1"),
+])
+def test_a_trainer_refuses_bad_numbers_before_it_trains(extra, message, tmp_path, fmnist_dir, capsys):
+    fails(capsys, classifier_args(fmnist_dir, tmp_path / "m", *extra), message)
+    assert listing(tmp_path) == []
+
+
+def test_the_denoiser_and_diffusion_trainers_check_their_optimizer_and_limits(tmp_path, fmnist_dir, capsys):
+    fails(capsys, ["train-denoiser", "--sigma", "0.25", "--weight-decay", "-1", "--out", str(tmp_path / "d")],
+          "--weight-decay must be a finite weight decay >= 0")
+    fails(capsys, ["train-denoiser", "--sigma", "0.25", "--eval-limit", "0", "--data-dir", str(fmnist_dir),
+                   "--out", str(tmp_path / "d")], "--eval-limit must be a whole number >= 1")
+    fails(capsys, ["train-diffusion", "--train-limit", "-5", "--out", str(tmp_path)],
+          "--train-limit must be a whole number >= 1")
+    fails(capsys, ["train-diffusion", "--warmup-steps", "-1", "--out", str(tmp_path)],
+          "--warmup-steps must be a whole number >= 0")
     assert listing(tmp_path) == []
 
 
@@ -98,3 +136,11 @@ def test_every_rule_names_real_options_of_its_commands():
         dests = {a.dest for command in rule.commands for a in commands[command]._actions}
         assert set(rule.options) <= dests, (rule.commands, set(rule.options) - dests)
     assert option_name("attack", "steps") == "--reverse-steps" and set(USED_BY["runs"]) == {"densepure"}
+
+
+def test_stop_after_must_be_a_multiple_of_checkpoint_every(tmp_path, capsys):
+    fails(capsys, ["train-diffusion", "--steps", "10", "--checkpoint-every", "2", "--stop-after", "3",
+                   "--out", str(tmp_path)],
+          "--stop-after 3 must be a multiple of --checkpoint-every 2 (a resume continues from a checkpoint)")
+    fails(capsys, ["train-diffusion", "--stop-after", "0", "--out", str(tmp_path)], "--stop-after must be a whole")
+    assert listing(tmp_path) == []

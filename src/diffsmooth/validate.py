@@ -90,6 +90,20 @@ def number(value: object, name: str, *, minimum: float | None = None, above: flo
     return float(value)
 
 
+def optimizer(lr: object, weight_decay: object, momentum: object | None = None) -> None:
+    """A trainer's optimizer settings: learning rate finite and > 0, weight decay finite and >= 0,
+    momentum (SGD) in [0, 1)."""
+    number(lr, "--lr", above=0, what="learning rate")
+    number(weight_decay, "--weight-decay", minimum=0, what="weight decay")
+    if momentum is not None and not (_real(momentum) and 0 <= momentum < 1):
+        raise InputError(f"--momentum must lie in [0, 1) (e.g. 0.9), got {momentum!r}")
+
+
+def limit(value: object, name: str) -> int | None:
+    """An image limit (``--train-limit``, ``--eval-limit``): None (all images) or a whole number >= 1."""
+    return None if value is None else whole(value, name)
+
+
 def choice(value: object, name: str, known: Iterable[str]) -> str:
     """One of the ``known`` names."""
     known = list(known)

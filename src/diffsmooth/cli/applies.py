@@ -68,16 +68,12 @@ RULES: tuple[Rule, ...] = (
     Rule(("demo",), ("n",), lambda a: a.sampling == "fixed", "--sampling fixed"),
     Rule(("demo",), ("n_max",), lambda a: a.sampling == "sequential", "--sampling sequential (the default)"),
     Rule(("purify",), ("json", "draws", "runs", "steps"), lambda a: a.stats, "--stats"),
-    Rule(("purify",), ("method", "classifier", "vote", "m", "local_noise", "local_noise_seed", "reverse_chain",
-                       "run_seed", "compile", "cuda_graphs"),
-         _never, "certify (purify shows the purifier alone: --denoiser, --sigma and --local-sigma)"),
+    Rule(("purify",), ("method", "classifier", "vote", "m", "reverse_chain", "run_seed", "compile", "cuda_graphs"),
+         _never, "certify (purify shows the purifier alone: --denoiser, --sigma, --local-sigma, --local-noise)"),
     Rule(("analyze",), ("title", "overwrite"), lambda a: a.plot is not None, "--plot"),
-    Rule(("train-classifier",), ("purify_sigma", "purify_draws", "purify_cache"), lambda a: a.purify is not None,
-         "--finetune-on-purified"),
+    Rule(("train-classifier",), ("purify_sigma",), lambda a: a.purify is not None, "--finetune-on-purified"),
     Rule(("train-denoiser",), ("classifier",), lambda a: "stability" in a.objective,
          "--objective stability or mse+stability"),
-    Rule(("train-denoiser",), ("mse_epochs",), lambda a: a.objective == "mse+stability", "--objective mse+stability"),
-    Rule(("train-diffusion",), ("focus_fraction",), lambda a: a.focus_sigmas is not None, "--focus-sigmas"),
 )
 
 

@@ -33,6 +33,7 @@ from diffsmooth.training.loop import (
     run_epochs,
     seeded_generators,
 )
+from diffsmooth.training.losses import check_hparams
 from diffsmooth.training.losses import LossInput, get_loss, loss_defaults
 from diffsmooth.training.state import TrainState
 from diffsmooth.validate import InputError
@@ -86,10 +87,12 @@ class ClassifierTrainConfig:
         if unknown:
             raise InputError(f"{self.method} has no hyper-parameter(s) {', '.join(sorted(unknown))}; "
                              f"it takes: {', '.join(sorted(loss_defaults(self.method))) or 'none'}")
+        check_hparams(self.hparams)
         validate.sigma(self.sigma, "--sigma", zero_ok=True)
-        validate.number(self.lr, "--lr", above=0, what="learning rate")
+        validate.optimizer(self.lr, self.weight_decay, self.momentum)
         validate.whole(self.epochs, "--epochs")
         validate.whole(self.batch_size, "--batch-size")
+        validate.limit(self.train_limit, "--train-limit")
         if self.purify is not None and not (self.purify_sigma or self.sigma) > 0:
             raise InputError("--finetune-on-purified needs a noise level > 0: set --purify-sigma or --sigma")
         if self.purify_sigma is not None:
@@ -152,6 +155,7 @@ def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, checkpoi
     epochs (time-sliced jobs); the model saved then is marked ``"finished": false``.
     """
     config.validate()
+    validate.limit(eval_limit, "--eval-limit")
     dev = resolve_device(device)
     out = Path(out)
     images, labels, info = load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)

@@ -89,7 +89,8 @@ class DenoiserTrainConfig:
         validate.sigma(self.sigma, "--sigma")
         validate.whole(self.epochs, "--epochs")
         validate.whole(self.batch_size, "--batch-size")
-        validate.number(self.lr, "--lr", above=0, what="learning rate")
+        validate.optimizer(self.lr, self.weight_decay)
+        validate.limit(self.train_limit, "--train-limit")
         if self.mse_epochs is not None and not (self.objective == "mse+stability" and 0 <= self.mse_epochs <= self.epochs):
             raise InputError(f"--mse-epochs applies to --objective mse+stability only and must lie in "
                              f"0..--epochs ({self.epochs}), got {self.mse_epochs}")
@@ -171,6 +172,7 @@ def train_denoiser(config: DenoiserTrainConfig, out: str | Path, *, checkpoint_d
     ``stop_after`` ends this call after that many epochs (the saved model says ``"finished": false``).
     """
     config.validate()
+    validate.limit(eval_limit, "--eval-limit")
     dev = loop.resolve_device(device)
     out = Path(out)
     images, labels, info = loop.load_train_tensors(config.dataset, config.data_dir, "train", config.train_limit)

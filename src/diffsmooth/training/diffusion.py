@@ -95,7 +95,9 @@ class DiffusionTrainConfig:
         validate.whole(self.batch_size, "--batch-size")
         if not 0 <= self.ema < 1:
             raise InputError(f"--ema must be in [0, 1), got {self.ema}")
-        validate.number(self.lr, "--lr", above=0, what="learning rate")
+        validate.optimizer(self.lr, self.weight_decay)
+        validate.whole(self.warmup_steps, "--warmup-steps", 0)
+        validate.limit(self.train_limit, "--train-limit")
         for flag, value in (("--num-channels", self.num_channels), ("--num-res-blocks", self.num_res_blocks),
                             ("--num-heads", self.num_heads), ("--diffusion-steps", self.diffusion_steps)):
             validate.whole(value, flag)
@@ -217,6 +219,10 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
 
     config.validate()
     validate.whole(checkpoint_every, "--checkpoint-every")
+    if stop_after is not None and validate.whole(stop_after, "--stop-after") % checkpoint_every:
+        # a later --resume continues from the last checkpoint: stopping between two would lose steps
+        raise InputError(f"--stop-after {stop_after} must be a multiple of --checkpoint-every {checkpoint_every} "
+                         "(a resume continues from a checkpoint); change either")
     dev = resolve_device(device)
     out = Path(out)
     ckpt = checkpoint_folder(out, checkpoint_dir)

@@ -79,6 +79,27 @@ def loss_defaults(name: str) -> dict[str, float]:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+HPARAM_BOUNDS: dict[str, tuple[str, float]] = {
+    "m_train": ("whole", 1), "num_steps": ("whole", 1), "warmup": ("whole", 0),
+    "lbd": ("minimum", 0.0), "eta": ("minimum", 0.0), "gamma": ("minimum", 0.0), "epsilon": ("minimum", 0.0),
+    "beta": ("above", 0.0), "step_scale": ("above", 0.0),
+}
+"""The range of each method hyper-parameter: a whole number >= the bound, a finite number >= it, or > it."""
+
+
+def check_hparams(hparams: dict[str, float]) -> None:
+    """Refuse a hyper-parameter outside its range (``HPARAM_BOUNDS``), naming its option."""
+    for name, value in hparams.items():
+        kind, bound = HPARAM_BOUNDS[name]
+        flag = "--" + name.replace("_", "-")
+        if kind == "whole":
+            validate.whole(value, flag, int(bound))
+        elif kind == "minimum":
+            validate.number(value, flag, minimum=bound)
+        else:
+            validate.number(value, flag, above=bound)
+
+
 def get_loss(name: str) -> LossFn:
     """The loss function registered as ``name``; unknown names raise ``InputError``."""
     return _LOSSES[validate.choice(name, "training method", list_losses())]
