@@ -144,3 +144,95 @@ def test_stop_after_must_be_a_multiple_of_checkpoint_every(tmp_path, capsys):
           "--stop-after 3 must be a multiple of --checkpoint-every 2 (a resume continues from a checkpoint)")
     fails(capsys, ["train-diffusion", "--stop-after", "0", "--out", str(tmp_path)], "--stop-after must be a whole")
     assert listing(tmp_path) == []
+
+
+# ---- tracebacks that became one line ---------------------------------------------------------------
+
+@pytest.mark.parametrize("runs, message", [
+    ([{"label": "a", "spec": {}}], "run 1 of its \"runs\" has no file (text)"),
+    (["a.tsv"], "run 1 of its \"runs\" is str, not an object with label, file and spec"),
+    ([{"label": "a", "file": "a.tsv"}], "has no spec (an object)"),
+    ([{"label": "a", "file": "../a.tsv", "spec": {}}], "names the file '../a.tsv', which is not a file name inside"),
+    ([], "index.json lists no runs; certify into the folder first, or give results TSVs"),
+])
+def test_analyze_names_a_damaged_index(runs, message, tmp_path, capsys):
+    import json
+
+    g = tmp_path / "g"
+    g.mkdir()
+    (g / "index.json").write_text(json.dumps({"format": "diffsmooth-index", "runs": runs}))
+    fails(capsys, ["analyze", str(g)], message)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", "-1", "--out", "g.png"], "--seed must be a whole number >= 0, got -1"),
+    (["--stats", "--json", "g.png", "--out", "g.png"], "--json and --out name the same file"),
+])
+def test_purify_refuses_a_bad_seed_or_one_file_for_two_outputs(extra, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, ["purify", "--sigma", "0.25", "--indices", "0", *extra], message)
+    assert listing(tmp_path) == []
+
+
+def cifar_folder(root: Path, *, data=None, labels=None) -> Path:
+    """A cifar-10-batches-py folder whose test batch holds ``data`` and ``labels`` (defaults: valid)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        test = name == "test_batch"
+        batch = {b"labels": labels if test and labels is not None else [1, 2],
+                 b"data": data if test and data is not None else np.zeros((2, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root
+
+
+@pytest.mark.parametrize("data, labels, message", [
+    (None, [1, 2, 3], "data (2, 3072) and 3 labels are no CIFAR-10 batch (N rows of 3072 pixel values, one label "
+                      "each); use the official files"),
+    ("narrow", None, "data (4, 1536) and 2 labels are no CIFAR-10 batch"),
+    (None, [1, -1], "image 1 has label -1, outside the 10 classes (0..9) of cifar10"),
+    (None, [12, 1], "image 0 has label 12, outside the 10 classes"),
+])
+def test_a_damaged_cifar_folder_is_named_before_any_row(data, labels, message, tmp_path, classifier_path, capsys):
+    import numpy as np
+
+    if data == "narrow":
+        data = np.zeros((4, 1536), dtype=np.uint8)
+    root = cifar_folder(tmp_path / "D", data=data, labels=labels)
+    out = tmp_path / "o"
+    out.mkdir()
+    fails(capsys, ["certify", "--method", "rs", "--dataset", "cifar10", "--data-dir", str(root), "--sigma", "0.25",
+                   "--classifier", "cohen_cifar10_resnet110_0.25", "--n0", "10", "--n", "50", "--quiet",
+                   "--out", str(out / "r.tsv")], message)
+    assert listing(out) == []
+
+
+def test_fashion_mnist_labels_outside_the_classes_or_float_pixels_are_named(tmp_path, capsys, classifier_path):
+    import numpy as np
+
+    from conftest import write_fmnist, write_idx
+
+    folder = write_fmnist(tmp_path / "f")
+    labels = np.arange(12) % 10
+    labels[3] = 200
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels)
+    out = tmp_path / "o"
+    out.mkdir()
+    fails(capsys, rs_args(folder, classifier_path, out / "r.tsv"),
+          "image 3 has label 200, outside the 10 classes (0..9) of fashion-mnist; check the label file")
+    assert listing(out) == []
+    # float IDX pixels (type 0x0D) with a NaN: named as the data's fault, not the classifier's
+    import gzip
+    import struct
+
+    pixels = np.zeros((12, 28, 28), dtype=">f4")
+    pixels[0, 0, 0] = np.nan
+    header = bytes([0, 0, 0x0D, 3]) + struct.pack(">3I", 12, 28, 28)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + pixels.tobytes()))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(12) % 10)
+    fails(capsys, rs_args(folder, classifier_path, out / "r.tsv"), "fashion-mnist images must be unsigned bytes")
+    assert listing(out) == []

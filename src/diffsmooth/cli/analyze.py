@@ -46,7 +46,11 @@ def _analyze(args: argparse.Namespace) -> int:
     paths, names, attacks = [], [], {}
     for path in args.results:
         if path.is_dir():
-            for entry in read_index(path):
+            entries = read_index(path)
+            if not entries:
+                raise InputError(f"{path / 'index.json'} lists no runs; certify into the folder first, or give "
+                                 "results TSVs")
+            for entry in entries:
                 paths.append(entry["path"])
                 names.append(entry["label"] if "file_eps" not in entry["spec"] else f"{path.name}:{entry['label']}")
                 if "file_eps" in entry["spec"]:

@@ -47,6 +47,7 @@ def _purify(args: argparse.Namespace) -> int:
     typed_options(args)  # plain values (--runs / --steps are the diagnostic's reverse runs here)
     spec = method_spec(args)
     spec.validate()
+    validate.seed(args.seed, "--seed")
     if args.out is None and not args.stats:
         raise InputError("give --out FIGURE for the grid, --stats for the diagnostic, or both")
     if args.out is not None:
@@ -54,6 +55,8 @@ def _purify(args: argparse.Namespace) -> int:
         validate.not_replaced([args.out], args.overwrite, "figure", "--out")
     if args.json is not None:
         args.json = validate.output_file(args.json, "--json")
+        if args.out is not None and args.json.resolve() == args.out.resolve():
+            raise InputError(f"--json and --out name the same file {args.out}; give each its own")
         validate.not_replaced([args.json], args.overwrite, "file", "--json")
     device = pick_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split, data_dir=args.data_dir)

@@ -92,9 +92,15 @@ def _cifar10(info: DatasetInfo, split: str, data_dir: Path | None) -> ArrayImage
         batch = load_pickle_batch(folder / fname)
         try:
             data = np.asarray(batch["data"], dtype=np.uint8)
-            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64).reshape(-1))
         except KeyError as err:
             raise InputError(f"{folder / fname} lacks the {err} entry of a CIFAR-10 batch; check the file") from None
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{folder / fname}: its data or labels are not arrays of pixel values and labels "
+                             f"({err}); use the official files") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels[-1].shape != (data.shape[0],):
+            raise InputError(f"{folder / fname}: data {data.shape} and {labels[-1].shape[0]} labels are no CIFAR-10 "
+                             "batch (N rows of 3072 pixel values, one label each); use the official files")
         # Each row is 1024 red, 1024 green, 1024 blue values, each a row-major 32x32 plane.
         images.append(data.reshape(-1, 3, 32, 32))
     return ArrayImageDataset(
@@ -102,4 +108,5 @@ def _cifar10(info: DatasetInfo, split: str, data_dir: Path | None) -> ArrayImage
         torch.from_numpy(np.concatenate(images)),
         torch.from_numpy(np.concatenate(labels)),
         split,
+        source=folder,
     )

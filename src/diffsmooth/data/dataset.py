@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffsmooth.data.info import DatasetInfo
+from diffsmooth.validate import InputError
 
 
 class ImageDataset(Dataset):
@@ -19,10 +20,21 @@ class ImageDataset(Dataset):
     shape ``(C, H, W)`` in [0,1] and ``label`` a Python int.
     """
 
-    def __init__(self, info: DatasetInfo, labels: Sequence[int] | torch.Tensor, split: str):
+    def __init__(self, info: DatasetInfo, labels: Sequence[int] | torch.Tensor, split: str,
+                 source: str | Path | None = None):
         self.info = info
         self.split = split
+        self.source = source
         self.labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        outside = (self.labels < 0) | (self.labels >= info.num_classes)
+        if outside.any():
+            i = int(outside.nonzero()[0])
+            raise InputError(f"{self._where()}: image {i} has label {int(self.labels[i])}, outside the "
+                             f"{info.num_classes} classes (0..{info.num_classes - 1}) of {info.name}; check the "
+                             "label file (is it another dataset's?)")
+
+    def _where(self) -> str:
+        return f"{self.source} ({self.split} split)" if self.source is not None else f"{self.info.name} {self.split} split"
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -56,12 +68,12 @@ class ArrayImageDataset(ImageDataset):
         labels: Sequence[int] | torch.Tensor,
         split: str,
         max_level: float = 255.0,
+        source: str | Path | None = None,
     ):
-        super().__init__(info, labels, split)
+        super().__init__(info, labels, split, source)
         if images.ndim != 4 or images.shape[0] != len(self):
-            raise ValueError(
-                f"images must be (N,C,H,W) with N={len(self)} labels, got {tuple(images.shape)}"
-            )
+            raise InputError(f"{self._where()}: {len(self)} labels for images of shape {tuple(images.shape)} (needs "
+                             "(N, C, H, W) with one label per image); check that the files belong together")
         self.images = images
         self.max_level = max_level
 
@@ -88,8 +100,9 @@ class FileImageDataset(ImageDataset):
         labels: Sequence[int] | torch.Tensor,
         split: str,
         load: Callable[[Path], torch.Tensor],
+        source: str | Path | None = None,
     ):
-        super().__init__(info, labels, split)
+        super().__init__(info, labels, split, source)
         self.files = list(files)
         self._load = load
 

@@ -113,6 +113,9 @@ def _load_idx_dataset(info: DatasetInfo, split: str, data_dir: Path | None) -> A
             f"{folder}: images {images.shape} and labels {labels.shape} do not pair up as "
             "(N,H,W) and (N,); check that both files belong to the same split"
         )
+    if images.dtype != np.uint8:
+        raise InputError(f"{folder}: {name} images must be unsigned bytes (IDX type 0x08), got {images.dtype}; "
+                         "check the files (non-finite or fractional pixels are no dataset images)")
     if images.shape[1:] != (info.image_size, info.image_size):
         raise InputError(
             f"{folder}: {name} images must be {info.image_size}x{info.image_size}, "
@@ -123,5 +126,6 @@ def _load_idx_dataset(info: DatasetInfo, split: str, data_dir: Path | None) -> A
         torch.from_numpy(images.copy()).unsqueeze(1),
         torch.from_numpy(labels.astype(np.int64)),
         split,
+        source=folder,
     )
 

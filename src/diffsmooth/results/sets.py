@@ -29,7 +29,25 @@ def read_index(folder: Path) -> list[dict[str, Any]]:
         raise InputError(f"{path} is not valid JSON ({err}); rerun the grid with --overwrite") from None
     if not (isinstance(doc, dict) and doc.get("format") == INDEX_FORMAT and isinstance(doc.get("runs"), list)):
         raise InputError(f"{path} is not a diffsmooth results index; give results TSVs instead")
+    for number, entry in enumerate(doc["runs"], start=1):
+        problem = _entry_problem(entry)
+        if problem:
+            raise InputError(f"{path}: run {number} of its \"runs\" {problem}; rerun the grid with --overwrite, "
+                             "or give its results TSVs instead")
     return [{**entry, "path": Path(folder) / entry["file"]} for entry in doc["runs"]]
+
+
+def _entry_problem(entry: object) -> str | None:
+    """What is wrong with an entry of an index's ``runs`` (None: nothing)."""
+    if not isinstance(entry, dict):
+        return f"is {type(entry).__name__}, not an object with label, file and spec"
+    for key, kind in (("label", str), ("file", str), ("spec", dict)):
+        if not isinstance(entry.get(key), kind):
+            return f"has no {key} ({'text' if kind is str else 'an object'})"
+    name = entry["file"]
+    if not name or Path(name).name != name or name in (".", ".."):
+        return f"names the file {name!r}, which is not a file name inside the folder"
+    return None
 
 
 def _kind(spec: dict[str, Any]) -> str:
