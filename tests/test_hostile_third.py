@@ -236,3 +236,49 @@ def test_fashion_mnist_labels_outside_the_classes_or_float_pixels_are_named(tmp_
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(12) % 10)
     fails(capsys, rs_args(folder, classifier_path, out / "r.tsv"), "fashion-mnist images must be unsigned bytes")
     assert listing(out) == []
+
+
+# ---- file safety ------------------------------------------------------------------------------------
+
+def test_a_users_own_file_named_like_the_lock_is_left_alone(tmp_path, fmnist_dir, classifier_path, capsys):
+    mine = tmp_path / "r.tsv.lock"
+    mine.write_text("my notes\n")
+    fails(capsys, rs_args(fmnist_dir, classifier_path, tmp_path / "r.tsv", "--max", "2"),
+          "r.tsv.lock exists and is no diffsmooth lock (a file of yours?); it is left alone")
+    assert listing(tmp_path) == ["r.tsv.lock"] and mine.read_text() == "my notes\n"
+    # a stale lock of ours (a killed run; older versions left it empty) is taken and removed
+    mine.write_text("")
+    assert main(rs_args(fmnist_dir, classifier_path, tmp_path / "r.tsv", "--max", "2")) == 0
+    assert listing(tmp_path) == ["r.tsv", "r.tsv.json"]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--out-dir", "--out-dir is empty; give a folder (it is created if missing), e.g. --out-dir results"),
+    ("--out", "--out is empty; give a file name, e.g. --out results.tsv"),
+])
+def test_an_empty_output_path_is_refused(flag, message, tmp_path, fmnist_dir, classifier_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = rs_args(fmnist_dir, classifier_path, "x")
+    args = args[:args.index("--out")] + [flag, ""]
+    fails(capsys, args, message)
+    assert listing(tmp_path) == []
+
+
+def test_a_dangling_link_as_out_dir_is_named_as_such(tmp_path, fmnist_dir, classifier_path, capsys):
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "nowhere")
+    args = rs_args(fmnist_dir, classifier_path, "x")
+    args = args[:args.index("--out")] + ["--out-dir", str(link)]
+    fails(capsys, args, "is a symbolic link to nothing")
+    assert listing(tmp_path) == ["gone"]
+
+
+def test_the_demo_leaves_another_runs_results_in_its_folder_alone(tmp_path, fmnist_dir, classifier_path, capsys):
+    sweep = tmp_path / "sweep"
+    args = rs_args(fmnist_dir, classifier_path, "x", "--max", "2")
+    args = args[:args.index("--out")] + ["--out-dir", str(sweep)]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in sweep.iterdir()}
+    fails(capsys, ["demo", "--out-dir", str(sweep), "--max", "2", "--quiet", "--data-dir", str(fmnist_dir)],
+          "holds results of another run (not a demo's); the demo leaves them alone: choose another --out-dir")
+    assert {p.name: p.read_bytes() for p in sweep.iterdir()} == before

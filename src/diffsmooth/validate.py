@@ -120,6 +120,8 @@ def output_file(path: str | os.PathLike[str], name: str = "--out") -> Path:
     folder that exists and is writable.  Whether an existing file may be replaced is the owner's
     decision (``--resume`` / ``--overwrite``), not checked here."""
     text = os.fspath(path)
+    if not str(text).strip():
+        raise InputError(f"{name} is empty; give a file name, e.g. {name} results.tsv")
     out = Path(text)
     _not_a_folder(text, out, name, out / "results.tsv", "a file name")
     writable_folder(out.parent, name)
@@ -137,7 +139,13 @@ def _not_a_folder(text: str, path: Path, name: str, example: Path, what: str) ->
 def output_folder(path: str | os.PathLike[str], name: str = "--out-dir") -> Path:
     """A folder a run writes into: a folder if it exists (not a file), else one whose parent exists
     and is writable (the run creates it)."""
-    out = Path(os.fspath(path))
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise InputError(f"{name} is empty; give a folder (it is created if missing), e.g. {name} results")
+    out = Path(text)
+    if out.is_symlink() and not out.exists():
+        raise InputError(f"{name} {out} is a symbolic link to nothing ({os.readlink(out)}); give a folder, or "
+                         "create the link's target first")
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise InputError(f"{name} {out} is a file; give a folder (it is created if missing)")

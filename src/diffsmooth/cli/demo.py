@@ -58,6 +58,34 @@ def register(sub, formatter) -> None:
     p.set_defaults(func=_demo)
 
 
+WRITER = "diffsmooth demo"
+"""The manifests' mark of the demo's results files (``_owned_by_demo``)."""
+
+
+def _owned_by_demo(folder: Path, specs) -> bool:
+    """Whether the demo may replace the results in ``folder``: True where every results file it would
+    write that exists, and every run its index lists, is the demo's (its manifest's ``written_by``;
+    manifests of demos before the mark carry no ``argv``, which certify records); False for a new
+    folder. Raises ``InputError`` naming a file of another run (a certify --out-dir into the same folder)."""
+    from diffsmooth.results import INDEX_NAME, grid_files, manifest_path, read_index, read_manifest
+    from diffsmooth.validate import InputError
+
+    if not folder.exists():
+        return False
+    paths = list(grid_files(folder, [m.to_dict() for m in specs]).values())
+    if (folder / INDEX_NAME).is_file():
+        paths += [entry["path"] for entry in read_index(folder)]
+    for path in dict.fromkeys(paths):
+        if not path.exists():
+            continue
+        manifest = manifest_path(path)
+        doc = read_manifest(manifest) if manifest.is_file() else {}
+        if doc.get("written_by") != WRITER and ("argv" in doc or not doc):
+            raise InputError(f"{path} holds results of another run (not a demo's); the demo leaves them alone: "
+                             "choose another --out-dir")
+    return True
+
+
 def _demo(args: argparse.Namespace) -> int:
     from diffsmooth.analysis import plot, summarize, table
     from diffsmooth.cli.certify import pick_device
@@ -109,10 +137,11 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"certifying {len(indices)} images with {', '.join(runs)} from one noise stream "
               f"(one purification per noisy batch), n0={args.n0}, {samples}", file=sys.stderr)
-    # The demo owns its folder: a rerun replaces its own files (never others; see ResultsStore).
+    # A rerun replaces the demo's own files, never a file of another run in the folder.
     run(Job(spec, dataset.__getitem__, indices, args.out_dir, dataset.info.num_classes, device,
-            grid=list(runs.values()), overwrite=args.out_dir.exists(),
-            manifest_extra={"dataset": {"name": "fashion-mnist", "split": "test"}}, progress=not args.quiet,
+            grid=list(runs.values()), overwrite=_owned_by_demo(args.out_dir, runs.values()),
+            manifest_extra={"dataset": {"name": "fashion-mnist", "split": "test"}, "written_by": WRITER},
+            progress=not args.quiet,
             cpu_workers=checked_cpu_workers(args.cpu_workers)))
     files = grid_files(args.out_dir, [m.to_dict() for m in runs.values()])
     paths = dict(zip(runs, files.values()))

@@ -86,6 +86,10 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
 
 
+LOCK_MARK = b"diffsmooth results lock\n"
+"""What a lock file holds: only such a file (or an empty one) is taken and removed as a lock."""
+
+
 class _Lock:
     """An exclusive ``flock`` on ``OUT.lock``, refusing (not waiting) when another process holds it."""
 
@@ -112,6 +116,18 @@ class _Lock:
             except FileNotFoundError:
                 same = False
             if same:
+                mark = os.pread(fd, len(LOCK_MARK), 0)
+                if mark and mark != LOCK_MARK:  # a file of the user's that happens to be named OUT.lock
+                    os.close(fd)
+                    raise InputError(f"{self.path} exists and is no diffsmooth lock (a file of yours?); it is left "
+                                     "alone: move it away or choose another --out")
+                if not mark:  # new, or the empty lock of an older version killed mid-run
+                    try:
+                        os.pwrite(fd, LOCK_MARK, 0)
+                    except OSError:  # a full disk: no lock left behind, held or not
+                        self.path.unlink(missing_ok=True)
+                        os.close(fd)
+                        raise
                 self._fd = fd
                 return
             os.close(fd)
@@ -416,7 +432,8 @@ def _remove_results(path: Path) -> None:
             fd = os.open(lock, os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: its holder is gone
-                lock.unlink()
+                if os.pread(fd, len(LOCK_MARK), 0) in (b"", LOCK_MARK):  # ours, not a file of the user's
+                    lock.unlink()
             finally:
                 os.close(fd)
 
