@@ -10,6 +10,7 @@ import pytest
 from diffsmooth.cli import main
 from diffsmooth.cli.applies import RULES, USED_BY, option_name
 from diffsmooth.cli.options import typed_dests
+from diffsmooth.results import read_rows
 
 from test_faults import fails, rs_args
 
@@ -282,3 +283,21 @@ def test_the_demo_leaves_another_runs_results_in_its_folder_alone(tmp_path, fmni
     fails(capsys, ["demo", "--out-dir", str(sweep), "--max", "2", "--quiet", "--data-dir", str(fmnist_dir)],
           "holds results of another run (not a demo's); the demo leaves them alone: choose another --out-dir")
     assert {p.name: p.read_bytes() for p in sweep.iterdir()} == before
+
+
+def test_a_resume_may_type_the_radii_in_another_order(tmp_path, fmnist_dir, classifier_path, capsys):
+    import json
+
+    from test_hostile import without_n
+
+    out = tmp_path / "r.tsv"
+    base = without_n(rs_args(fmnist_dir, classifier_path, out, "--sampling", "sequential", "--n-max", "200"))
+    assert main(base + ["--radii", "0.5", "0.25", "--max", "2"]) == 0
+    assert json.loads((tmp_path / "r.tsv.json").read_text())["spec"]["radii"] == [0.25, 0.5]
+    assert main(base + ["--radii", "0.25", "0.5", "0.5", "--max", "3", "--resume"]) == 0
+    # a manifest written before radii were recorded sorted resumes too
+    doc = json.loads((tmp_path / "r.tsv.json").read_text())
+    doc["spec"]["radii"] = [0.5, 0.25]
+    (tmp_path / "r.tsv.json").write_text(json.dumps(doc))
+    assert main(base + ["--radii", "0.25", "0.5", "--max", "4", "--resume"]) == 0
+    assert len(read_rows(out)[1]) == 4

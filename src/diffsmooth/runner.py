@@ -28,7 +28,7 @@ import torch
 
 from diffsmooth import placement, validate
 from diffsmooth.methods import MethodSpec, build_base, build_grid
-from diffsmooth.results import Row, configuration_label, environment, grid_store, run_store
+from diffsmooth.results import Row, configuration_label, environment, grid_store, radii_record, run_store
 from diffsmooth.sampling import generator_for
 from diffsmooth.sequential import SequentialOptions
 from diffsmooth.smoothing import BOUNDS, SmoothedClassifier
@@ -76,7 +76,7 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         out = {**asdict(self), "method": self.method.to_dict()}
         if out["radii"] is not None:
-            out["radii"] = list(out["radii"])
+            out["radii"] = radii_record(out["radii"])
         return out
 
     def validate(self) -> None:

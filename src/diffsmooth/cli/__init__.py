@@ -18,7 +18,10 @@ _COMMANDS = ("demo", "certify", "attack", "analyze", "purify", "train", "recipes
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def _get_help_string(self, action: argparse.Action) -> str:
+        # a help text that says its default itself keeps its words, without argparse's second one
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):

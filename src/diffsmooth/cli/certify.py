@@ -266,7 +266,7 @@ def _run(args: argparse.Namespace) -> int:
     from diffsmooth.cli.options import checked_cpu_workers
     from diffsmooth.cli.recipes import apply_recipe
     from diffsmooth.data import load_dataset
-    from diffsmooth.results import recorded_spec
+    from diffsmooth.results import radii_record, recorded_spec
     from diffsmooth.runner import Job, RunSpec, resolve_batch_size, run, select_indices
 
     recipe = apply_recipe(args)  # first: it fills in the options the user did not give
@@ -286,7 +286,7 @@ def _run(args: argparse.Namespace) -> int:
         mode=args.mode, method=methods[0], n=args.n, alpha=args.alpha,
         batch_size=1 if args.batch == "auto" else args.batch, seed=args.seed, split=args.split,
         **(dict(n0=args.n0, bound=args.bound, sampling=args.sampling, n_max=args.n_max,
-                radii=tuple(args.radii) if args.radii else None, max_radius=args.max_radius,
+                radii=tuple(radii_record(args.radii)) if args.radii else None, max_radius=args.max_radius,
                 min_radius=args.min_radius, tolerance=args.tolerance) if certify else {}),
     )
     spec.validate()

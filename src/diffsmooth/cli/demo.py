@@ -109,6 +109,10 @@ def _demo(args: argparse.Namespace) -> int:
     if foreign:
         raise InputError(f"{args.out_dir / foreign[0]} exists in a folder the demo did not write; it is left alone: "
                          "choose another --out-dir")
+    if _robust_classifier("gaussian", args.sigma) is None:
+        sigmas = sorted(n.rsplit("_", 1)[1] for n in list_shipped() if n.startswith(classifier_name("gaussian", 0.0)[:-4]))
+        raise InputError(f"--sigma {args.sigma:g} has no shipped Gaussian classifier (shipped sigmas: "
+                         f"{', '.join(sigmas)}); choose one of those")
     device = pick_device(args.device)
     dataset = load_dataset("fashion-mnist", split="test", data_dir=args.data_dir)
     indices = select_indices(len(dataset), max_count=args.max)

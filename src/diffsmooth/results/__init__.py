@@ -42,6 +42,7 @@ from diffsmooth.results.store import (
                                        manifest_path,
                                        part_path,
                                        part_paths,
+                                       radii_record,
                                        read_manifest,
                                        throughput,
                                        write_manifest,
@@ -60,5 +61,5 @@ from diffsmooth.results.tsv import (
 __all__ = ["ATTACK_COLUMNS", "HEADERS", "INDEX_FORMAT", "INDEX_NAME", "Results", "ResultsStore", "Row",
            "SEQUENTIAL_COLUMNS", "Sink", "StoreSet", "attack_label", "attack_store", "configuration_label",
            "environment", "format_time", "grid_files", "grid_store", "lock_path", "manifest_path",
-           "parse_time", "part_path", "part_paths", "read_index", "read_manifest", "read_results", "read_rows",
+           "parse_time", "part_path", "part_paths", "radii_record", "read_index", "read_manifest", "read_results", "read_rows",
            "recorded_spec", "run_store", "throughput", "write_manifest", "write_results"]

@@ -175,6 +175,16 @@ def throughput(rows: Sequence[Row], samples_per_image: int, wall_seconds: float 
     return out
 
 
+def radii_record(radii: Any) -> Any:
+    """Fixed-radius questions as a manifest records them: sorted, each once (``RunSpec.to_dict``; the rows do not depend on
+    the order the radii were typed in, so a resume may type them in another); left as given where they
+    are not all numbers (validation names that)."""
+    try:
+        return sorted(set(radii))
+    except TypeError:
+        return list(radii)
+
+
 def _diff(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None,
           prefix: str = "") -> list[str]:
     """Names of the settings that differ.  A setting absent from an older manifest was added
@@ -184,6 +194,8 @@ def _diff(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | N
     out = []
     for key in set(old) | set(new):
         a, b, d = old.get(key), new.get(key), defaults.get(key)
+        if key == "radii" and isinstance(a, list):  # recorded unsorted before radii_record
+            a = radii_record(a)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, d if isinstance(d, dict) else {}, f"{prefix}{key}.")
         elif a != b and not (key not in old and (b in (False, None) or (key in defaults and b == d))):
