@@ -143,6 +143,12 @@ def test_folders_that_do_not_fit_are_refused_with_the_fix(folders, tmp_path):
     (odd / "config.json").write_text(json.dumps({**doc, "model_type": "my_custom_net"}))
     with pytest.raises(InputError, match="'my_custom_net' is not an image classifier .*custom code is never run"):
         load_classifier(odd)
+    zero = copy("vit-3ch")
+    doc = json.loads((zero / "preprocessor_config.json").read_text())
+    (zero / "preprocessor_config.json").write_text(json.dumps({**doc, "image_std": [0.0, 0.0, 0.0]}))
+    with pytest.raises(InputError, match=r"preprocessor_config\.json: image_std must be finite and > 0 per channel .*"
+                                         r"std \[0\.0, 0\.0, 0\.0\]; fix the file"):
+        load_classifier(zero)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="is a folder but not a transformers image-classification folder"):
         load_classifier(tmp_path / "empty")

@@ -301,3 +301,17 @@ def test_a_resume_may_type_the_radii_in_another_order(tmp_path, fmnist_dir, clas
     (tmp_path / "r.tsv.json").write_text(json.dumps(doc))
     assert main(base + ["--radii", "0.25", "0.5", "--max", "4", "--resume"]) == 0
     assert len(read_rows(out)[1]) == 4
+
+
+def test_two_classifiers_of_one_file_name_are_named_as_the_collision(tmp_path, fmnist_dir, classifier_path, capsys):
+    import shutil
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(classifier_path.with_suffix(suffix), tmp_path / folder / f"cnn{suffix}")
+    args = rs_args(fmnist_dir, classifier_path, "x")
+    args = args[:args.index("--out")] + ["--out-dir", str(tmp_path / "g"), "--rs-classifier",
+                                          str(tmp_path / "a" / "cnn.safetensors"), str(tmp_path / "b" / "cnn.safetensors")]
+    fails(capsys, args, "would both be written to rs_sigma0.25_cnn.tsv: they differ only in classifier")
+    assert not (tmp_path / "g").exists()

@@ -22,6 +22,8 @@ transformers is optional: ``pip install 'diffsmooth[hub]'``.
 
 from __future__ import annotations
 
+import math
+
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -142,7 +144,14 @@ def _statistics(processor: dict[str, Any], channels: int, where: Path) -> tuple[
     if len(mean) != channels or len(std) != channels:
         raise InputError(f"{where} gives {len(mean)}/{len(std)} mean/std values for a {channels}-channel model; "
                          "give one per channel")
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    try:
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: image_mean / image_std must be numbers, got {mean} / {std}; fix the file") from None
+    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        raise InputError(f"{where}: image_std must be finite and > 0 per channel and image_mean finite, got "
+                         f"mean {list(mean)}, std {list(std)}; fix the file (or copy the model's own)")
+    return mean, std
 
 
 def _weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:

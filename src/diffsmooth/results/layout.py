@@ -72,10 +72,19 @@ def run_store(spec: dict[str, Any], out: Path, *, resume: bool, overwrite: bool,
 def grid_store(specs: Sequence[dict[str, Any]], out_dir: Path, *, resume: bool, overwrite: bool,
                defaults: dict[str, Any] | None = None) -> StoreSet:
     """The files of a grid: per configuration, the file and manifest a separate run of its spec writes."""
-    entries = {configuration_label(spec["method"]): (configuration_label(spec["method"]) + ".tsv", spec)
-               for spec in specs}
-    if len(entries) != len(specs):
-        raise InputError("two configurations of the grid are the same; give each setting once")
+    entries: dict[str, tuple[str, dict[str, Any]]] = {}
+    for spec in specs:
+        label = configuration_label(spec["method"])
+        if label in entries:
+            first, this = entries[label][1]["method"], spec["method"]
+            if first != this:  # different settings, one file name: the label is made of file names
+                differ = sorted(k for k in set(first) | set(this) if first.get(k) != this.get(k))
+                raise InputError(f"two configurations of the grid would both be written to {label}.tsv: they differ "
+                                 f"only in {', '.join(differ)} ({', '.join(str(first.get(k)) for k in differ)} vs "
+                                 f"{', '.join(str(this.get(k)) for k in differ)}), whose file names are the same; "
+                                 "rename one of the files, or certify them into separate --out-dir folders")
+            raise InputError("two configurations of the grid are the same; give each setting once")
+        entries[label] = (label + ".tsv", spec)
     columns = SEQUENTIAL_COLUMNS if specs and specs[0].get("sampling") == "sequential" else ()
     return StoreSet(Path(out_dir), entries, resume=resume, overwrite=overwrite, columns=columns, defaults=defaults)
 
