@@ -315,3 +315,21 @@ def test_two_classifiers_of_one_file_name_are_named_as_the_collision(tmp_path, f
                                           str(tmp_path / "a" / "cnn.safetensors"), str(tmp_path / "b" / "cnn.safetensors")]
     fails(capsys, args, "would both be written to rs_sigma0.25_cnn.tsv: they differ only in classifier")
     assert not (tmp_path / "g").exists()
+
+
+def test_a_recipe_grid_with_rs_classifiers_needs_no_classifier(tmp_path, capsys):
+    (tmp_path / "D").mkdir()
+    fails(capsys, ["certify", "--recipe", "cohen-cifar10", "--sigma", "0.25", "--rs-classifier", "A.pth.tar",
+                   "B.pth.tar", "--data-dir", str(tmp_path / "D"), "--out-dir", str(tmp_path / "g")],
+          "dataset 'cifar10' not found")
+    fails(capsys, ["certify", "--recipe", "cohen-cifar10", "--sigma", "0.25", "--data-dir", str(tmp_path / "D"),
+                   "--out", str(tmp_path / "r.tsv")], "recipe cohen-cifar10 needs --classifier")
+
+
+def test_a_preset_for_a_model_that_names_its_own_architecture_is_refused(tmp_path, fmnist_dir, classifier_path,
+                                                                          capsys):
+    args = rs_args(fmnist_dir, classifier_path, tmp_path / "r.tsv")
+    args[args.index("rs")] = "dds"
+    fails(capsys, args + ["--denoiser-preset", "improved-cifar10-uncond"],
+          "--denoiser-preset improved-cifar10-uncond does not apply to")
+    assert listing(tmp_path) == []

@@ -63,8 +63,10 @@ def _check_files(recipe, args: argparse.Namespace) -> None:
     """The checkpoints the recipe's reference loads must be given: name them where they are not."""
     if args.denoiser is None and set(args.method) & set(NEEDS_DENOISER) and "denoiser" in recipe.files:
         raise InputError(_missing(recipe, "denoiser"))
-    local = getattr(args, "local_classifier", None) or getattr(args, "dds_classifier", None)
-    if args.classifier is None and not local and "classifier" in recipe.files:
+    # a grid's per-method classifiers stand in for --classifier where they cover the recipe's method
+    own = {"diffsmooth": "local_classifier", "dds": "dds_classifier", "rs": "rs_classifier"}
+    covered = all(getattr(args, own[m], None) for m in args.method if m in own) and set(args.method) <= set(own)
+    if args.classifier is None and not covered and "classifier" in recipe.files:
         raise InputError(_missing(recipe, "classifier"))
 
 

@@ -70,11 +70,13 @@ def load_diffusion_model(source: str | Path, preset: str | None = None) -> Diffu
                          "diffsmooth model directory or a diffusers folder")
     saved = MODEL_FILE.load(path)
     if saved is not None:
+        _no_preset(preset, path, "a diffsmooth model, whose config.json says what builds it")
         return _load_ours(saved)
     if path.is_dir():
         from diffsmooth.diffusion.diffusers_backend import is_diffusers_folder, load_diffusers_model
 
         if is_diffusers_folder(path):
+            _no_preset(preset, path, "a diffusers folder, whose config.json says what builds it")
             return load_diffusers_model(path)
         raise InputError(f"{path} is neither a diffsmooth diffusion directory ({FOLDER_CONFIG} with "
                          f"\"format\": \"{MODEL_FILE.tag}\") nor a diffusers folder "
@@ -83,6 +85,13 @@ def load_diffusion_model(source: str | Path, preset: str | None = None) -> Diffu
         # No config of ours beside it: a bare state dict, resolved through the presets like a .pt file.
         return _from_state_dict(read_safetensors(path), path, preset)
     return _from_state_dict(_read_torch(path), path, preset)
+
+
+def _no_preset(preset: str | None, path: Path, what: str) -> None:
+    """A preset names the architecture of a bare state dict; given for a model that says its own, it
+    would be recorded while changing nothing."""
+    if preset is not None:
+        raise InputError(f"--denoiser-preset {preset} does not apply to {path}: it is {what}; drop --denoiser-preset")
 
 
 def _load_ours(saved: SavedModel) -> DiffusionModel:
