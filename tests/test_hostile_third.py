@@ -333,3 +333,18 @@ def test_a_preset_for_a_model_that_names_its_own_architecture_is_refused(tmp_pat
     fails(capsys, args + ["--denoiser-preset", "improved-cifar10-uncond"],
           "--denoiser-preset improved-cifar10-uncond does not apply to")
     assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("words", ["DefaultCPUAllocator: not enough memory: you tried to allocate 8 GB",
+                                   "std::bad_alloc", "CUDA out of memory. Tried to allocate 2.00 GiB"])
+def test_every_wording_of_an_allocation_failure_is_out_of_memory(words, tmp_path, fmnist_dir, classifier_path,
+                                                                 capsys, monkeypatch):
+    import torch
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(words)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", fail)
+    fails(capsys, rs_args(fmnist_dir, classifier_path, tmp_path / "r.tsv"),
+          "out of memory running the models on one image")
+    assert listing(tmp_path) == []

@@ -419,7 +419,7 @@ def _probe(base: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, num_cl
         raise
     except (RuntimeError, MemoryError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, MemoryError) or "out of memory" in first.lower() or "can't allocate" in first.lower():
+        if validate.out_of_memory(err):
             raise InputError(f"out of memory running the models on one image ({first}); "
                              "use a smaller --m or a smaller model") from None
         raise InputError(

@@ -104,6 +104,16 @@ def limit(value: object, name: str) -> int | None:
     return None if value is None else whole(value, name)
 
 
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
+                  "bad_alloc", "failed to allocate")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (torch words it in several ways on CPU and GPU)."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or any(words in text for words in _OUT_OF_MEMORY)
+
+
 def choice(value: object, name: str, known: Iterable[str]) -> str:
     """One of the ``known`` names."""
     known = list(known)

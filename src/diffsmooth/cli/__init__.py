@@ -118,7 +118,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"diffsmooth {args.command}: error: out of memory; use a smaller --batch or --m", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        if "out of memory" not in str(err).lower() and "can't allocate memory" not in str(err).lower():
+        from diffsmooth.validate import out_of_memory
+
+        if not out_of_memory(err):
             raise
         print(f"diffsmooth {args.command}: error: out of memory ({str(err).splitlines()[0][:160]}); "
               "use a smaller --batch or --m", file=sys.stderr)
