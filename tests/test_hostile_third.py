@@ -348,3 +348,9 @@ def test_every_wording_of_an_allocation_failure_is_out_of_memory(words, tmp_path
     fails(capsys, rs_args(fmnist_dir, classifier_path, tmp_path / "r.tsv"),
           "out of memory running the models on one image")
     assert listing(tmp_path) == []
+
+
+def test_a_diverging_training_says_so_in_one_line(tmp_path, fmnist_dir, capsys):
+    out = tmp_path / "m"
+    fails(capsys, classifier_args(fmnist_dir, out, "--lr", "1e30", "--epochs", "4"), "(training diverged); lower --lr")
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "m.json").exists()

@@ -263,7 +263,7 @@ def train_diffusion(config: DiffusionTrainConfig, out: str | Path, *, checkpoint
                 with autocast:
                     loss = ddpm_loss(model, x0, schedule, noise_gen, t_probs)
                 if not torch.isfinite(loss):
-                    raise RuntimeError(f"loss became {float(loss)} at step {step}; lower --lr")
+                    raise InputError(f"the loss became {float(loss.detach())} at step {step} (training diverged); lower --lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -17,6 +17,7 @@ from torch import nn
 from diffsmooth.data import DatasetInfo, load_dataset
 from diffsmooth.files import resolve_device  # noqa: F401  (re-exported for the trainers)
 from diffsmooth.training.state import TrainState, git_commit, resume_state, save_state, trained_seconds
+from diffsmooth.validate import InputError
 
 
 def load_train_tensors(dataset: str, data_dir: str | Path | None, split: str = "train",
@@ -171,7 +172,7 @@ def run_epochs(loss_of: Callable[[torch.Tensor, int], torch.Tensor], state: Trai
                 set_lr(optimizer, cosine_lr(plan.lr, step, total))
                 loss = loss_of(idx, epoch)
                 if not torch.isfinite(loss):
-                    raise RuntimeError(f"loss became {float(loss)} at step {step}; lower --lr")
+                    raise InputError(f"the loss became {float(loss.detach())} at step {step} (training diverged); lower --lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
