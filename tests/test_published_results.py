@@ -135,3 +135,67 @@ def test_each_bad_line_is_still_named(tmp_path):
 
 def test_a_timedelta_of_days_is_what_format_time_prints():
     assert format_time(2 * 86400 + 3.25) == str(datetime.timedelta(days=2, seconds=3.25)) == "2 days, 0:00:03.250000"
+
+
+# ---- a run beside the paper ----------------------------------------------------------------------
+
+from diffsmooth.published import beside, get_published, list_published  # noqa: E402
+
+
+@pytest.mark.parametrize("name", list_published())
+def test_every_bundled_entry_is_met_by_the_reference_run_it_came_from(name):
+    entry = get_published(name)
+    assert entry.paper["title"] and entry.setting and len(entry.commit) == 40 and entry.recipe
+    arch = TABLES[entry.dataset][0]
+    sigma = f"{entry.sigma:.2f}"
+    path = COHEN / "data" / "certify" / entry.dataset / arch / f"noise_{sigma}" / "test" / f"sigma_{sigma}"
+    rows = read_results(path).rows
+    assert len(rows) == entry.images
+    result = beside(entry, {r: certified_accuracy(rows, r) for r in entry.certified}, len(rows))
+    for radius, ours, se, theirs, diff in result.rows:
+        assert abs(diff) <= 0.005 + 1e-12, (name, radius)  # the published value is ours rounded to 2 decimals
+        assert se == pytest.approx((ours * (1 - ours) / len(rows)) ** 0.5, abs=1e-12)
+
+
+def published_cli(*args):
+    return subprocess.run([sys.executable, "-m", "diffsmooth", "analyze", *map(str, args)], capture_output=True,
+                          text=True)
+
+
+def test_analyze_published_prints_the_run_beside_the_row():
+    path = COHEN / "data/certify/imagenet/resnet50/noise_1.00/test/sigma_1.00"
+    done = published_cli(path, "--published", "cohen-imagenet-1.00")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    at = lines.index("| radius | run | published | run - published |")
+    # published 0.38 0.33 0.26 0.19 0.15 0.12 at r = 0.5 ... 3.0
+    assert [line.split("|")[3].strip() for line in lines[at + 2:at + 8]] == ["38", "33", "26", "19", "15", "12"]
+    assert any(line.startswith("published: analysis/markdown/vary_noise_imagenet") for line in lines)
+    done = published_cli(path, "--published", "cohen-imagenet-1.00", "--radii", "1.0")
+    assert done.returncode == 0 and "| 1 | " in done.stdout and "| 0.5 | " not in done.stdout.split("beside")[1]
+
+
+def test_a_recipe_name_finds_the_row_of_the_runs_sigma(tmp_path):
+    run = tmp_path / "r.tsv"
+    run.write_bytes((COHEN / "data/certify/cifar10/resnet110/noise_0.25/test/sigma_0.25").read_bytes())
+    done = published_cli(run, "--published", "cohen-cifar10")
+    assert done.returncode == 2 and "recipe cohen-cifar10 has published rows at sigma 0.12, 0.25, 0.5, 1" in done.stderr
+    # a run of ours records its sigma in its manifest: the recipe's row at that sigma is taken
+    from diffsmooth.results import write_manifest
+
+    write_manifest(tmp_path / "r.tsv.json", {"spec": {"mode": "certify", "method": {"sigma": 0.25, "dataset": "cifar10"}}})
+    done = published_cli(run, "--published", "cohen-cifar10")
+    assert done.returncode == 0, done.stderr
+    assert "beside cohen-cifar10-0.25" in done.stdout
+    done = published_cli(run, "--published", "cohen-cifar10-0.50")
+    assert done.returncode == 2 and "certified at sigma 0.25, cohen-cifar10-0.50 at sigma 0.5" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--published", "nobody-2020"], "unknown published entry (or recipe) 'nobody-2020'; choose one of: cohen-cifar10"),
+    (["--published", "cohen-cifar10-0.50", "--radii", "0.3"], "publishes no value at radius 0.3"),
+])
+def test_a_bad_published_request_is_one_line(args, message):
+    done = published_cli(COHEN / "data/certify/cifar10/resnet110/noise_0.50/test/sigma_0.50", *args)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stdout == ""

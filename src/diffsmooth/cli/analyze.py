@@ -32,6 +32,10 @@ def register(sub, formatter) -> None:
     p.add_argument("--paired", nargs="+", default=[], metavar="A,B",
                    help="also print certified accuracy of run A minus run B (labels as in the table) per radius, "
                    "paired over the same images, with its standard error; * marks differences beyond 2 errors")
+    p.add_argument("--published", default=None, metavar="NAME",
+                   help="also print each run beside a published row (a name of `diffsmooth.published.list_published()`, "
+                   "e.g. cohen-cifar10-0.25, or a recipe's name: its row at the run's sigma), at the published radii "
+                   "(or --radii), with the difference and the binomial standard error over the run's images")
     p.add_argument("--plot", default=None, help="write certified accuracy vs radius to this PNG/PDF")
     p.add_argument("--title", default=None, help="plot title")
     p.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
@@ -92,12 +96,39 @@ def _analyze(args: argparse.Namespace) -> int:
 
         certified = [(s.label, path) for s, path in zip(summaries, args.results) if s.mode == "certify"]
         text += "\n" + robustness_table(attacks, certified, args.format, errors=args.errors)
+    if args.published is not None:
+        text += "".join("\n" + _beside(args, path, label) + "\n" for path, label in zip(args.results, labels))
     sys.stdout.write(text)
     if args.plot is not None:
         certified = [(path, label) for path, label, s in zip(args.results, labels, summaries) if s.mode == "certify"]
         plot([p for p, _ in certified], [label for _, label in certified], args.plot, args.title, attacks=attacks)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def _beside(args: argparse.Namespace, path: Path, label: str) -> str:
+    """The run at ``path`` beside the published row ``args.published`` (see ``diffsmooth.published``)."""
+    from diffsmooth.analysis import summarize
+    from diffsmooth.cli.options import typed_options
+    from diffsmooth.published import beside, beside_text, get_published
+    from diffsmooth.results import manifest_path, read_manifest
+
+    manifest = manifest_path(path)
+    spec = read_manifest(manifest).get("spec", {}) if manifest.is_file() else {}
+    sigma = spec.get("method", {}).get("sigma")
+    entry = get_published(args.published, sigma)
+    if sigma is not None and abs(sigma - entry.sigma) > 1e-9:
+        raise InputError(f"{path} was certified at sigma {sigma:g}, {entry.name} at sigma {entry.sigma:g}; compare it "
+                         "with a row of its own sigma")
+    dataset = spec.get("method", {}).get("dataset")
+    if dataset is not None and dataset != entry.dataset:
+        raise InputError(f"{path} is a {dataset} run, {entry.name} a {entry.dataset} one; compare it with a "
+                         f"{dataset} row")
+    radii = args.radii if "radii" in typed_options(args) else sorted(entry.certified)
+    summary = summarize(path, radii, label)
+    if summary.mode != "certify":
+        raise InputError(f"{path} holds predictions, not certificates; --published compares certified accuracy")
+    return beside_text(beside(entry, summary.certified, summary.images, radii), label)
 
 
 def _distinct(names: list[str], paths: list[Path]) -> list[str]:
