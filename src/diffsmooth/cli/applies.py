@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from diffsmooth.validate import InputError
 
 RUNS = ("certify", "predict", "attack")
-TRAINERS = ("train-classifier", "train-denoiser", "train-diffusion")
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,6 @@ def option_name(command: str, dest: str) -> str:
     """The flag of ``dest`` as the user types it on ``command``."""
     if dest == "steps" and command == "attack":
         return "--reverse-steps"
-    if dest == "batch":
-        return "--batch"
     return "--" + dest.replace("_", "-")
 
 
