@@ -9,8 +9,10 @@ one join per batch, no barrier inside it.
 
 Valid only for a base whose rows never interact and that draws no noise per call, so that a
 row's scores depend on that row alone (``defenses.rows_independent``); a row's scores are then
-those of the unsplit call (tested bit for bit on the shipped models).  Calls made with
-autograd recording (attacks) run unsplit.
+those of the unsplit call on one thread (tested bit for bit on the shipped models), and those of
+a multi-threaded unsplit call to float rounding: there the BLAS may split a long reduction
+between threads, depending on the CPU's code path and MKL's dynamic thread count, so that call
+is not reproducible bit for bit itself.  Calls made with autograd recording (attacks) run unsplit.
 """
 
 from __future__ import annotations
