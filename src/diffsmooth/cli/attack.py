@@ -10,6 +10,23 @@ from diffsmooth import validate
 from diffsmooth.validate import InputError
 
 
+# PGD's options: (flag, AttackConfig field, help); the parser and _config read this one table.
+PGD_OPTIONS = (
+    ("--steps", "steps", "PGD steps per restart"),
+    ("--eot", "eot", "noise draws averaged per step"),
+    ("--restarts", "restarts", "random restarts (the first starts at the clean image)"),
+    ("--step-scale", "step_scale", "step size as a multiple of eps / steps"),
+    ("--target", "target", "smoothed: the smoothed classifier (SmoothAdv); base: h without smoothing noise"),
+    ("--purifier-gradient", "purifier_gradient",
+     "multi-step purifiers: backpropagate through the chain, or BPDA (identity)"),
+)
+
+
+def _dest(field: str) -> str:
+    """The namespace name of a PGD field (``--steps`` is PGD's; the method's chain steps keep ``steps``)."""
+    return "attack_steps" if field == "steps" else field
+
+
 def register(sub, formatter) -> None:
     from diffsmooth.attacks import AttackConfig, AuditSettings
     from diffsmooth.attacks.pgd import PURIFIER_GRADIENTS, TARGETS
@@ -39,16 +56,11 @@ def register(sub, formatter) -> None:
     g = p.add_argument_group("attack")
     g.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="l2 radii in [0,1] pixel units")
     mark_defaults(p, ["eps"])
-    g.add_argument("--steps", dest="attack_steps", type=int, default=attack("steps"), help="PGD steps per restart")
-    g.add_argument("--eot", type=int, default=attack("eot"), help="noise draws averaged per step")
-    g.add_argument("--restarts", type=int, default=attack("restarts"),
-                   help="random restarts (the first starts at the clean image)")
-    g.add_argument("--step-scale", type=float, default=attack("step_scale"),
-                   help="step size as a multiple of eps / steps")
-    g.add_argument("--target", choices=TARGETS, default=attack("target"),
-                   help="smoothed: the smoothed classifier (SmoothAdv); base: h without smoothing noise")
-    g.add_argument("--purifier-gradient", choices=PURIFIER_GRADIENTS, default=attack("purifier_gradient"),
-                   help="multi-step purifiers: backpropagate through the chain, or BPDA (identity)")
+    choices = {"target": TARGETS, "purifier_gradient": PURIFIER_GRADIENTS}
+    for option, field, help in PGD_OPTIONS:
+        default = attack(field)
+        kind = {"choices": choices[field]} if field in choices else {"type": type(default)}
+        g.add_argument(option, dest=_dest(field), default=default, help=help, **kind)
     g = p.add_argument_group("PREDICT at the attacked point")
     g.add_argument("--n", "--num-samples", type=int, default=1000, help="samples of PREDICT")
     g.add_argument("--alpha", type=float, default=default_of(RunSpec, "alpha"),
@@ -74,8 +86,7 @@ def register(sub, formatter) -> None:
 def _config(args: argparse.Namespace):
     from diffsmooth.attacks import AttackConfig
 
-    return AttackConfig(steps=args.attack_steps, eot=args.eot, restarts=args.restarts, step_scale=args.step_scale,
-                        target=args.target, purifier_gradient=args.purifier_gradient, batch_size=args.batch)
+    return AttackConfig(**{field: getattr(args, _dest(field)) for _, field, _ in PGD_OPTIONS}, batch_size=args.batch)
 
 
 def _attack(args: argparse.Namespace) -> int:
