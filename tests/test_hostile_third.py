@@ -34,6 +34,27 @@ def test_certify_refuses_an_option_that_does_not_apply(extra, message, tmp_path,
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("extra", [["--n-max", "0"], ["--max-radius", "0"], ["--min-radius", "0"],
+                                   ["--tolerance", "0"], ["--radii", "0.5"]])
+def test_certify_refuses_sequential_options_under_fixed_sampling_even_at_zero(extra, tmp_path, fmnist_dir,
+                                                                             classifier_path, capsys):
+    """A sweep of every numeric option found zeros accepted in silence: the table refuses what was typed."""
+    fails(capsys, rs_args(fmnist_dir, classifier_path, tmp_path / "r.tsv", *extra),
+          f"{extra[0]} does not apply to --sampling fixed (it is for --sampling sequential); drop {extra[0]}")
+    assert listing(tmp_path) == []
+
+
+def test_library_run_spec_refuses_a_zero_n_max_under_fixed_sampling():
+    from diffsmooth.methods import MethodSpec
+    from diffsmooth.runner import RunSpec
+    from diffsmooth.validate import InputError
+
+    method = MethodSpec("rs", dataset="fashion-mnist", sigma=0.25)
+    with pytest.raises(InputError, match="need --sampling sequential"):
+        RunSpec("certify", method, n_max=0).validate()
+    RunSpec("certify", method, min_radius=0.0, tolerance=0.0).validate()  # the defaults themselves are fine
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--n", "20"], "--n does not apply to --sampling sequential (it is for --sampling fixed); drop --n"),
     (["--sampling", "fixed", "--n-max", "100"], "--n-max does not apply to --sampling fixed (it is for --sampling "

@@ -64,7 +64,7 @@ def test_sequential_bad_combinations(tmp_path, fmnist_dir, classifier_path, caps
 def test_sequential_options_need_sequential_sampling(tmp_path, fmnist_dir, classifier_path, capsys):
     args = [a for a in seq_args(fmnist_dir, classifier_path, tmp_path / "r.tsv") if a not in ("--sampling", "sequential")]
     assert main(args) == 2
-    assert "need --sampling sequential" in capsys.readouterr().err
+    assert "--n-max does not apply to --sampling fixed (it is for --sampling sequential)" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # one torchrun launch takes 5-15 s on 2 CPU cores

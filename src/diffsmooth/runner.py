@@ -98,7 +98,8 @@ class RunSpec:
             if self.bound != "cohen":
                 raise InputError("--sampling sequential reads its own anytime-valid bound; use --bound cohen")
             self.sequential_options()
-        elif any(v not in (None, 0.0) for v in (self.n_max, self.radii, self.max_radius, self.min_radius, self.tolerance)):
+        elif (any(v is not None for v in (self.n_max, self.radii, self.max_radius))
+              or self.min_radius != 0.0 or self.tolerance != 0.0):
             raise InputError("--n-max, --radii, --max-radius, --min-radius and --tolerance need --sampling sequential")
 
     def sequential_options(self) -> SequentialOptions:
