@@ -44,6 +44,14 @@ def test_certify_refuses_sequential_options_under_fixed_sampling_even_at_zero(ex
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("value", ["0.5", "nan", "-1"])
+def test_attack_refuses_an_audit_fraction_without_audit(value, tmp_path, capsys):
+    fails(capsys, ["attack", "--method", "rs", "--sigma", "0.25", "--eps", "0.25", "--max", "1", "--quiet",
+                   "--out-dir", str(tmp_path / "a"), "--fraction", value],
+          "--fraction does not apply to `diffsmooth attack` here (it is for --audit RESULTS.tsv); drop --fraction")
+    assert listing(tmp_path) == []
+
+
 def test_library_run_spec_refuses_a_zero_n_max_under_fixed_sampling():
     from diffsmooth.methods import MethodSpec
     from diffsmooth.runner import RunSpec

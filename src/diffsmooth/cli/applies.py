@@ -65,6 +65,7 @@ RULES: tuple[Rule, ...] = (
          "--sampling fixed (sequential sampling draws up to --n-max estimation samples per image)"),
     Rule(("certify",), ("n_max", "radii", "max_radius", "min_radius", "tolerance"),
          lambda a: a.sampling == "sequential", "--sampling sequential"),
+    Rule(("attack",), ("fraction",), lambda a: a.audit is not None, "--audit RESULTS.tsv"),
     Rule(("certify",), ("split_samples",), _under_torchrun, "runs under torchrun (WORLD_SIZE > 1)"),
     Rule(("demo",), ("n",), lambda a: a.sampling == "fixed", "--sampling fixed"),
     Rule(("demo",), ("n_max",), lambda a: a.sampling == "sequential", "--sampling sequential (the default)"),
