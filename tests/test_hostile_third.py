@@ -129,6 +129,7 @@ def classifier_args(fmnist_dir, out, *extra):
     (["--train-limit", "-59990"], "--train-limit must be a whole number >= 1, got -59990"),
     (["--eval-limit", "0"], "--eval-limit must be a whole number >= 1, got 0"),
     (["--eval-limit", "-9990"], "--eval-limit must be a whole number >= 1"),
+    (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),  # certify's rule; it trained before
 ])
 def test_a_trainer_refuses_bad_numbers_before_it_trains(extra, message, tmp_path, fmnist_dir, capsys):
     fails(capsys, classifier_args(fmnist_dir, tmp_path / "m", *extra), message)
@@ -144,6 +145,12 @@ def test_the_denoiser_and_diffusion_trainers_check_their_optimizer_and_limits(tm
           "--train-limit must be a whole number >= 1")
     fails(capsys, ["train-diffusion", "--warmup-steps", "-1", "--out", str(tmp_path)],
           "--warmup-steps must be a whole number >= 0")
+    fails(capsys, ["train-denoiser", "--sigma", "0.25", "--seed", "-1", "--out", str(tmp_path / "d")],
+          "--seed must be a whole number >= 0, got -1")
+    for groups in ("0", "-1"):  # a ZeroDivisionError and a GroupNorm RuntimeError before
+        fails(capsys, ["train-diffusion", "--num-channels", "8", "--norm-groups", groups, "--out", str(tmp_path)],
+              f"--norm-groups must be a whole number >= 1, got {groups}")
+    fails(capsys, ["train-diffusion", "--seed", "-1", "--out", str(tmp_path)], "--seed must be a whole number >= 0")
     assert listing(tmp_path) == []
 
 

@@ -90,6 +90,7 @@ class ClassifierTrainConfig:
         check_hparams(self.hparams)
         validate.sigma(self.sigma, "--sigma", zero_ok=True)
         validate.optimizer(self.lr, self.weight_decay, self.momentum)
+        validate.seed(self.seed, "--seed")
         validate.whole(self.epochs, "--epochs")
         validate.whole(self.batch_size, "--batch-size")
         validate.limit(self.train_limit, "--train-limit")

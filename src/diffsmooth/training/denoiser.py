@@ -90,6 +90,7 @@ class DenoiserTrainConfig:
         validate.whole(self.epochs, "--epochs")
         validate.whole(self.batch_size, "--batch-size")
         validate.optimizer(self.lr, self.weight_decay)
+        validate.seed(self.seed, "--seed")
         validate.limit(self.train_limit, "--train-limit")
         if self.mse_epochs is not None and not (self.objective == "mse+stability" and 0 <= self.mse_epochs <= self.epochs):
             raise InputError(f"--mse-epochs applies to --objective mse+stability only and must lie in "

@@ -96,6 +96,9 @@ class DiffusionTrainConfig:
         if not 0 <= self.ema < 1:
             raise InputError(f"--ema must be in [0, 1), got {self.ema}")
         validate.optimizer(self.lr, self.weight_decay)
+        validate.seed(self.seed, "--seed")
+        if self.norm_groups is not None:
+            validate.whole(self.norm_groups, "--norm-groups")
         validate.whole(self.warmup_steps, "--warmup-steps", 0)
         validate.limit(self.train_limit, "--train-limit")
         for flag, value in (("--num-channels", self.num_channels), ("--num-res-blocks", self.num_res_blocks),
