@@ -47,14 +47,34 @@ def _diffsmooth(dataset: str, sigma: float, t_star: int) -> dict:
     data = DS_CIFAR if dataset == "cifar10" else DS_IMAGENET
     sigma_source = f"{DS}:README.md" if sigma == 0.5 else f"{DS}:certify.py"  # the README's example is 0.50
     schedule_file = "cifar_ddpm.py" if dataset == "cifar10" else "imagenet_gdm.py"
+    # The README pairs the noise_0.25 classifier with local sigma 0.25 at sigma 0.50 only: elsewhere it is ours.
+    ours = {} if sigma == 0.5 else {"pairing": ("classifier trained at 0.25, local sigma 0.25", f"{DS}:README.md")}
     return {"settings": {**DS_RUN, "dataset": (dataset, f"{DS}:README.md"), "sigma": (sigma, sigma_source)},
             "predict": DS_PREDICT, "files": data["files"],
-            "info": {**data["info"], "t_star": (t_star, f"{DS}:{schedule_file}")}, "asks": []}
+            "info": {**data["info"], "t_star": (t_star, f"{DS}:{schedule_file}")}, "asks": [], "differs": {}, "ours": ours}
 
+
+def _blur_offset(dataset: str, t_star: int) -> dict:
+    """The README's 'fine-tuned setting to offset blurring effect': local sigma 0.26 at sigma 0.50."""
+    plain = _diffsmooth(dataset, 0.5, t_star)
+    return {**plain, "settings": {**plain["settings"], "local_sigma": (0.26, f"{DS}:README.md")}}
+
+
+# What DensePure's runs do that its recipes do not (runners/diffpure_ddpm_densepure.py --use_t_steps; the
+# learn_sigma checkpoints' LEARNED_RANGE variance; merge_results.py's max(list, key=list.count)).
+DP_DIFFERS = {
+    "steps": ("--num_t_steps k: k network calls at t*, t* - t*/k, ..., t*/k, x0 from the last",
+              f"{DP}:runners/diffpure_ddpm_densepure.py"),
+    "reverse_variance": ("the model's learned variance (learn_sigma checkpoints, LEARNED_RANGE)",
+                         f"{DP}:improved_diffusion/script_util.py"),
+    "vote_ties": ("the earliest run's label", f"{DP}:results/merge_results.py"),
+}
 
 REFERENCE = {
     **{f"diffsmooth-cifar10-{s:.2f}": _diffsmooth("cifar10", s, t) for s, t in ((0.25, 1158), (0.5, 1984), (1.0, 2809))},
     **{f"diffsmooth-imagenet-{s:.2f}": _diffsmooth("imagenet", s, t) for s, t in ((0.25, 145), (0.5, 259), (1.0, 396))},
+    "diffsmooth-cifar10-0.50-blur-offset": _blur_offset("cifar10", 1984),
+    "diffsmooth-imagenet-0.50-blur-offset": _blur_offset("imagenet", 259),
     # README evaluation commands: CIFAR-10 --skip 1 --N0 100 --N 100000 --batch_size 200;
     # ImageNet --skip 50 --N0 100 --N 10000 --batch_size 200; alpha: the scripts' default 0.001.
     **{f"dds-{data}": {"settings": {
@@ -62,7 +82,10 @@ REFERENCE = {
         "n0": (100, f"{DDS}:README.md"), "n": (n, f"{DDS}:README.md"), "alpha": (0.001, f"{DDS}:{data}/certify.py"),
         "batch_size": (200, f"{DDS}:README.md"), "skip": (skip, f"{DDS}:README.md")}, "predict": {},
         "files": {"denoiser": (denoiser, f"{DDS}:{data}/DRM.py"), "classifier": (classifier, f"{DDS}:{data}/DRM.py")},
-        "info": {"classifier_input_size": (size, f"{DDS}:{data}/DRM.py")}, "asks": ["sigma"]}
+        "info": {"classifier_input_size": (size, f"{DDS}:{data}/DRM.py")}, "asks": ["sigma"], "ours": {},
+        # q_sample's noise at the first t with ratio >= 2 sigma: up to 0.63% above sigma; we add exactly sigma.
+        "differs": {"smoothing_noise": ("q_sample at the first t with sqrt(1 - abar_t) / sqrt(abar_t) >= 2 sigma",
+                                        f"{DDS}:{data}/certify.py")}}
         for data, n, skip, denoiser, classifier, size in (
             ("cifar10", 100000, 1, "cifar10/cifar10_uncond_50M_500K.pt",
              "aaraki/vit-base-patch16-224-in21k-finetuned-cifar10", 224),
@@ -77,12 +100,22 @@ REFERENCE = {
         "skip": (skip, f"{DP}:run_scripts/densepure_{data}.sh"), "runs": (10, f"{DP}:results/merge_results.py"),
         "reverse_chain": ("ddpm", f"{DP}:runners/diffpure_ddpm_densepure.py")}, "predict": {},
         "files": {"denoiser": (denoiser, f"{DP}:{runner}"), "classifier": (classifier, f"{DP}:eval_certified_densepure.py")},
-        "info": {"classifier_input_size": (size, f"{DP}:eval_certified_densepure.py")}, "asks": ["sigma", "steps"]}
-        for data, n, batch, skip, denoiser, runner, classifier, size in (
+        "info": {"classifier_input_size": (size, f"{DP}:eval_certified_densepure.py")}, "asks": ["sigma", "steps"],
+        "ours": {"runs": (10, f"{DP}:results/merge_results.py")},
+        "differs": {**DP_DIFFERS, **differs}}
+        for data, n, batch, skip, denoiser, runner, classifier, size, differs in (
             ("cifar10", 100000, 100, 20, "pretrained/cifar10_uncond_50M_500K.pt", "runners/diffpure_ddpm_densepure.py",
-             "aaraki/vit-base-patch16-224-in21k-finetuned-cifar10", 224),
+             "aaraki/vit-base-patch16-224-in21k-finetuned-cifar10", 224, {
+                 "t_star": ("nearest step of the closed-form cosine inverse (1159 / 1984 / 2810 at sigma 0.25 / 0.5 / "
+                            "1.0)", f"{DP}:runners/diffpure_ddpm_densepure.py"),
+                 "classifier_resize": ("the ViT's AutoFeatureExtractor on the reversed images (PIL resize to 224)",
+                                       f"{DP}:eval_certified_densepure.py")}),
             ("imagenet", 10000, 16, 500, "pretrained/256x256_diffusion_uncond.pt", "runners/diffpure_guided_densepure.py",
-             "pretrained/beit_large_patch16_512_pt22k_ft22kto1k.pth", 512))},
+             "pretrained/beit_large_patch16_512_pt22k_ft22kto1k.pth", 512, {
+                 "t_star": ("nearest step of the 1000-step linear schedule (144 / 258 / 396 at sigma 0.25 / 0.5 / 1.0)",
+                            f"{DP}:runners/diffpure_guided_densepure.py"),
+                 "crop": ("Resize(256, bicubic) + CenterCrop(256)", f"{DP}:datasets.py"),
+                 "precision": ("float16 diffusion model", f"{DP}:configs/imagenet.yml")}))},
     # code/certify.py: --N0 100 --N 100000 --alpha 0.001; experiments.MD: --batch 400, --skip 20 (CIFAR-10) / 100
     # (ImageNet); code/predict.py: --N 100000 --alpha 0.001 --batch 1000 --skip 1; ImageNet predictions --skip 100 --batch 400.
     **{f"cohen-{data}": {"settings": {
@@ -92,7 +125,7 @@ REFERENCE = {
         "skip": (skip, f"{COHEN}:experiments.MD")},
         "predict": {"n": (100000, f"{COHEN}:code/predict.py"), "alpha": (0.001, f"{COHEN}:code/predict.py"), **predict},
         "files": {"classifier": (classifier, f"{COHEN}:experiments.MD")},
-        "info": {"sigmas": (sigmas, f"{COHEN}:experiments.MD")}, "asks": ["sigma"]}
+        "info": {"sigmas": (sigmas, f"{COHEN}:experiments.MD")}, "asks": ["sigma"], "differs": {}, "ours": {}}
         for data, skip, predict, classifier, sigmas in (
             ("cifar10", 20, {"batch_size": (1000, f"{COHEN}:code/predict.py"), "skip": (1, f"{COHEN}:code/predict.py")},
              "models/cifar10/resnet110/noise_<sigma>/checkpoint.pth.tar", [0.12, 0.25, 0.5, 1.0]),
@@ -105,13 +138,13 @@ def test_the_recipes_are_the_papers_runs():
     assert list_recipes() == sorted(REFERENCE)
     # DiffSmooth at each sigma of its paper, on both datasets; DDS, DensePure and Cohen et al. on both.
     assert {r for r in REFERENCE if r.startswith("diffsmooth-")} == {
-        f"diffsmooth-{d}-{s}" for d in ("cifar10", "imagenet") for s in ("0.25", "0.50", "1.00")}
+        f"diffsmooth-{d}-{s}" for d in ("cifar10", "imagenet") for s in ("0.25", "0.50", "1.00", "0.50-blur-offset")}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_every_value_is_the_reference_value_with_its_source(name):
     recipe, expected = get_recipe(name), REFERENCE[name]
-    for section in ("settings", "predict", "files", "info"):
+    for section in ("settings", "predict", "files", "info", "differs", "ours"):
         got = {k: (v.value, v.source) for k, v in getattr(recipe, section).items()}
         assert got == expected[section], section
         assert all(v.detail for v in getattr(recipe, section).values())  # which flag or line of the file

@@ -9,6 +9,10 @@ A recipe has
 - ``predict``: replacements for a PREDICT run, where the reference has a PREDICT script of its own;
 - ``files``: the checkpoints the reference loads (the user gives their paths);
 - ``info``: facts that follow from the settings (t*, the classifier's input size), recorded only;
+- ``differs``: what the reference run does that this recipe does not reproduce (``value``: the
+  reference's; ``detail``: what we do instead and what it changes), recorded only;
+- ``ours``: values the reference does not pin, and what the recipe takes for them (``value``: ours;
+  ``detail``: why; ``source``: the file that leaves it open), recorded only;
 - ``asks``: settings the reference leaves to its user (sigma, DensePure's steps).
 
 ``resolve`` merges a recipe with the options a user gave (given ones win) and says where each value
@@ -30,7 +34,7 @@ from diffsmooth.validate import InputError
 SETTINGS = ("method", "dataset", "sigma", "n0", "n", "alpha", "batch_size", "skip", "m", "local_sigma", "vote",
             "local_noise", "local_noise_seed", "runs", "steps", "reverse_chain")
 """What a recipe may set, by library name (``MethodSpec`` / ``RunSpec`` fields; ``skip``: every skip-th image)."""
-SECTIONS = ("settings", "predict", "files", "info")
+SECTIONS = ("settings", "predict", "files", "info", "differs", "ours")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Recipe:
     predict: Mapping[str, Value] = field(default_factory=dict)
     files: Mapping[str, Value] = field(default_factory=dict)
     info: Mapping[str, Value] = field(default_factory=dict)
+    differs: Mapping[str, Value] = field(default_factory=dict)
+    ours: Mapping[str, Value] = field(default_factory=dict)
     asks: tuple[str, ...] = ()
 
     @property
@@ -115,7 +121,8 @@ class Resolved:
         return {"name": recipe.name, "title": recipe.title, "mode": self.mode,
                 "reference": {"repository": recipe.reference, "commit": recipe.commit}, "settings": settings,
                 "files": {k: v.to_dict() for k, v in recipe.files.items()},
-                "info": {k: v.to_dict() for k, v in recipe.info.items()}}
+                **{section: {k: v.to_dict() for k, v in getattr(recipe, section).items()}
+                   for section in ("info", "differs", "ours")}}
 
 
 def resolve(recipe: Recipe, mode: str, given: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> Resolved:

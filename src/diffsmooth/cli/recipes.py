@@ -116,11 +116,14 @@ def _table(recipes) -> str:
 def _details(r) -> str:
     lines = [f"{r.name}: {r.title}", f"reference: {r.reference} at {r.commit}"]
     sections = (("certify settings", r.settings), ("predict replaces", r.predict), ("checkpoints (give their paths)",
-                r.files), ("facts (recorded, not applied)", r.info))
+                r.files), ("facts (recorded, not applied)", r.info),
+                ("the reference does, this recipe does not (recorded)", r.differs),
+                ("the reference leaves open, the recipe takes (recorded)", r.ours))
     for heading, values in sections:
         if values:
             lines.append(f"{heading}:")
-            lines += [f"  {FLAGS.get(k, k)} {v.value}    <- {v.source}: {v.detail}" for k, v in values.items()]
+            named = (lambda k: k) if values is r.differs else (lambda k: FLAGS.get(k, k))  # the reference's, not ours
+            lines += [f"  {named(k)} {v.value}    <- {v.source}: {v.detail}" for k, v in values.items()]
     if r.asks:
         lines.append("you give: " + " ".join(FLAGS[name] for name in r.asks))
     return "\n".join(lines)
