@@ -115,15 +115,16 @@ def _table(recipes) -> str:
 
 def _details(r) -> str:
     lines = [f"{r.name}: {r.title}", f"reference: {r.reference} at {r.commit}"]
-    sections = (("certify settings", r.settings), ("predict replaces", r.predict), ("checkpoints (give their paths)",
-                r.files), ("facts (recorded, not applied)", r.info),
-                ("the reference does, this recipe does not (recorded)", r.differs),
-                ("the reference leaves open, the recipe takes (recorded)", r.ours))
-    for heading, values in sections:
+    # (heading, values, whether the keys are our settings, shown as our flags; differs names the reference's)
+    sections = (("certify settings", r.settings, True), ("predict replaces", r.predict, True),
+                ("checkpoints (give their paths)", r.files, True), ("facts (recorded, not applied)", r.info, True),
+                ("the reference does, this recipe does not (recorded)", r.differs, False),
+                ("the reference leaves open, the recipe takes (recorded)", r.ours, True))
+    for heading, values, ours in sections:
         if values:
             lines.append(f"{heading}:")
-            named = (lambda k: k) if values is r.differs else (lambda k: FLAGS.get(k, k))  # the reference's, not ours
-            lines += [f"  {named(k)} {v.value}    <- {v.source}: {v.detail}" for k, v in values.items()]
+            lines += [f"  {FLAGS.get(k, k) if ours else k} {v.value}    <- {v.source}: {v.detail}"
+                      for k, v in values.items()]
     if r.asks:
         lines.append("you give: " + " ".join(FLAGS[name] for name in r.asks))
     return "\n".join(lines)
